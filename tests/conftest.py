@@ -1,0 +1,41 @@
+"""Shared test set-up: 8 fake CPU devices, strict rank promotion, markers, tolerances.
+
+Reference computations run in float64 through ``jaxar.testing.reference_x64`` (x64 is
+enabled only inside them); every comparison takes its tolerance from the one table in
+``jaxar.testing.TOLERANCES``.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import absl.flags  # noqa: E402
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Must run before any backend is initialised: the sharding tests need 8 devices.
+jax.config.update("jax_num_cpu_devices", 8)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+# grain's worker processes read absl flags (ENVIRONMENT_NOTES.md).
+absl.flags.FLAGS.mark_as_parsed()
+
+from jaxar import testing  # noqa: E402
+
+
+def pytest_collection_modifyitems(config, items):
+    platform = jax.default_backend()
+    for item in items:
+        for mark, needed in (("gpu", ("gpu", "cuda", "rocm")), ("tpu", ("tpu",))):
+            if mark in item.keywords and platform not in needed:
+                item.add_marker(pytest.mark.skip(reason=f"needs a real {mark.upper()}"))
+
+
+@pytest.fixture
+def tol():
+    """``tol(dtype, kind="fwd") -> dict(rtol=, atol=)`` from the one tolerance table."""
+    return testing.tolerance
+
+
+@pytest.fixture
+def key():
+    return jax.random.key(0)
