@@ -1,1 +1,3 @@
-"""jaxar.bench."""
+"""Benchmarks behind ``jaxar bench``: name -> module defining ``run(quick) -> list[Result]``."""
+
+BENCHMARKS: dict[str, str] = {}
