@@ -1,0 +1,63 @@
+"""Measured device limits: matmul FLOP/s and copy bytes/s, so ratios to the limit show."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxar.bench.harness import Result, timeit
+
+# Published dense bf16 peaks and HBM bandwidths (REFERENCES.md s.8), by device kind.
+PUBLISHED = {
+    "H100": (989e12, 3.35e12),
+    "H200": (989e12, 4.8e12),
+    "TPU v4": (275e12, 1.2e12),
+    "TPU v5 lite": (197e12, 0.82e12),
+    "TPU v5e": (197e12, 0.82e12),
+    "TPU v5p": (459e12, 2.77e12),
+    "TPU v6e": (918e12, 1.64e12),
+}
+
+
+def published_peak(device=None) -> tuple[float, float] | None:
+    """(bf16 FLOP/s, HBM bytes/s) published for ``device``'s kind, if known."""
+    kind = (device or jax.devices()[0]).device_kind
+    for name, peak in PUBLISHED.items():
+        if name.lower() in kind.lower():
+            return peak
+    return None
+
+
+def measure(quick: bool = False) -> dict[str, float]:
+    """Measured matmul FLOP/s (float32 and bfloat16) and copy bytes/s on the default device."""
+    n = 1024 if quick else 2048
+    out = {}
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = jnp.ones((n, n), dtype)
+        t = timeit(jax.jit(lambda a: a @ a), x, repeats=5)
+        out[f"matmul_{jnp.dtype(dtype).name}_flops"] = 2 * n**3 / t.median_s
+    m = (16 if quick else 64) * 2**20 // 4  # float32 elements
+    y = jnp.ones((m,), jnp.float32)
+    t = timeit(jax.jit(lambda a: a * 1.0001), y, repeats=5)
+    out["copy_bytes_per_s"] = 2 * 4 * m / t.median_s  # read + write
+    return out
+
+
+def run(quick: bool) -> list[Result]:
+    m = measure(quick)
+    rows = []
+    for name, value in m.items():
+        unit = "TFLOP/s" if name.endswith("flops") else "GB/s"
+        scaled = value / (1e12 if unit == "TFLOP/s" else 1e9)
+        dtype = name.split("_")[1] if name.startswith("matmul") else "float32"
+        rows.append(
+            Result(
+                bench="roofline",
+                case=name.rsplit("_", 1)[0] if unit == "TFLOP/s" else "copy",
+                impl="measured",
+                dtype=dtype,
+                median_ms=float("nan"),
+                extra={unit: round(scaled, 4)},
+            )
+        )
+    return rows

@@ -1,0 +1,46 @@
+import json
+
+import jax
+import jax.numpy as jnp
+
+from jaxar import cli
+from jaxar.bench import cli as bench_cli
+from jaxar.bench import harness
+
+
+def test_timeit_and_ratios():
+    f = jax.jit(lambda x: x + 1)
+    t = harness.timeit(f, jnp.ones(8), repeats=3)
+    assert t.repeats == 3 and t.median_s > 0 and t.min_s <= t.median_s
+    rows = [
+        harness.Result("b", "c", "base", "float32", 2.0),
+        harness.Result("b", "c", "fast", "float32", 1.0),
+        harness.Result("b", "other", "fast", "float32", 1.0),
+    ]
+    harness.with_ratios(rows, "base")
+    assert rows[1].ratio == 2.0 and rows[1].baseline == "base"
+    assert rows[2].ratio is None
+
+
+def test_table_formats_rows():
+    row = harness.Result("b", "c", "fast", "float32", 1.5, 0.1, "base", 2.0, {"GB/s": 3.0}).asdict()
+    table = bench_cli.format_table([row])
+    assert "fast" in table and "GB/s=3" in table and "2" in table
+
+
+def test_bench_roofline_quick_writes_json(tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert cli.main(["bench", "roofline", "--quick", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["environment"]["jax"] == jax.__version__
+    units = {k for r in data["results"] for k in r["extra"]}
+    assert units == {"TFLOP/s", "GB/s"}
+    assert "roofline" in capsys.readouterr().out
+
+
+def test_bench_unknown_name_errors(capsys):
+    try:
+        cli.main(["bench", "nope"])
+    except SystemExit as e:
+        assert e.code == 2
+    assert "known" in capsys.readouterr().err
