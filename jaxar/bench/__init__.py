@@ -1,3 +1,5 @@
 """Benchmarks behind ``jaxar bench``: name -> module defining ``run(quick) -> list[Result]``."""
 
-BENCHMARKS: dict[str, str] = {}
+BENCHMARKS: dict[str, str] = {
+    "kernel_flash_attention": "pallas_kernels.flash_attention.bench",
+}

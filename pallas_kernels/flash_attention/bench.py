@@ -1,0 +1,151 @@
+"""Flash-attention benchmark: the Pallas kernel vs ``jax.nn.dot_product_attention``.
+
+Baselines measured in the same run: ``jax.nn.dot_product_attention`` (cuDNN on GPU,
+XLA elsewhere) and the XLA reference (``jaxar.ops.dot_product_attention``, impl "xla").
+Reports forward and forward+backward time and FLOP/s against the published bf16 peak
+(REFERENCES.md s.8): forward 4*B*H*Lq*Lk*K, halved when causal (and scaled by the mask's
+density for block-sparse masks); backward about 2.5x forward.
+
+Interpret-mode Pallas is never timed: on CPU ``run`` prints a note and returns [].
+
+    python -m pallas_kernels.flash_attention.bench [--quick]
+    jaxar bench kernel_flash_attention
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from jaxar.bench import harness, roofline
+from pallas_kernels.flash_attention import masks
+from pallas_kernels.flash_attention.kernel import select_lowering
+from pallas_kernels.flash_attention.ops import flash_attention
+
+BENCH = "kernel_flash_attention"
+
+
+def _cases(quick: bool):
+    """(name, B, L, H, G, K, causal, block_mask) cases; the issue's target is causal L=4096."""
+    L = 1024 if quick else 4096
+    B = 16384 // L
+    cases = [
+        (f"causal L={L}", B, L, 16, 16, 128, True, None),
+        (f"full L={L}", B, L, 16, 16, 128, False, None),
+        (f"causal GQA 16/4 L={L}", B, L, 16, 4, 128, True, None),
+    ]
+    if not quick:
+        cases += [
+            (f"local 512 L={L}", B, L, 16, 16, 128, False, masks.mask(masks.Local(512))),
+            (
+                f"block-diffusion 2x{L // 2} blocks 128",
+                B,
+                L,
+                16,
+                16,
+                128,
+                False,
+                masks.mask(masks.BlockDiffusion(128, L // 2)),
+            ),
+        ]
+    return cases
+
+
+def _density(L: int, causal: bool, spec) -> float:
+    if spec is None:
+        return 0.5 if causal else 1.0
+    return float(spec.dense(L, L).mean())
+
+
+def _xla_reference():
+    """``jaxar.ops.dot_product_attention`` (impl "xla") if present, else jax.nn's XLA path."""
+    try:
+        from jaxar.ops import dot_product_attention
+    except (ImportError, AttributeError):  # the reference not landed yet
+        dot_product_attention = None
+
+    def run(q, k, v, causal, mask):
+        if dot_product_attention is not None:
+            return dot_product_attention(q, k, v, mask=mask, causal=causal, impl="xla")
+        return jax.nn.dot_product_attention(
+            q, k, v, mask=mask, is_causal=causal, implementation="xla"
+        )
+
+    return run
+
+
+def run(quick: bool) -> list[harness.Result]:
+    platform = jax.default_backend()
+    if platform not in ("gpu", "cuda", "rocm", "tpu"):
+        print(
+            f"[{BENCH}] skipped on {platform!r}: the kernel runs here only in interpret mode, "
+            "which is never timed; run on a GPU or TPU."
+        )
+        return []
+    lowering = select_lowering(False)
+    peak = roofline.published_peak()
+    reference = _xla_reference()
+    nn_impl = "cudnn" if platform in ("gpu", "cuda") else None
+    rows: list[harness.Result] = []
+    for name, B, L, H, G, K, causal, spec in _cases(quick):
+        ks = jax.random.split(jax.random.key(0), 4)
+        q = jax.random.normal(ks[0], (B, L, H, K), jnp.bfloat16)
+        k = jax.random.normal(ks[1], (B, L, G, K), jnp.bfloat16)
+        v = jax.random.normal(ks[2], (B, L, G, K), jnp.bfloat16)
+        do = jax.random.normal(ks[3], (B, L, H, K), jnp.bfloat16)
+        dense = None if spec is None else jnp.asarray(spec.dense(L, L))[None, None]
+        impls = {
+            f"pallas-{lowering}": functools.partial(
+                flash_attention, causal=causal, block_mask=spec
+            ),
+            "xla-reference": lambda q, k, v, c=causal, m=dense: reference(q, k, v, c, m),
+        }
+        impls[f"jax.nn({nn_impl or 'xla'})"] = lambda q, k, v, c=causal, m=dense, i=nn_impl: (
+            jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=c, implementation=i)
+        )
+        flops = 4 * B * H * L * L * K * _density(L, causal, spec)
+        for impl, fn in impls.items():
+            for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
+                if mode == "fwd":
+                    f = jax.jit(fn)
+                    args = (q, k, v)
+                else:
+                    f = jax.jit(lambda q, k, v, do, fn=fn: jax.vjp(fn, q, k, v)[1](do))
+                    args = (q, k, v, do)
+                try:
+                    t = harness.timeit(f, *args, repeats=10)
+                except Exception as e:  # e.g. cuDNN refusing a mask: report, keep going
+                    print(f"[{BENCH}] {impl} {name} {mode}: {type(e).__name__}: {e}"[:400])
+                    continue
+                tflops = mult * flops / t.median_s / 1e12
+                extra = {"TFLOP/s": round(tflops, 1)}
+                if peak is not None:
+                    extra["% bf16 peak"] = round(100 * tflops * 1e12 / peak[0], 1)
+                rows.append(
+                    harness.Result(
+                        bench=BENCH,
+                        case=f"{name} B={B} H={H} G={G} K={K} {mode}",
+                        impl=impl,
+                        dtype="bfloat16",
+                        median_ms=1e3 * t.median_s,
+                        compile_s=t.compile_s,
+                        extra=extra,
+                    )
+                )
+    return harness.with_ratios(rows, baseline=f"jax.nn({'cudnn' if nn_impl else 'xla'})")
+
+
+def _main(argv):
+    rows = run(quick="--quick" in argv)
+    for r in rows:
+        ratio = "" if r.ratio is None else f" x{r.ratio:.2f} vs {r.baseline}"
+        print(f"{r.case:55s} {r.impl:22s} {r.median_ms:9.3f} ms {r.extra}{ratio}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
