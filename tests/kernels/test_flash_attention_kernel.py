@@ -260,3 +260,10 @@ def test_errors_name_the_argument():
         BlockSizes(0, 16)
     with pytest.raises(ValueError, match="window"):
         masks.Local(0)
+
+
+def test_bench_refuses_interpret_mode(capsys):
+    from pallas_kernels.flash_attention import bench
+
+    assert bench.run(quick=True) == []
+    assert "never timed" in capsys.readouterr().out
