@@ -27,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.experimental.pallas import tpu as pltpu
 
@@ -150,32 +151,34 @@ def plan(static: Static, batch: int, q_seg=None, k_seg=None):
     bq, bk = static.block_q, static.block_k
     table = masks.block_table(static.spec, static.q_len, static.k_len, bq, bk)
     width, width_t = max(1, int((table > 0).sum(1).max())), max(1, int((table > 0).sum(0).max()))
-    d = jnp.broadcast_to(jnp.asarray(table, jnp.int32)[None], (batch, *table.shape))
-    if q_seg is not None:
-        qs, ks = q_seg.reshape(batch, -1, bq), k_seg.reshape(batch, -1, bk)
-        qmin, qmax, kmin, kmax = qs.min(-1), qs.max(-1), ks.min(-1), ks.max(-1)
-        overlap = (qmax[:, :, None] >= kmin[:, None, :]) & (kmax[:, None, :] >= qmin[:, :, None])
-        single = ((qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :]) & (
-            qmin[:, :, None] == kmin[:, None, :]
-        )
-        d = jnp.where(overlap, jnp.where(single, d, jnp.minimum(d, masks.PARTIAL)), masks.EMPTY)
     if static.lowering == "triton":
         width, width_t = _pow2(width), _pow2(width_t)
-    return (*_compress(d, width), *_compress(d.transpose(0, 2, 1), width_t))
+    if q_seg is None:  # static: computed once in numpy, constants in the program
+        d = np.broadcast_to(table.astype(np.int32)[None], (batch, *table.shape))
+        return (*_compress(np, d, width), *_compress(np, d.transpose(0, 2, 1), width_t))
+    d = jnp.asarray(table, jnp.int32)[None]
+    qs, ks = q_seg.reshape(batch, -1, bq), k_seg.reshape(batch, -1, bk)
+    qmin, qmax, kmin, kmax = qs.min(-1), qs.max(-1), ks.min(-1), ks.max(-1)
+    overlap = (qmax[:, :, None] >= kmin[:, None, :]) & (kmax[:, None, :] >= qmin[:, :, None])
+    single = ((qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :]) & (
+        qmin[:, :, None] == kmin[:, None, :]
+    )
+    d = jnp.where(overlap, jnp.where(single, d, jnp.minimum(d, masks.PARTIAL)), masks.EMPTY)
+    return (*_compress(jnp, d, width), *_compress(jnp, d.transpose(0, 2, 1), width_t))
 
 
-def _compress(d, width):
-    order = jnp.argsort(d == masks.EMPTY, axis=-1, stable=True).astype(jnp.int32)
+def _compress(xp, d, width):
+    """Per row: the non-empty column indices first (ascending), padded to ``width``."""
+    order = xp.argsort(d == masks.EMPTY, axis=-1, stable=True).astype(np.int32)
     if order.shape[-1] < width:
-        order = jnp.pad(order, ((0, 0), (0, 0), (0, width - order.shape[-1])))
+        order = xp.pad(order, ((0, 0), (0, 0), (0, width - order.shape[-1])))
     order = order[..., :width]
-    cnt = (d != masks.EMPTY).sum(-1).astype(jnp.int32)
-    slot = jnp.arange(width, dtype=jnp.int32)[None, None, :]
-    live = slot < cnt[..., None]
-    last = jnp.take_along_axis(order, jnp.maximum(cnt - 1, 0)[..., None], axis=-1)
-    idx = jnp.where(live, order, last)
-    kind = jnp.where(live, jnp.take_along_axis(d, order, axis=-1), masks.EMPTY)
-    return idx, kind.astype(jnp.int32), cnt
+    cnt = (d != masks.EMPTY).sum(-1).astype(np.int32)
+    live = np.arange(width, dtype=np.int32)[None, None, :] < cnt[..., None]
+    last = xp.take_along_axis(order, xp.maximum(cnt - 1, 0)[..., None], axis=-1)
+    idx = xp.where(live, order, last)
+    kind = xp.where(live, xp.take_along_axis(d, order, axis=-1), masks.EMPTY)
+    return idx.astype(np.int32), kind.astype(np.int32), cnt
 
 
 # --------------------------------------------------------------------------- tile maths
