@@ -26,6 +26,10 @@ _EXPORTS = {
     "block_diffusion_mask": "masks",
     # masked / block diffusion (s.5, s.6)
     "masked_diffusion_loss": "masked_diffusion",
+    "mask_schedule": "masked_diffusion",
+    "sample_t": "masked_diffusion",
+    "add_mask_noise": "masked_diffusion",
+    "subs_logits": "masked_diffusion",
     "categorical": "categorical",
     "gumbel_categorical": "categorical",
     # per-token Gaussian diffusion and flow (s.7)
