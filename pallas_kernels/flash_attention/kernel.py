@@ -136,35 +136,59 @@ class Static:
     lowering: str
     interpret: Any
     has_segments: bool
+    dense: tuple[int, int] | None = None  # (batch, heads) of a dense mask: 1 or B, 1 or H
+
+    def optional_refs(self, refs):
+        """Splits ``refs`` after the fixed inputs into (q_seg, k_seg, mask, rest)."""
+        n = 2 if self.has_segments else 0
+        q_seg, k_seg = refs[:2] if self.has_segments else (None, None)
+        mask = refs[n] if self.dense else None
+        return q_seg, k_seg, mask, refs[n + (1 if self.dense else 0) :]
+
+    def mask_index(self, b, h):
+        """Block indices of the dense mask's batch and head axes (0 where broadcast)."""
+        return (b if self.dense[0] > 1 else 0), (h if self.dense[1] > 1 else 0)
 
 
 # --------------------------------------------------------------------------- tile lists
 
 
-def plan(static: Static, batch: int, q_seg=None, k_seg=None):
+def plan(static: Static, batch: int, q_seg=None, k_seg=None, dense=None):
     """Compressed tile lists (int32) for the forward/dq passes and the dk/dv pass.
 
     Returns ``(idx, kind, cnt, idx_t, kind_t, cnt_t)``: ``idx[b, i, j]`` is the j-th
     non-empty k tile of q tile i (slots past ``cnt[b, i]`` repeat the last one with kind
     EMPTY, so the TPU pipeline issues no new copy), ``kind`` is PARTIAL or FULL.
+    Segment ids and a dense mask ((Bm, Hm, Lq, Lk) bool, padded) refine the static table
+    at run time.
     """
     bq, bk = static.block_q, static.block_k
     table = masks.block_table(static.spec, static.q_len, static.k_len, bq, bk)
     width, width_t = max(1, int((table > 0).sum(1).max())), max(1, int((table > 0).sum(0).max()))
     if static.lowering == "triton":
         width, width_t = _pow2(width), _pow2(width_t)
-    if q_seg is None:  # static: computed once in numpy, constants in the program
+    if q_seg is None and dense is None:  # static: computed once in numpy, program constants
         d = np.broadcast_to(table.astype(np.int32)[None], (batch, *table.shape))
         return (*_compress(np, d, width), *_compress(np, d.transpose(0, 2, 1), width_t))
-    d = jnp.asarray(table, jnp.int32)[None]
-    qs, ks = q_seg.reshape(batch, -1, bq), k_seg.reshape(batch, -1, bk)
-    qmin, qmax, kmin, kmax = qs.min(-1), qs.max(-1), ks.min(-1), ks.max(-1)
-    overlap = (qmax[:, :, None] >= kmin[:, None, :]) & (kmax[:, None, :] >= qmin[:, :, None])
-    single = ((qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :]) & (
-        qmin[:, :, None] == kmin[:, None, :]
-    )
-    d = jnp.where(overlap, jnp.where(single, d, jnp.minimum(d, masks.PARTIAL)), masks.EMPTY)
+    d = jnp.broadcast_to(jnp.asarray(table, jnp.int32)[None], (batch, *table.shape))
+    nq, nk = table.shape
+    if q_seg is not None:
+        qs, ks = q_seg.reshape(batch, nq, bq), k_seg.reshape(batch, nk, bk)
+        qmin, qmax, kmin, kmax = qs.min(-1), qs.max(-1), ks.min(-1), ks.max(-1)
+        overlap = (qmax[:, :, None] >= kmin[:, None, :]) & (kmax[:, None, :] >= qmin[:, :, None])
+        single = ((qmin == qmax)[:, :, None] & (kmin == kmax)[:, None, :]) & (
+            qmin[:, :, None] == kmin[:, None, :]
+        )
+        d = _refine(d, overlap, single)
+    if dense is not None:
+        tiles = dense.reshape(dense.shape[0], dense.shape[1], nq, bq, nk, bk)
+        d = _refine(d, tiles.any((1, 3, 5)), tiles.all((1, 3, 5)))
     return (*_compress(jnp, d, width), *_compress(jnp, d.transpose(0, 2, 1), width_t))
+
+
+def _refine(d, some, every):
+    """EMPTY where no element is allowed; at most PARTIAL unless every element is."""
+    return jnp.where(some, jnp.where(every, d, jnp.minimum(d, masks.PARTIAL)), masks.EMPTY)
 
 
 def _compress(xp, d, width):
@@ -200,7 +224,7 @@ def dot_tn(a, b):  # a.T @ b
     return _dot(a, b, ((0,), (0,)))
 
 
-def tile_mask(static: Static, q_pos, k_pos, q_seg, k_seg):
+def tile_mask(static: Static, q_pos, k_pos, q_seg, k_seg, dense=None):
     """Elementwise mask of a partial tile (positions/segments broadcast to the tile)."""
     valid = k_pos < static.k_len
     term = static.spec(q_pos, k_pos)
@@ -208,6 +232,8 @@ def tile_mask(static: Static, q_pos, k_pos, q_seg, k_seg):
         valid = valid & term
     if q_seg is not None:
         valid = valid & (q_seg == k_seg)
+    if dense is not None:
+        valid = valid & (dense != 0)
     return valid
 
 
@@ -240,11 +266,14 @@ def _module(static: Static):
     return importlib.import_module(_LOWERING_MODULES[static.lowering])
 
 
-def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
-    """(out (B, H, Lq, E), lse (B, H, Lq) float32) on padded, head-major inputs."""
-    return _module(static).forward(static, tiles, q, k, v, q_seg, k_seg)
+def forward(static: Static, tiles, q, k, v, q_seg, k_seg, dense):
+    """(out (B, H, Lq, E), lse (B, H, Lq) float32) on padded, head-major inputs.
+
+    ``dense`` is None or an int8 (Bm, Hm, Lq, Lk) mask (1 = may attend).
+    """
+    return _module(static).forward(static, tiles, q, k, v, q_seg, k_seg, dense)
 
 
-def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
+def backward(static: Static, tiles, q, k, v, q_seg, k_seg, dense, do, lse, delta):
     """(dq, dk, dv) on padded, head-major inputs; delta = rowsum(do * out) float32."""
-    return _module(static).backward(static, tiles, q, k, v, q_seg, k_seg, do, lse, delta)
+    return _module(static).backward(static, tiles, q, k, v, q_seg, k_seg, dense, do, lse, delta)

@@ -48,8 +48,8 @@ def _tile_iotas(shape, q_axis, q0, k0):
 
 
 def _fwd_grid_kernel(idx_ref, kind_ref, q_ref, k_ref, v_ref, *refs, static: Static, nq, width):
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    o_ref, lse_ref, m_scr, l_scr, acc_scr = refs[-5:]
+    qseg_ref, kseg_ref, mask_ref, rest = static.optional_refs(refs)
+    o_ref, lse_ref, m_scr, l_scr, acc_scr = rest
     b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
     slot = (b * nq + i) * width + j
     kind = kind_ref[slot]
@@ -68,7 +68,8 @@ def _fwd_grid_kernel(idx_ref, kind_ref, q_ref, k_ref, v_ref, *refs, static: Stat
             )
             q_seg = qseg_ref[...][:, :1] if static.has_segments else None
             k_seg = kseg_ref[...] if static.has_segments else None
-            s = jnp.where(tile_mask(static, q_pos, k_pos, q_seg, k_seg), s, NEG_INF)
+            dense = None if mask_ref is None else mask_ref[...]
+            s = jnp.where(tile_mask(static, q_pos, k_pos, q_seg, k_seg, dense), s, NEG_INF)
         m, l, acc = online_step(m_scr[...][:, :1], l_scr[...][:, :1], acc_scr[...], s, v_ref[...])
         m_scr[...] = jnp.broadcast_to(m, m_scr.shape)
         l_scr[...] = jnp.broadcast_to(l, l_scr.shape)
@@ -84,7 +85,7 @@ def _fwd_grid_kernel(idx_ref, kind_ref, q_ref, k_ref, v_ref, *refs, static: Stat
         lse_ref[...] = jnp.broadcast_to(lse, lse_ref.shape)
 
 
-def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
+def forward(static: Static, tiles, q, k, v, q_seg, k_seg, dense):
     (B, H, Lq, K), (_, G, _, E) = q.shape, v.shape
     rep, bq, bk = H // G, static.block_q, static.block_k
     idx, kind = tiles[0], tiles[1]
@@ -105,6 +106,18 @@ def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
             ),
         ]
         args += [jnp.broadcast_to(q_seg[:, :, None], (B, Lq, LANES)), k_seg[:, None, :]]
+    if dense is not None:
+        in_specs.append(
+            pl.BlockSpec(
+                (None, None, bq, bk),
+                lambda b, h, i, j, idx, kind: (
+                    *static.mask_index(b, h),
+                    i,
+                    idx[(b * nq + i) * width + j],
+                ),
+            )
+        )
+        args.append(dense)
     out, lse = _mosaic_call(
         functools.partial(_fwd_grid_kernel, static=static, nq=nq, width=width),
         (B, H, nq, width),
@@ -128,12 +141,13 @@ def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
     return out, lse[..., 0]
 
 
-def _grad_tile(static, q, k, v, do, lse_row, delta_row, positions, segments):
+def _grad_tile(static, q, k, v, do, lse_row, delta_row, positions, segments, mask_ref):
     """Transposed scores (k rows, q lanes): returns p^T and ds^T, both (bk, bq) float32."""
     s = dot_nt(k, q) * static.scale
     if positions is not None:
         q_pos, k_pos = _tile_iotas(s.shape, 1, *positions)
-        s = jnp.where(tile_mask(static, q_pos, k_pos, *segments), s, NEG_INF)
+        dense = None if mask_ref is None else mask_ref[...]
+        s = jnp.where(tile_mask(static, q_pos, k_pos, *segments, dense), s, NEG_INF)
     p = jnp.exp(s - lse_row)
     ds = p * (dot_nt(v, do) - delta_row)
     return p, ds
@@ -142,8 +156,7 @@ def _grad_tile(static, q, k, v, do, lse_row, delta_row, positions, segments):
 def _dq_grid_kernel(
     idx_ref, kind_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, static, nq, width
 ):
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    dq_ref, acc_scr = refs[-2:]
+    qseg_ref, kseg_ref, mask_ref, (dq_ref, acc_scr) = static.optional_refs(refs)
     b, i, j = pl.program_id(0), pl.program_id(2), pl.program_id(3)
     slot = (b * nq + i) * width + j
     kind = kind_ref[slot]
@@ -158,7 +171,7 @@ def _dq_grid_kernel(
         k = k_ref[...]
         _, ds = _grad_tile(
             static, q_ref[...], k, v_ref[...], do_ref[...], lse_ref[...], delta_ref[...],
-            positions, segments,
+            positions, segments, mask_ref,
         )  # fmt: skip
         acc_scr[...] += dot_nn(ds.T.astype(k.dtype), k)
 
@@ -174,8 +187,7 @@ def _dkv_grid_kernel(
     idx_ref, kind_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, static, nk, width,
     steps,
 ):  # fmt: skip
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    dk_ref, dv_ref, dk_scr, dv_scr = refs[-4:]
+    qseg_ref, kseg_ref, mask_ref, (dk_ref, dv_ref, dk_scr, dv_scr) = static.optional_refs(refs)
     b, kb, t = pl.program_id(0), pl.program_id(2), pl.program_id(3)
     slot = (b * nk + kb) * width + lax.rem(t, width)
     kind = kind_ref[slot]
@@ -191,7 +203,7 @@ def _dkv_grid_kernel(
         q, do = q_ref[...], do_ref[...]
         p, ds = _grad_tile(
             static, q, k_ref[...], v_ref[...], do, lse_ref[...], delta_ref[...], positions,
-            segments,
+            segments, mask_ref,
         )  # fmt: skip
         dv_scr[...] += dot_nn(p.astype(do.dtype), do)
         dk_scr[...] += dot_nn(ds.astype(q.dtype), q)
@@ -205,7 +217,7 @@ def _dkv_grid_kernel(
         dv_ref[...] = dv_scr[...].astype(dv_ref.dtype)
 
 
-def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
+def backward(static: Static, tiles, q, k, v, q_seg, k_seg, dense, do, lse, delta):
     (B, H, _, K), (_, G, Lk, E) = q.shape, v.shape
     rep, bq, bk = H // G, static.block_q, static.block_k
     idx, kind, _, idx_t, kind_t, _ = tiles
@@ -215,6 +227,8 @@ def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
     seg_args = []
     if static.has_segments:
         seg_args = [q_seg[:, None, :], jnp.broadcast_to(k_seg[:, :, None], (B, Lk, LANES))]
+    if dense is not None:  # transposed tiles (k rows, q lanes), like the scores
+        seg_args.append(dense.transpose(0, 1, 3, 2))
 
     # dq: grid (B, H, q tiles, k slots).
     kv_tile = lambda b, h, i, j, idx, kind: (b, lax.div(h, rep), idx[(b * nq + i) * width + j], 0)
@@ -229,6 +243,17 @@ def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
                 lambda b, h, i, j, idx, kind: (b, idx[(b * nq + i) * width + j], 0),
             ),
         ]
+    if dense is not None:
+        seg_specs.append(
+            pl.BlockSpec(
+                (None, None, bk, bq),
+                lambda b, h, i, j, idx, kind: (
+                    *static.mask_index(b, h),
+                    idx[(b * nq + i) * width + j],
+                    i,
+                ),
+            )
+        )
     dq = _mosaic_call(
         functools.partial(_dq_grid_kernel, static=static, nq=nq, width=width),
         (B, H, nq, width),
@@ -274,6 +299,19 @@ def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
             ),
             pl.BlockSpec((None, bk, LANES), lambda b, g, kb, t, idx, kind: (b, kb, 0)),
         ]
+    else:
+        seg_specs = []
+    if dense is not None:
+        seg_specs.append(
+            pl.BlockSpec(
+                (None, None, bk, bq),
+                lambda b, g, kb, t, idx, kind: (
+                    *static.mask_index(b, g * rep + lax.div(t, width_t)),
+                    kb,
+                    q_of(b, g, kb, t, idx, kind),
+                ),
+            )
+        )
     dk, dv = _mosaic_call(
         functools.partial(_dkv_grid_kernel, static=static, nk=nk, width=width_t, steps=steps),
         (B, G, nk, steps),

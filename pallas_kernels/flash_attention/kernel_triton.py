@@ -32,8 +32,7 @@ def _iota_row(n):
 
 
 def _fwd_loop_kernel(idx_ref, kind_ref, cnt_ref, q_ref, k_ref, v_ref, *refs, static: Static):
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    o_ref, lse_ref = refs[-2:]
+    qseg_ref, kseg_ref, mask_ref, (o_ref, lse_ref) = static.optional_refs(refs)
     bq, bk = static.block_q, static.block_k
     q = q_ref[...]
     q_pos = pl.program_id(2) * bq + _iota_col(bq)
@@ -45,7 +44,8 @@ def _fwd_loop_kernel(idx_ref, kind_ref, cnt_ref, q_ref, k_ref, v_ref, *refs, sta
         k, v = k_ref[sl, :], v_ref[sl, :]
         s = dot_nt(q, k) * static.scale
         k_seg = kseg_ref[sl][None, :] if static.has_segments else None
-        valid = tile_mask(static, q_pos, kb * bk + _iota_row(bk), q_seg, k_seg)
+        dense = None if mask_ref is None else mask_ref[:, sl]
+        valid = tile_mask(static, q_pos, kb * bk + _iota_row(bk), q_seg, k_seg, dense)
         valid = valid | (kind_ref[j] == masks.FULL)
         return online_step(*carry, jnp.where(valid, s, NEG_INF), v)
 
@@ -62,8 +62,7 @@ def _fwd_loop_kernel(idx_ref, kind_ref, cnt_ref, q_ref, k_ref, v_ref, *refs, sta
 def _dq_loop_kernel(
     idx_ref, kind_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, static
 ):
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    (dq_ref,) = refs[-1:]
+    qseg_ref, kseg_ref, mask_ref, (dq_ref,) = static.optional_refs(refs)
     bq, bk = static.block_q, static.block_k
     q, do = q_ref[...], do_ref[...]
     lse, delta = lse_ref[...][:, None], delta_ref[...][:, None]
@@ -76,7 +75,8 @@ def _dq_loop_kernel(
         k, v = k_ref[sl, :], v_ref[sl, :]
         s = dot_nt(q, k) * static.scale
         k_seg = kseg_ref[sl][None, :] if static.has_segments else None
-        valid = tile_mask(static, q_pos, kb * bk + _iota_row(bk), q_seg, k_seg)
+        dense = None if mask_ref is None else mask_ref[:, sl]
+        valid = tile_mask(static, q_pos, kb * bk + _iota_row(bk), q_seg, k_seg, dense)
         valid = valid | (kind_ref[j] == masks.FULL)
         p = jnp.exp(jnp.where(valid, s, NEG_INF) - lse)
         ds = p * (dot_nt(do, v) - delta)
@@ -89,8 +89,7 @@ def _dq_loop_kernel(
 def _dkv_loop_kernel(
     idx_ref, kind_ref, cnt_ref, q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs, static
 ):
-    qseg_ref, kseg_ref = refs[:2] if static.has_segments else (None, None)
-    dk_ref, dv_ref = refs[-2:]
+    qseg_ref, kseg_ref, mask_ref, (dk_ref, dv_ref) = static.optional_refs(refs)
     bq, bk = static.block_q, static.block_k
     rep = q_ref.shape[0]
     k, v = k_ref[...], v_ref[...]
@@ -107,7 +106,10 @@ def _dkv_loop_kernel(
             lse, delta = lse_ref[r, sl][:, None], delta_ref[r, sl][:, None]
             s = dot_nt(q, k) * static.scale
             q_seg = qseg_ref[sl][:, None] if static.has_segments else None
-            valid = tile_mask(static, qi * bq + _iota_col(bq), k_pos, q_seg, k_seg)
+            dense = None
+            if mask_ref is not None:
+                dense = mask_ref[r if static.dense[1] > 1 else 0, sl, :]
+            valid = tile_mask(static, qi * bq + _iota_col(bq), k_pos, q_seg, k_seg, dense)
             valid = valid | (kind_ref[j] == masks.FULL)
             p = jnp.exp(jnp.where(valid, s, NEG_INF) - lse)
             dv = dv + dot_tn(p.astype(do.dtype), do)
@@ -135,7 +137,7 @@ def _triton_call(kernel, grid, in_specs, out_specs, out_shape, static: Static, h
     )
 
 
-def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
+def forward(static: Static, tiles, q, k, v, q_seg, k_seg, dense):
     (B, H, Lq, K), (_, G, Lk, E) = q.shape, v.shape
     rep, bq = H // G, static.block_q
     idx, kind, cnt = tiles[:3]
@@ -156,6 +158,11 @@ def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
             pl.BlockSpec((None, Lk), lambda b, h, i: (b, 0)),
         ]
         args += [q_seg, k_seg]
+    if dense is not None:
+        in_specs.append(
+            pl.BlockSpec((None, None, bq, Lk), lambda b, h, i: (*static.mask_index(b, h), i, 0))
+        )
+        args.append(dense)
     out_specs = [
         pl.BlockSpec((None, None, bq, E), lambda b, h, i: (b, h, i, 0)),
         pl.BlockSpec((None, None, bq), lambda b, h, i: (b, h, i)),
@@ -176,7 +183,7 @@ def forward(static: Static, tiles, q, k, v, q_seg, k_seg):
     return call(*args)
 
 
-def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
+def backward(static: Static, tiles, q, k, v, q_seg, k_seg, dense, do, lse, delta):
     (B, H, Lq, K), (_, G, Lk, E) = q.shape, v.shape
     rep, bq, bk = H // G, static.block_q, static.block_k
     idx, kind, cnt, idx_t, kind_t, cnt_t = tiles
@@ -188,6 +195,11 @@ def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
             pl.BlockSpec((None, Lk), lambda b, h, i: (b, 0)),
         ]
         seg_args = [q_seg, k_seg]
+    if dense is not None:
+        seg_specs.append(
+            pl.BlockSpec((None, None, bq, Lk), lambda b, h, i: (*static.mask_index(b, h), i, 0))
+        )
+        seg_args = [*seg_args, dense]
     dq = _triton_call(
         functools.partial(_dq_loop_kernel, static=static),
         (B, H, Lq // bq),
@@ -214,6 +226,13 @@ def backward(static: Static, tiles, q, k, v, q_seg, k_seg, do, lse, delta):
             pl.BlockSpec((None, Lq), lambda b, g, j: (b, 0)),
             pl.BlockSpec((None, bk), lambda b, g, j: (b, j)),
         ]
+    else:
+        seg_specs = []
+    if dense is not None:
+        heads = rep if static.dense[1] > 1 else 1
+        seg_specs.append(
+            pl.BlockSpec((None, heads, Lq, bk), lambda b, g, j: (*static.mask_index(b, g), 0, j))
+        )
     col = lambda b, g, j: (b, j, 0)
     dk, dv = _triton_call(
         functools.partial(_dkv_loop_kernel, static=static),

@@ -6,13 +6,14 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pallas_kernels.flash_attention import kernel, masks
 from pallas_kernels.flash_attention.kernel import BlockSizes
 
 
-def _spec(causal: bool, block_mask, q_len: int, k_len: int) -> masks.BlockMask:
-    if block_mask is None:
+def _spec(causal: bool, block_mask) -> masks.BlockMask:
+    if block_mask is None or _is_array(block_mask):
         spec = masks.BlockMask()
     elif isinstance(block_mask, masks.BlockMask):
         spec = block_mask
@@ -21,11 +22,30 @@ def _spec(causal: bool, block_mask, q_len: int, k_len: int) -> masks.BlockMask:
     else:
         raise ValueError(
             f"block_mask={block_mask!r} is not supported; accepted: None, a "
-            "pallas_kernels.flash_attention.masks.BlockMask or one of its terms"
+            "pallas_kernels.flash_attention.masks.BlockMask or one of its terms, or a bool "
+            "array (B or 1, H or 1, Lq, Lk)"
         )
     if causal:
         spec = spec & masks.BlockMask((masks.Causal(),))
     return spec
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, jax.Array | np.ndarray)
+
+
+def _dense(block_mask, B: int, H: int, Lq: int, Lk: int):
+    if not _is_array(block_mask):
+        return None
+    m = block_mask
+    if m.ndim != 4 or m.dtype != bool or m.shape[0] not in (1, B) or m.shape[1] not in (1, H):
+        raise ValueError(
+            f"block_mask has shape {m.shape} and dtype {m.dtype}; accepted: a bool array of "
+            f"shape (B or 1, H or 1, Lq, Lk) = ({B} or 1, {H} or 1, {Lq}, {Lk})"
+        )
+    if m.shape[2:] != (Lq, Lk):
+        raise ValueError(f"block_mask has shape {m.shape}; accepted: (B or 1, H or 1, {Lq}, {Lk})")
+    return jnp.asarray(m)
 
 
 def _segments(segment_ids, batch: int, q_len: int, k_len: int):
@@ -68,7 +88,8 @@ def flash_attention(
       segment_ids: int (B, L) (query and key share it; needs Lq == Lk) or a pair
         ``(q_segment_ids (B, Lq), kv_segment_ids (B, Lk))``; attends within equal ids.
       block_mask: a ``masks.BlockMask`` (or one term): causal, local, chunk, block-causal,
-        block-diffusion, axial row / column, combined with AND.
+        block-diffusion, axial row / column, combined with AND; or a dense bool mask
+        (B or 1, H or 1, Lq, Lk) (True = may attend), whose all-False tiles are skipped.
       scale: logit scale, default 1 / sqrt(K).
       interpret: False (compiled: Mosaic on TPU, Triton on GPU), True (generic Pallas
         interpreter, any platform) or ``pltpu.InterpretParams()`` (the Mosaic kernels in the
@@ -108,8 +129,9 @@ def flash_attention(
     bs = block_sizes or BlockSizes.default(lowering, Lq, Lk, max(K, E))
     bs.validate(lowering)
     q_seg, k_seg = _segments(segment_ids, B, Lq, Lk)
+    dense = _dense(block_mask, B, H, Lq, Lk)
     static = kernel.Static(
-        spec=_spec(causal, block_mask, Lq, Lk),
+        spec=_spec(causal, block_mask),
         scale=float(K**-0.5 if scale is None else scale),
         q_len=Lq,
         k_len=Lk,
@@ -120,6 +142,7 @@ def flash_attention(
         lowering=lowering,
         interpret=interpret,
         has_segments=q_seg is not None,
+        dense=None if dense is None else dense.shape[:2],
     )
     lq, lk = kernel._round_up(Lq, bs.block_q), kernel._round_up(Lk, bs.block_k)
     kp = ep = None
@@ -131,8 +154,12 @@ def flash_attention(
     if q_seg is not None:
         q_seg = jnp.pad(q_seg, ((0, 0), (0, lq - Lq)), mode="edge")
         k_seg = jnp.pad(k_seg, ((0, 0), (0, lk - Lk)), mode="edge")
-    tiles = kernel.plan(static, B, q_seg, k_seg)
-    out = _flash(static, tiles, q_, k_, v_, q_seg, k_seg)
+    if dense is not None:
+        dense = jnp.pad(dense, ((0, 0), (0, 0), (0, lq - Lq), (0, lk - Lk)))
+    tiles = kernel.plan(static, B, q_seg, k_seg, dense)
+    if dense is not None:
+        dense = dense.astype(jnp.int8)
+    out = _flash(static, tiles, q_, k_, v_, q_seg, k_seg, dense)
     return out[:, :, :Lq, :E].transpose(0, 2, 1, 3)
 
 
@@ -142,20 +169,20 @@ def _pad(x, length, width):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(static, tiles, q, k, v, q_seg, k_seg):
-    return kernel.forward(static, tiles, q, k, v, q_seg, k_seg)[0]
+def _flash(static, tiles, q, k, v, q_seg, k_seg, dense):
+    return kernel.forward(static, tiles, q, k, v, q_seg, k_seg, dense)[0]
 
 
-def _flash_fwd(static, tiles, q, k, v, q_seg, k_seg):
-    out, lse = kernel.forward(static, tiles, q, k, v, q_seg, k_seg)
-    return out, (tiles, q, k, v, q_seg, k_seg, out, lse)
+def _flash_fwd(static, tiles, q, k, v, q_seg, k_seg, dense):
+    out, lse = kernel.forward(static, tiles, q, k, v, q_seg, k_seg, dense)
+    return out, (tiles, q, k, v, q_seg, k_seg, dense, out, lse)
 
 
 def _flash_bwd(static, res, do):
-    tiles, q, k, v, q_seg, k_seg, out, lse = res
+    tiles, q, k, v, q_seg, k_seg, dense, out, lse = res
     delta = (do.astype(jnp.float32) * out.astype(jnp.float32)).sum(-1)
-    dq, dk, dv = kernel.backward(static, tiles, q, k, v, q_seg, k_seg, do, lse, delta)
-    return None, dq, dk, dv, None, None
+    dq, dk, dv = kernel.backward(static, tiles, q, k, v, q_seg, k_seg, dense, do, lse, delta)
+    return None, dq, dk, dv, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -173,9 +200,13 @@ def visited_tiles(
 ) -> tuple[int, int]:
     """(tiles the forward visits per head summed over the batch, total tiles): the sparsity."""
     q_seg, k_seg = _segments(segment_ids, batch, q_len, k_len)
+    dense = None
+    if _is_array(block_mask):
+        dense = _dense(block_mask, batch, block_mask.shape[1], q_len, k_len)
     static = kernel.Static(
-        _spec(causal, block_mask, q_len, k_len), 1.0, q_len, k_len, block_sizes.block_q,
+        _spec(causal, block_mask), 1.0, q_len, k_len, block_sizes.block_q,
         block_sizes.block_k, None, 2, "mosaic", False, q_seg is not None,
+        None if dense is None else dense.shape[:2],
     )  # fmt: skip
     lq, lk = (
         kernel._round_up(q_len, block_sizes.block_q),
@@ -184,5 +215,7 @@ def visited_tiles(
     if q_seg is not None:
         q_seg = jnp.pad(q_seg, ((0, 0), (0, lq - q_len)), mode="edge")
         k_seg = jnp.pad(k_seg, ((0, 0), (0, lk - k_len)), mode="edge")
-    cnt = kernel.plan(static, batch, q_seg, k_seg)[2]
+    if dense is not None:
+        dense = jnp.pad(dense, ((0, 0), (0, 0), (0, lq - q_len), (0, lk - k_len)))
+    cnt = kernel.plan(static, batch, q_seg, k_seg, dense)[2]
     return int(cnt.sum()), batch * (lq // block_sizes.block_q) * (lk // block_sizes.block_k)

@@ -62,13 +62,17 @@ class FlashAttentionTestBase:
         return flash_attention(q, k, v, interpret=self.interpret, block_sizes=bs, **kw)
 
     def check(self, spec, *, Lq, Lk, H=2, G=1, K=16, E=16, dtype=jnp.float32, seg=None,
-              grad=True, causal=False, block_mask=True):  # fmt: skip
+              grad=True, causal=False, block_mask=True, dense=None):  # fmt: skip
         B = 1 if seg is None else seg[0].shape[0]
+        B = B if dense is None else dense.shape[0]
         q, k, v, do = _inputs(B, Lq, Lk, H, G, K, E, dtype)
         segment_ids = None if seg is None else (seg[0] if seg[0] is seg[1] else tuple(seg))
         kw = dict(block_mask=spec if block_mask else None, segment_ids=segment_ids, causal=causal)
         full = spec & masks.mask(masks.Causal()) if causal else spec
         mask = _dense(full, Lq, Lk, *(seg or (None, None)), batch=B)
+        if dense is not None:
+            kw["block_mask"] = jnp.asarray(dense)
+            mask = mask & dense
         f = lambda q, k, v: self.call(q, k, v, **kw)
         r = lambda q, k, v: _reference(q, k, v, mask)
         if not grad:
@@ -150,6 +154,15 @@ class FlashAttentionTestBase:
         for g in grads:
             assert np.isfinite(np.asarray(g)).all()
 
+    def test_dense_mask_gqa(self):
+        T = self.T
+        L = 2 * T + 3
+        m = np.random.default_rng(1).random((2, 4, L, L)) < 0.3
+        m[:, :, :T, T : 2 * T] = False  # an all-False tile: skipped
+        m[1, 2, 5] = False  # a fully masked row: zeros
+        out, _ = self.check(masks.BlockMask(), Lq=L, Lk=L, H=4, G=2, dense=m, causal=True)
+        np.testing.assert_array_equal(np.asarray(out[1, 5, 2]), 0.0)
+
     def test_empty_tiles_are_skipped(self):
         """Keys of skipped tiles are NaN: a visited tile would spread NaN (NaN * 0 = NaN)."""
         T = self.T
@@ -223,19 +236,22 @@ def tpu_info_on_cpu(monkeypatch):
     monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, info)
 
 
+@pytest.mark.parametrize("dense", [False, True], ids=["block_mask", "dense_mask"])
 @pytest.mark.parametrize("platform,target", [("tpu", "tpu_custom_call"), ("cuda", "triton")])
-def test_compiled_lowerings(platform, target, tpu_info_on_cpu):
+def test_compiled_lowerings(platform, target, dense, tpu_info_on_cpu):
     """Both compiled lowerings (Mosaic, Triton) lower fwd + bwd: 1 + 2 kernels each."""
     q = jax.ShapeDtypeStruct((1, 256, 4, 64), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
     seg = jax.ShapeDtypeStruct((1, 256), jnp.int32)
+    m = jax.ShapeDtypeStruct((1, 4, 256, 256), jnp.bool_)
     spec = masks.mask(masks.BlockDiffusion(32, 128))
 
-    def loss(q, k, v, s):
-        return flash_attention(q, k, v, block_mask=spec, segment_ids=s).astype(jnp.float32).sum()
+    def loss(q, k, v, s, m):
+        kw = dict(block_mask=m, causal=True) if dense else dict(block_mask=spec, segment_ids=s)
+        return flash_attention(q, k, v, **kw).astype(jnp.float32).sum()
 
     with mock.patch.object(kernel.jax, "default_backend", lambda: platform):
-        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, seg)
+        lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, seg, m)
         text = lowered.lower(lowering_platforms=(platform,)).as_text()
     assert text.count(target) >= 3
 
