@@ -209,7 +209,15 @@ def _compress(xp, d, width):
 
 
 def _dot(a, b, contract):
-    return lax.dot_general(a, b, (contract, ((), ())), preferred_element_type=jnp.float32)
+    # float32 inputs ask for full precision (no TF32 on GPU, no single bf16 pass on TPU).
+    exact = a.dtype == jnp.float32 or b.dtype == jnp.float32
+    return lax.dot_general(
+        a,
+        b,
+        (contract, ((), ())),
+        precision=lax.Precision.HIGHEST if exact else None,
+        preferred_element_type=jnp.float32,
+    )
 
 
 def dot_nt(a, b):  # a @ b.T
