@@ -1,0 +1,238 @@
+"""Masked-diffusion samplers on any denoiser callable (REFERENCES.md s.5).
+
+``denoise_fn(tokens_BxL) -> logits_BxLxV`` is the (time-agnostic) SUBS network: logits for
+every position of the partially masked input; its ``mask_id`` logit, if present, is ignored.
+All samplers are pure JAX loops (``lax.fori_loop`` / ``lax.while_loop``) and jit-able with
+the denoiser, shapes and options static, e.g.
+``jax.jit(functools.partial(sample, denoise_fn=f, batch_size=8, length=128, mask_id=256,
+method="first_hitting"))(key)``. Token draws use the float32-faithful
+:func:`jaxar.ops.categorical`; the reveal decision is a separate uniform, so no category
+ever has a probability of order ``1 / num_steps`` folded into the draw.
+
+Methods:
+  * ``"ancestral"``: ``num_steps`` (default ``length``) steps ``t -> s`` on a uniform time
+    grid; each masked token is revealed with probability
+    ``(alpha_s - alpha_t) / (1 - alpha_t)`` (drawn from ``p_theta``), else stays masked.
+    One denoiser call per step.
+  * ``"cached"``: the same chain (token for token equal to ``"ancestral"`` for the same key),
+    but the denoiser is called only when some sequence of the batch changed since the last
+    call (the network is a function of its input only), and no token is drawn on steps
+    where nothing is revealed.
+  * ``"first_hitting"``: each sequence repeatedly picks one of its masked positions
+    uniformly at random and draws it from ``p_theta`` (Zheng et al. 2024: the first
+    hitting time of the next reveal is ``tau = t u^(1/n)``; with a time-agnostic network
+    the times do not change the tokens, so they are not computed). Exact in distribution
+    (no simultaneous reveals), one denoiser call per revealed token: the batch makes
+    ``max_b n_b`` calls for ``n_b`` masked tokens in sequence ``b``.
+
+Returns :class:`Samples` ``(tokens, num_calls)``: int32 ``(B, L)`` tokens and the int32
+number of denoiser calls made (a scalar for the whole batch).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxar.ops.categorical import categorical
+from jaxar.ops.masked_diffusion import SCHEDULES, mask_schedule, subs_logits
+
+__all__ = ["METHODS", "Samples", "sample", "process_logits"]
+
+METHODS = ("ancestral", "cached", "first_hitting")
+
+
+class Samples(NamedTuple):
+    """Sampler output: ``tokens`` int32 (B, L) and ``num_calls`` int32 scalar."""
+
+    tokens: jax.Array
+    num_calls: jax.Array
+
+
+def process_logits(logits, *, mask_id: int, temperature: float = 1.0, top_p=None):
+    """SUBS (``-inf`` on ``mask_id``), then temperature, then nucleus (top-p) filtering.
+
+    Top-p keeps the smallest set of most probable tokens whose mass reaches ``top_p``
+    (ties at the threshold are kept). ``temperature == 0`` is left to the caller (argmax).
+    """
+    logits = subs_logits(logits, mask_id)
+    if temperature not in (0.0, 1.0):
+        logits = logits / temperature
+    if top_p is not None and top_p < 1.0:
+        sorted_xV = -jnp.sort(-logits, axis=-1)
+        probs_xV = jax.nn.softmax(sorted_xV, axis=-1)
+        before_xV = jnp.cumsum(probs_xV, axis=-1) - probs_xV
+        keep_xV = before_xV < top_p
+        threshold = jnp.min(jnp.where(keep_xV, sorted_xV, jnp.inf), axis=-1, keepdims=True)
+        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+    return logits
+
+
+def _draw(key, logits, temperature):
+    if temperature == 0.0:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    return categorical(key, logits)
+
+
+def _initial_tokens(batch_size, length, mask_id, prompt):
+    x = jnp.full((batch_size, length), mask_id, jnp.int32)
+    if prompt is None:
+        return x
+    prompt = jnp.asarray(prompt, jnp.int32)
+    if prompt.ndim != 2 or prompt.shape[0] not in (1, batch_size) or prompt.shape[1] > length:
+        raise ValueError(
+            f"prompt must be int (B or 1, P) with B={batch_size}, P <= length={length}; "
+            f"got shape {prompt.shape}"
+        )
+    prompt = jnp.broadcast_to(prompt, (batch_size, prompt.shape[1]))
+    return x.at[:, : prompt.shape[1]].set(prompt)
+
+
+def sample(
+    key,
+    denoise_fn: Callable[[jax.Array], jax.Array],
+    *,
+    batch_size: int,
+    length: int,
+    mask_id: int,
+    method: str,
+    num_steps: int | None = None,
+    prompt=None,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    schedule: str = "loglinear",
+) -> Samples:
+    """Generates ``batch_size`` sequences of ``length`` tokens from a masked-diffusion model.
+
+    Args:
+      key: PRNG key.
+      denoise_fn: ``tokens_BxL -> logits_BxLxV`` (``V`` with or without the [MASK] row).
+      batch_size, length: output shape.
+      mask_id: the [MASK] token id.
+      method: ``"ancestral"``, ``"cached"`` or ``"first_hitting"``.
+      num_steps: time steps of ``"ancestral"``/``"cached"`` (default ``length``); must be
+        None for ``"first_hitting"`` (it takes one step per masked token).
+      prompt: optional int (B or 1, P), P <= length, written into the first P positions;
+        entries equal to ``mask_id`` are generated (so infilling patterns work too).
+      temperature: softmax temperature (0 = argmax).
+      top_p: nucleus sampling mass, or None.
+      schedule: the time grid's ``alpha_t`` for the ancestral samplers (``SCHEDULES``).
+
+    Returns:
+      ``Samples(tokens, num_calls)``.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not supported; accepted: {METHODS}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"schedule={schedule!r} is not supported; accepted: {SCHEDULES}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if method == "first_hitting" and num_steps is not None:
+        raise ValueError(
+            f"num_steps={num_steps} is not used by method='first_hitting' (one step per "
+            "masked token); pass None"
+        )
+    if num_steps is None:
+        num_steps = length
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    x = _initial_tokens(batch_size, length, mask_id, prompt)
+
+    def logits_of(tokens):
+        logits = denoise_fn(tokens)
+        if logits.shape[:2] != (batch_size, length) or logits.ndim != 3:
+            raise ValueError(
+                f"denoise_fn must return (B, L, V) = ({batch_size}, {length}, V) logits, "
+                f"got shape {logits.shape}"
+            )
+        return logits
+
+    opts = dict(mask_id=mask_id, temperature=temperature, top_p=top_p)
+    if method == "first_hitting":
+        return _first_hitting(key, logits_of, x, **opts)
+    return _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
+
+
+def _ancestral(key, logits_of, x, num_steps, schedule, *, cached, mask_id, temperature, top_p):
+    def reveal_probability(step):
+        t = 1.0 - step / num_steps
+        s = 1.0 - (step + 1) / num_steps
+        alpha_t, _ = mask_schedule(t, schedule)
+        alpha_s, _ = mask_schedule(s, schedule)
+        p = (alpha_s - alpha_t) / (1.0 - alpha_t)
+        return jnp.where(step + 1 >= num_steps, 1.0, p)
+
+    def reveal_and_draw(step, x, logits_fn):
+        k_reveal, k_draw = jax.random.split(jax.random.fold_in(key, step))
+        u = jax.random.uniform(k_reveal, x.shape, jnp.float32)
+        reveal = (x == mask_id) & (u < reveal_probability(step))
+
+        def update(x):
+            logits = process_logits(
+                logits_fn(), mask_id=mask_id, temperature=temperature, top_p=top_p
+            )
+            return jnp.where(reveal, _draw(k_draw, logits, temperature), x)
+
+        return reveal, update
+
+    if not cached:
+
+        def body(step, x):
+            logits = logits_of(x)
+            _, update = reveal_and_draw(step, x, lambda: logits)
+            return update(x)
+
+        x = lax.fori_loop(0, num_steps, body, x)
+        return Samples(x, jnp.asarray(num_steps, jnp.int32))
+
+    def body_cached(step, carry):
+        x, logits, stale, calls = carry
+        logits, calls = lax.cond(
+            stale & jnp.any(x == mask_id),
+            lambda: (logits_of(x).astype(logits.dtype), calls + 1),
+            lambda: (logits, calls),
+        )
+        reveal, update = reveal_and_draw(step, x, lambda: logits)
+        changed = jnp.any(reveal)
+        x = lax.cond(changed, update, lambda x: x, x)
+        return x, logits, changed, calls
+
+    logits0 = jax.eval_shape(logits_of, x)
+    carry = (x, jnp.zeros(logits0.shape, logits0.dtype), jnp.asarray(True), jnp.int32(0))
+    x, _, _, calls = lax.fori_loop(0, num_steps, body_cached, carry)
+    return Samples(x, calls)
+
+
+def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p):
+    batch_size, length = x.shape
+
+    def cond(carry):
+        x, _ = carry
+        return jnp.any(x == mask_id)
+
+    def body(carry):
+        x, calls = carry
+        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+        masked = x == mask_id
+        # a uniformly random masked position per sequence
+        u = jax.random.uniform(k_pos, x.shape, jnp.float32)
+        pos_B = jnp.argmax(jnp.where(masked, u, -1.0), axis=-1)
+        logits_BxLxV = logits_of(x)
+        logits_BxV = jnp.take_along_axis(logits_BxLxV, pos_B[:, None, None], axis=1)[:, 0]
+        logits_BxV = process_logits(
+            logits_BxV, mask_id=mask_id, temperature=temperature, top_p=top_p
+        )
+        token_B = _draw(k_draw, logits_BxV, temperature)
+        active_B = jnp.any(masked, axis=-1)
+        hit_BxL = (jnp.arange(length)[None, :] == pos_B[:, None]) & active_B[:, None]
+        x = jnp.where(hit_BxL, token_B[:, None], x)
+        return x, calls + 1
+
+    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
+    return Samples(x, calls)

@@ -1,0 +1,215 @@
+"""Masked-diffusion samplers on an exact toy joint (V=3, L=3; REFERENCES.md s.5).
+
+The test's denoiser returns the exact conditionals p(x_l | unmasked positions of z) of a
+fixed joint table, so every sampler must reproduce the table: chi-square over the 27
+sequences (fixed seeds).
+"""
+
+import functools
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from jaxar.sampling.masked_diffusion import Samples, process_logits, sample
+
+V, L, MASK = 3, 3, 3
+SEQS = np.asarray(list(itertools.product(range(V), repeat=L)))  # (27, 3), row-major index
+_W = np.arange(1, 28, dtype=np.float64) ** 1.5
+JOINT = np.roll(_W / _W.sum(), 11)  # strongly non-product
+
+
+def exact_denoiser(z_BxL):
+    """logits[b, l, v] = log sum_s P(s) [s consistent with z_b] [s_l = v]."""
+    seqs = jnp.asarray(SEQS)
+    consistent_BxS = jnp.all((z_BxL[:, None, :] == MASK) | (z_BxL[:, None, :] == seqs[None]), -1)
+    w_BxS = jnp.where(consistent_BxS, jnp.asarray(JOINT, jnp.float32)[None], 0.0)
+    onehot_SxLxV = jax.nn.one_hot(seqs, V, dtype=jnp.float32)
+    mass_BxLxV = jnp.einsum("bs,slv->blv", w_BxS, onehot_SxLxV)
+    return jnp.log(mass_BxLxV + 1e-30)
+
+
+def _index(tokens):
+    tokens = np.asarray(tokens)
+    assert tokens.min() >= 0 and tokens.max() < V
+    return (tokens * V ** np.arange(L - 1, -1, -1)).sum(-1)
+
+
+def _chi2_pvalue(tokens, probs):
+    counts = np.bincount(_index(tokens), minlength=V**L)
+    keep = probs > 0
+    assert counts[~keep].sum() == 0
+    return scipy.stats.chisquare(counts[keep], counts.sum() * probs[keep] / probs.sum()).pvalue
+
+
+N = 10_000
+
+
+@functools.cache
+def _run(method, num_steps, seed, prompt=False, n=N):
+    fn = functools.partial(
+        sample,
+        denoise_fn=exact_denoiser,
+        batch_size=n,
+        length=L,
+        mask_id=MASK,
+        method=method,
+        num_steps=num_steps,
+        prompt=jnp.asarray([[1]]) if prompt else None,
+    )
+    out = jax.jit(fn)(jax.random.key(seed))
+    assert isinstance(out, Samples)
+    return np.asarray(out.tokens), int(out.num_calls)
+
+
+# 1000 steps: simultaneous reveals (the ancestral sampler's only error with exact
+# conditionals) have probability ~3/1000, far below what 10k samples can detect.
+@pytest.mark.parametrize("method,num_steps", [("ancestral", 1000), ("first_hitting", None)])
+def test_samples_match_joint(method, num_steps):
+    tokens, calls = _run(method, num_steps, seed=0)
+    assert _chi2_pvalue(tokens, JOINT) > 1e-3
+    if method == "first_hitting":
+        assert calls == L
+    else:
+        assert calls <= num_steps
+
+
+def test_cached_equals_ancestral_token_for_token():
+    """Same key, same chain: the cached sampler reproduces the ancestral one exactly (so it
+    samples the joint too) with at most as many denoiser calls."""
+    a, calls_a = _run("ancestral", 300, seed=0, n=1000)
+    c, calls_c = _run("cached", 300, seed=0, n=1000)
+    np.testing.assert_array_equal(a, c)
+    assert calls_a == 300 and calls_c <= 300
+
+
+def test_cached_skips_calls_when_nothing_changes():
+    out = jax.jit(
+        functools.partial(
+            sample,
+            denoise_fn=exact_denoiser,
+            batch_size=1,
+            length=L,
+            mask_id=MASK,
+            method="cached",
+            num_steps=500,
+        )
+    )(jax.random.key(1))
+    assert 1 <= int(out.num_calls) <= L
+
+
+def test_first_hitting_with_prompt_matches_conditional():
+    tokens, calls = _run("first_hitting", None, seed=2, prompt=True)
+    assert np.all(tokens[:, 0] == 1) and calls == L - 1
+    conditional = np.where(SEQS[:, 0] == 1, JOINT, 0.0)
+    assert _chi2_pvalue(tokens, conditional) > 1e-3
+
+
+def test_first_hitting_one_call_per_revealed_token_batched():
+    """Each sequence reveals its own positions; calls counted by a host callback too."""
+    calls = []
+
+    def counted(z):
+        jax.debug.callback(lambda: calls.append(1))
+        return exact_denoiser(z)
+
+    length = 6
+    prompt = jnp.asarray(
+        [[MASK] * 6, [0, 1, MASK, 2, MASK, MASK], [0, 1, 2, 0, 1, MASK], [2, 2, 2, 2, 2, 2]]
+    )
+
+    def denoise6(z):  # conditionals of the first three positions, uniform elsewhere
+        head = counted(z[:, :3])
+        return jnp.concatenate([head, jnp.zeros_like(head)], axis=1)
+
+    out = jax.jit(
+        functools.partial(
+            sample,
+            denoise_fn=denoise6,
+            batch_size=4,
+            length=length,
+            mask_id=MASK,
+            method="first_hitting",
+            prompt=prompt,
+        )
+    )(jax.random.key(3))
+    jax.effects_barrier()
+    tokens = np.asarray(out.tokens)
+    assert int(out.num_calls) == 6 == len(calls)  # max over the batch of masked counts
+    assert tokens.max() < V
+    fixed = np.asarray(prompt) != MASK
+    np.testing.assert_array_equal(tokens[fixed], np.asarray(prompt)[fixed])
+
+
+def test_single_sequence_calls_equal_masked_tokens():
+    calls = []
+
+    def counted(z):
+        jax.debug.callback(lambda: calls.append(1))
+        return exact_denoiser(z)
+
+    out = sample(
+        jax.random.key(4),
+        counted,
+        batch_size=1,
+        length=L,
+        mask_id=MASK,
+        method="first_hitting",
+        prompt=jnp.asarray([[MASK, 2, MASK]]),
+    )
+    jax.effects_barrier()
+    assert int(out.num_calls) == 2 == len(calls)
+
+
+def test_temperature_zero_and_top_p():
+    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
+    kept = np.isfinite(np.asarray(process_logits(logits, mask_id=9, top_p=0.7)))
+    np.testing.assert_array_equal(kept, [[True, True, False, False]])
+    kept = np.isfinite(np.asarray(process_logits(logits, mask_id=9, top_p=0.81)))
+    np.testing.assert_array_equal(kept, [[True, True, True, False]])
+    # SUBS: the mask row never wins
+    np.testing.assert_array_equal(
+        np.isfinite(np.asarray(process_logits(logits, mask_id=0))), [[False, True, True, True]]
+    )
+    out = sample(
+        jax.random.key(5),
+        exact_denoiser,
+        batch_size=2,
+        length=L,
+        mask_id=MASK,
+        method="first_hitting",
+        temperature=0.0,
+    )
+    # greedy first hitting: every token is the argmax of its conditional at its turn
+    assert np.asarray(out.tokens).max() < V
+    out = sample(
+        jax.random.key(5),
+        exact_denoiser,
+        batch_size=64,
+        length=L,
+        mask_id=MASK,
+        method="ancestral",
+        num_steps=4,
+        top_p=1e-6,
+    )
+    seqs = {tuple(s) for s in np.asarray(out.tokens)}
+    assert len(seqs) <= 8  # near-greedy: few distinct outcomes
+
+
+def test_argument_errors():
+    kw = dict(batch_size=1, length=L, mask_id=MASK)
+    with pytest.raises(ValueError, match="method='gibbs'"):
+        sample(jax.random.key(0), exact_denoiser, method="gibbs", **kw)
+    with pytest.raises(ValueError, match="num_steps"):
+        sample(jax.random.key(0), exact_denoiser, method="first_hitting", num_steps=3, **kw)
+    with pytest.raises(ValueError, match="prompt"):
+        sample(
+            jax.random.key(0),
+            exact_denoiser,
+            method="ancestral",
+            prompt=jnp.zeros((1, 5), jnp.int32),
+            **kw,
+        )
