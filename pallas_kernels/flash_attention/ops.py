@@ -12,7 +12,7 @@ from pallas_kernels.flash_attention import kernel, masks
 from pallas_kernels.flash_attention.kernel import BlockSizes
 
 
-def _spec(causal: bool, block_mask) -> masks.BlockMask:
+def _spec(causal: bool, block_mask, q_len: int, k_len: int) -> masks.BlockMask:
     if block_mask is None or _is_array(block_mask):
         spec = masks.BlockMask()
     elif isinstance(block_mask, masks.BlockMask):
@@ -26,7 +26,7 @@ def _spec(causal: bool, block_mask) -> masks.BlockMask:
             "array (B or 1, H or 1, Lq, Lk)"
         )
     if causal:
-        spec = spec & masks.BlockMask((masks.Causal(),))
+        spec = spec & masks.BlockMask((masks.Causal(offset=k_len - q_len),))
     return spec
 
 
@@ -84,7 +84,8 @@ def flash_attention(
 
     Args:
       q: (B, Lq, H, K). k: (B, Lk, G, K). v: (B, Lk, G, E); G divides H (GQA).
-      causal: adds ``masks.Causal()`` (k <= q, top-left aligned like jaxar.ops).
+      causal: adds ``masks.Causal(Lk - Lq)``: k <= q + Lk - Lq, the last query aligned with
+        the last key (as ``jaxar.ops.dot_product_attention``; a decode step sees the cache).
       segment_ids: int (B, L) (query and key share it; needs Lq == Lk) or a pair
         ``(q_segment_ids (B, Lq), kv_segment_ids (B, Lk))``; attends within equal ids.
       block_mask: a ``masks.BlockMask`` (or one term): causal, local, chunk, block-causal,
@@ -131,7 +132,7 @@ def flash_attention(
     q_seg, k_seg = _segments(segment_ids, B, Lq, Lk)
     dense = _dense(block_mask, B, H, Lq, Lk)
     static = kernel.Static(
-        spec=_spec(causal, block_mask),
+        spec=_spec(causal, block_mask, Lq, Lk),
         scale=float(K**-0.5 if scale is None else scale),
         q_len=Lq,
         k_len=Lk,
@@ -204,7 +205,7 @@ def visited_tiles(
     if _is_array(block_mask):
         dense = _dense(block_mask, batch, block_mask.shape[1], q_len, k_len)
     static = kernel.Static(
-        _spec(causal, block_mask), 1.0, q_len, k_len, block_sizes.block_q,
+        _spec(causal, block_mask, q_len, k_len), 1.0, q_len, k_len, block_sizes.block_q,
         block_sizes.block_k, None, 2, "mosaic", False, q_seg is not None,
         None if dense is None else dense.shape[:2],
     )  # fmt: skip

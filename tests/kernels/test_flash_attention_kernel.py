@@ -68,7 +68,7 @@ class FlashAttentionTestBase:
         q, k, v, do = _inputs(B, Lq, Lk, H, G, K, E, dtype)
         segment_ids = None if seg is None else (seg[0] if seg[0] is seg[1] else tuple(seg))
         kw = dict(block_mask=spec if block_mask else None, segment_ids=segment_ids, causal=causal)
-        full = spec & masks.mask(masks.Causal()) if causal else spec
+        full = spec & masks.mask(masks.Causal(Lk - Lq)) if causal else spec
         mask = _dense(full, Lq, Lk, *(seg or (None, None)), batch=B)
         if dense is not None:
             kw["block_mask"] = jnp.asarray(dense)
@@ -106,6 +106,10 @@ class FlashAttentionTestBase:
     def test_no_mask_cross_lengths(self):
         T = self.T
         self.check(masks.BlockMask(), Lq=T + 3, Lk=3 * T - 1, E=8, block_mask=False)
+
+    def test_causal_bottom_right_cross_lengths(self):
+        T = self.T
+        self.check(masks.BlockMask(), Lq=T - 3, Lk=3 * T + 1, H=2, G=2, causal=True)
 
     def test_block_diffusion(self):
         n = self.T + self.T // 2  # 2n = 3 tiles; blocks of T/2 straddle tiles
@@ -213,6 +217,10 @@ class TestTpuInterpret(FlashAttentionTestBase):
     @pytest.mark.slow
     def test_fully_masked_rows_are_zero(self):
         super().test_fully_masked_rows_are_zero()
+
+    @pytest.mark.slow
+    def test_causal_bottom_right_cross_lengths(self):
+        super().test_causal_bottom_right_cross_lengths()
 
 
 @pytest.mark.gpu
