@@ -241,7 +241,7 @@ def tile_mask(static: Static, q_pos, k_pos, q_seg, k_seg, dense=None):
     if q_seg is not None:
         valid = valid & (q_seg == k_seg)
     if dense is not None:
-        valid = valid & (dense != 0)
+        valid = valid & (dense if dense.dtype == jnp.bool_ else dense != 0)
     return valid
 
 
@@ -277,7 +277,7 @@ def _module(static: Static):
 def forward(static: Static, tiles, q, k, v, q_seg, k_seg, dense):
     """(out (B, H, Lq, E), lse (B, H, Lq) float32) on padded, head-major inputs.
 
-    ``dense`` is None or an int8 (Bm, Hm, Lq, Lk) mask (1 = may attend).
+    ``dense`` is None or a (Bm, Hm, Lq, Lk) mask, bool (Mosaic) or int8 (Triton).
     """
     return _module(static).forward(static, tiles, q, k, v, q_seg, k_seg, dense)
 

@@ -158,7 +158,7 @@ def flash_attention(
     if dense is not None:
         dense = jnp.pad(dense, ((0, 0), (0, 0), (0, lq - Lq), (0, lk - Lk)))
     tiles = kernel.plan(static, B, q_seg, k_seg, dense)
-    if dense is not None:
+    if dense is not None and lowering == "triton":  # Mosaic takes bool tiles, Triton int8
         dense = dense.astype(jnp.int8)
     out = _flash(static, tiles, q_, k_, v_, q_seg, k_seg, dense)
     return out[:, :, :Lq, :E].transpose(0, 2, 1, 3)
