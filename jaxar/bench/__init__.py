@@ -2,4 +2,5 @@
 
 BENCHMARKS: dict[str, str] = {
     "kernel_flash_attention": "pallas_kernels.flash_attention.bench",
+    "diffusion": "jaxar.bench.diffusion",
 }

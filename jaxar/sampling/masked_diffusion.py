@@ -159,7 +159,12 @@ def sample(
     return _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
 
 
-def _ancestral(key, logits_of, x, num_steps, schedule, *, cached, mask_id, temperature, top_p):
+def _ancestral(
+    key, logits_of, x, num_steps, schedule, *, cached, mask_id, temperature, top_p, stop_after=None
+):
+    """``stop_after``: run only the first steps of the ``num_steps`` grid (benchmarks)."""
+    last = num_steps if stop_after is None else stop_after
+
     def reveal_probability(step):
         t = 1.0 - step / num_steps
         s = 1.0 - (step + 1) / num_steps
@@ -188,8 +193,8 @@ def _ancestral(key, logits_of, x, num_steps, schedule, *, cached, mask_id, tempe
             _, update = reveal_and_draw(step, x, lambda: logits)
             return update(x)
 
-        x = lax.fori_loop(0, num_steps, body, x)
-        return Samples(x, jnp.asarray(num_steps, jnp.int32))
+        x = lax.fori_loop(0, last, body, x)
+        return Samples(x, jnp.asarray(last, jnp.int32))
 
     def body_cached(step, carry):
         x, logits, stale, calls = carry
@@ -205,7 +210,7 @@ def _ancestral(key, logits_of, x, num_steps, schedule, *, cached, mask_id, tempe
 
     logits0 = jax.eval_shape(logits_of, x)
     carry = (x, jnp.zeros(logits0.shape, logits0.dtype), jnp.asarray(True), jnp.int32(0))
-    x, _, _, calls = lax.fori_loop(0, num_steps, body_cached, carry)
+    x, _, _, calls = lax.fori_loop(0, last, body_cached, carry)
     return Samples(x, calls)
 
 
