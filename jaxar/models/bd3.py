@@ -1,0 +1,215 @@
+"""BD3-LM: block diffusion on the generic LM backbone (REFERENCES.md s.6).
+
+Blocks of ``block_size`` (L') tokens: autoregressive across blocks, masked diffusion inside.
+Training runs the network once on the 2L input ``[x_t ; x_0]`` with positions
+``[0..L-1, 0..L-1]`` and the mask :func:`block_diffusion_mask`: noisy block b sees noisy
+block b and clean blocks < b; clean block b sees clean blocks <= b. The loss is the SUBS
+NELBO (:func:`jaxar.ops.masked_diffusion_loss`) on the noisy half's logits with one time
+per block, ``t ~ U(t_low, t_high]`` (``[beta, omega]``: BD3's clipped schedule; the
+NELBO needs ``(0, 1]``). ``block_size = 1`` is an autoregressive model (expected loss = AR
+NLL), ``block_size = L`` is MDLM (tests/models/test_bd3.py checks both).
+
+Same network and [MASK] convention as :mod:`jaxar.models.mdlm` (``mask_id`` = data
+vocabulary size, ``lm.vocab_size = mask_id + 1``). Sampling: block by block with the clean
+prefix in the key/value cache, first-hitting inside each block, stop at ``eos_id`` or on a
+low-entropy block (:mod:`jaxar.sampling.block_diffusion`).
+
+Presets: ``BD3Config.preset(name, vocab_size=256, block_size=16)`` with the MDLM sizes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxar.models import mdlm
+from jaxar.ops import masked_diffusion as md_ops
+from jaxar.sampling import block_diffusion as bd_sampling
+
+__all__ = [
+    "BD3Config",
+    "BD3",
+    "block_diffusion_mask",
+    "bd3_inputs",
+    "nelbo",
+    "loss",
+    "sample",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class BD3Config:
+    """BD3-LM model and objective.
+
+    Attributes:
+      lm: backbone ``LMConfig`` (non-causal attention; vocab = data vocabulary + [MASK]).
+      block_size: L', tokens per block; sequence lengths must be multiples of it.
+      schedule, t_low, t_high, antithetic: as :class:`jaxar.models.mdlm.MDLMConfig`;
+        ``t_low, t_high = beta, omega`` for BD3's clipped schedule (e.g. 0.3, 0.8).
+    """
+
+    lm: object
+    block_size: int = 16
+    schedule: str = "loglinear"
+    t_low: float = 0.0
+    t_high: float = 1.0
+    antithetic: bool = True
+
+    def __post_init__(self):
+        if getattr(self.lm, "vocab_size", 0) < 2:
+            raise ValueError(
+                f"BD3Config.lm must be an LMConfig with vocab_size >= 2, got {self.lm!r}"
+            )
+        if not isinstance(self.block_size, int) or self.block_size < 1:
+            raise ValueError(f"BD3Config.block_size must be an int >= 1, got {self.block_size!r}")
+        mdlm._check_times("BD3Config", self.t_low, self.t_high, self.schedule)
+
+    @property
+    def mask_id(self) -> int:
+        return self.lm.vocab_size - 1
+
+    @property
+    def data_vocab_size(self) -> int:
+        return self.lm.vocab_size - 1
+
+    @classmethod
+    def preset(cls, name: str, *, vocab_size: int = 256, lm_kwargs=None, **overrides):
+        if name not in mdlm.PRESETS:
+            raise ValueError(f"preset name={name!r} is unknown; accepted: {sorted(mdlm.PRESETS)}")
+        d, layers, heads = mdlm.PRESETS[name]
+        lm = mdlm.bidirectional_lm_config(vocab_size, d, layers, heads, **(lm_kwargs or {}))
+        return cls(lm=lm, **overrides)
+
+
+class BD3(mdlm.MDLM):
+    """The BD3 network (the same bidirectional LM as MDLM; the mask makes it blockwise)."""
+
+    def __init__(self, config: BD3Config, *, rngs: nnx.Rngs):
+        from jaxar.models.lm import LM
+
+        self.config = config
+        self.lm = LM(config.lm, rngs=rngs)
+
+
+def block_diffusion_mask(length: int, block_size: int) -> jax.Array:
+    """(2L, 2L) bool mask over ``[x_t ; x_0]`` (True = may attend), REFERENCES.md s.6:
+    noisy b -> noisy b and clean < b; clean b -> clean <= b; clean never sees noisy."""
+    if length % block_size:
+        raise ValueError(f"length={length} must be a multiple of block_size={block_size}")
+    idx = jnp.arange(2 * length)
+    noisy = idx < length
+    blk = jnp.where(noisy, idx, idx - length) // block_size
+    qn, kn = noisy[:, None], noisy[None, :]
+    qb, kb = blk[:, None], blk[None, :]
+    return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+
+
+def bd3_inputs(clean_BxL, noisy_BxL, block_size: int, segment_ids=None):
+    """``(tokens (B, 2L), positions (B, 2L), mask (1, 1, 2L, 2L), segment_ids (B, 2L)|None)``
+    for one training pass over ``[x_t ; x_0]``."""
+    batch, length = clean_BxL.shape
+    if length % block_size:
+        raise ValueError(f"sequence length {length} must be a multiple of block_size={block_size}")
+    tokens = jnp.concatenate([noisy_BxL, clean_BxL], axis=1)
+    pos = jnp.concatenate([jnp.arange(length), jnp.arange(length)])
+    positions = jnp.broadcast_to(pos[None], (batch, 2 * length))
+    mask = block_diffusion_mask(length, block_size)[None, None]
+    if segment_ids is not None:
+        segment_ids = jnp.concatenate([segment_ids, segment_ids], axis=1)
+    return tokens, positions, mask, segment_ids
+
+
+def nelbo(model, tokens, noisy, t_BxL, *, block_size=None, segment_ids=None):
+    """(B,) BD3 NELBO estimate (nats summed over tokens) with per-position times."""
+    cfg = model.config
+    block_size = cfg.block_size if block_size is None else block_size
+    length = tokens.shape[1]
+    inp, positions, mask, seg2 = bd3_inputs(tokens, noisy, block_size, segment_ids)
+    logits = model(inp, segment_ids=seg2, positions=positions, mask=mask)[:, :length]
+    weights = None if segment_ids is None else (segment_ids > 0).astype(jnp.float32)
+    return md_ops.masked_diffusion_loss(
+        logits, tokens, noisy, t_BxL, mask_id=cfg.mask_id, schedule=cfg.schedule, weights=weights
+    )
+
+
+def loss(model, batch: dict, key):
+    """BD3 training loss: NELBO nats per (non-padding) token, one time per block; metrics
+    as :func:`jaxar.models.mdlm.loss` (``bits_per_token``, ``perplexity_bound``, ...)."""
+    cfg = model.config
+    tokens = jnp.asarray(batch["tokens"], jnp.int32)
+    batch_size, length = tokens.shape
+    if length % cfg.block_size:
+        raise ValueError(
+            f"batch['tokens'] length {length} must be a multiple of block_size={cfg.block_size}"
+        )
+    segment_ids = batch.get("segment_ids")
+    k_t, k_noise = jax.random.split(key)
+    nb = length // cfg.block_size
+    t_Bxnb = md_ops.sample_t(
+        k_t, (batch_size, nb), low=cfg.t_low, high=cfg.t_high, antithetic=cfg.antithetic
+    )
+    t_BxL = jnp.repeat(t_Bxnb, cfg.block_size, axis=1)
+    noisy = md_ops.add_mask_noise(k_noise, tokens, t_BxL, cfg.mask_id, cfg.schedule)
+    if segment_ids is None:
+        valid = jnp.ones(tokens.shape, bool)
+    else:
+        segment_ids = jnp.asarray(segment_ids, jnp.int32)
+        valid = segment_ids > 0
+        noisy = jnp.where(valid, noisy, tokens)
+    nelbo_B = nelbo(model, tokens, noisy, t_BxL, segment_ids=segment_ids)
+    num_tokens = jnp.sum(valid).astype(jnp.float32)
+    masked = jnp.sum((noisy == cfg.mask_id) & valid) / jnp.maximum(num_tokens, 1.0)
+    return mdlm._metrics(nelbo_B, num_tokens, masked)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
+def _sample_jit(graphdef, state, key, prompt, options):
+    model = nnx.merge(graphdef, state)
+    cfg = model.config
+    return bd_sampling.sample_blocks(
+        key,
+        model,
+        prompt=prompt,
+        block_size=cfg.block_size,
+        mask_id=cfg.mask_id,
+        vocab_size=cfg.data_vocab_size,
+        **dict(options),
+    )
+
+
+def sample(
+    model,
+    key,
+    num: int,
+    *,
+    max_len: int = 128,
+    prompt=None,
+    eos_id=None,
+    pad_id=None,
+    min_entropy=None,
+    temperature: float = 1.0,
+    top_p=None,
+    use_cache: bool = True,
+):
+    """``num`` variable-length sequences, block by block: ``BlockSamples(tokens, lengths,
+    num_calls, num_blocks)`` (:func:`jaxar.sampling.block_diffusion.sample_blocks`)."""
+    graphdef, state = nnx.split(model)
+    options = tuple(
+        sorted(
+            dict(
+                batch_size=num,
+                max_len=max_len,
+                eos_id=eos_id,
+                pad_id=pad_id,
+                min_entropy=min_entropy,
+                temperature=float(temperature),
+                top_p=top_p,
+                use_cache=use_cache,
+            ).items()
+        )
+    )
+    return _sample_jit(graphdef, state, key, prompt, options)
