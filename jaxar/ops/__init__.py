@@ -36,6 +36,10 @@ _EXPORTS = {
     "diffusion_schedule": "gaussian_diffusion",
     "gaussian_diffusion_loss": "gaussian_diffusion",
     "flow_matching_loss": "gaussian_diffusion",
+    "sample_diffusion_noise": "gaussian_diffusion",
+    "add_gaussian_noise": "gaussian_diffusion",
+    "diffusion_target": "gaussian_diffusion",
+    "eps_from_prediction": "gaussian_diffusion",
 }
 
 __all__ = sorted(_EXPORTS)
