@@ -2,5 +2,6 @@
 
 BENCHMARKS: dict[str, str] = {
     "kernel_flash_attention": "pallas_kernels.flash_attention.bench",
+    "kernel_linear_scan": "pallas_kernels.linear_scan.bench",
     "diffusion": "jaxar.bench.diffusion",
 }

@@ -1,0 +1,284 @@
+"""Pallas kernels of the diagonal linear scan, in two lowerings chosen in one place.
+
+Layout inside: (B, L, D) per component (a complex array is a (real, imag) pair of
+float32 arrays; "ncomp" is 1 or 2). One kernel body computes, along L, either
+
+    pre  (forward scan):   h_t = a_t * c + x_t,  c = h_t          (out h, final c = h_L)
+    post (its transpose):  g_t = x_t + c,        c = a_t * g_t    (out g, final c = a_1 g_1)
+
+with the carry ``c`` initialised from ``h0`` and kept in float32 on chip. The post form
+is the backward of the pre form run the other way: ``g_t = dh_t + a_{t+1} g_{t+1}``
+without materialising a shifted ``a``.
+
+Lowerings (chosen in ``select_lowering``, the one place):
+- "mosaic" (TPU): grid (B, D tiles, L tiles) with the L axis "arbitrary" (sequential); the
+  carry lives in VMEM scratch across L tiles; each L tile is read in sublane groups of 8
+  (16 for 16-bit) rows and scanned row by row in registers.
+- "triton" (GPU, and the generic interpreter): grid (B, D tiles); one program walks the
+  whole sequence with the carry in registers, loading one row of ``block_d`` features per
+  step (coalesced); generic Pallas, so it also runs under ``interpret=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import tpu as pltpu
+
+LANES = 128
+LOWERINGS = ("mosaic", "triton")
+
+
+def select_lowering(interpret: Any = False) -> str:
+    """The lowering for this call: the one place that looks at the platform.
+
+    ``interpret=True`` runs the generic ("triton") kernel in the Pallas interpreter; a
+    ``pltpu.InterpretParams`` runs the Mosaic kernel in the TPU interpreter.
+    """
+    if isinstance(interpret, pltpu.InterpretParams):
+        return "mosaic"
+    if interpret is True:
+        return "triton"
+    if interpret is not False:
+        raise ValueError(
+            f"interpret={interpret!r} is not supported; accepted: False, True or "
+            "jax.experimental.pallas.tpu.InterpretParams()"
+        )
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "mosaic"
+    if backend in ("gpu", "cuda", "rocm"):
+        return "triton"
+    raise ValueError(
+        f"linear_scan has no compiled lowering for platform {backend!r}; accepted: tpu, gpu, "
+        "or interpret=True / pltpu.InterpretParams() on CPU"
+    )
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def sublanes(dtype) -> int:
+    """Rows of one TPU sublane group: 8 for 32-bit, 16 for 16-bit dtypes."""
+    return 8 * max(1, 4 // jnp.dtype(dtype).itemsize)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+    """Tiles: ``block_l`` rows of the sequence per grid step (Mosaic: a multiple of 16;
+    Triton loops over all rows and ignores it), ``block_d`` features per program
+    (Mosaic: a multiple of 128; Triton: a power of two >= 16)."""
+
+    block_l: int
+    block_d: int
+    num_warps: int | None = None
+
+    def __post_init__(self):
+        for name in ("block_l", "block_d"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"BlockSizes.{name}={value!r}; accepted: an int >= 1")
+        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(
+                f"BlockSizes.num_warps={self.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
+            )
+
+    @classmethod
+    def default(cls, lowering: str, batch: int, length: int, features: int) -> BlockSizes:
+        """Heuristic: on TPU large tiles (256 x 512: about 3 MiB of double-buffered VMEM
+        per component, well under v5e's 16 MiB scoped default); on GPU the widest feature
+        block (<= 256) that still gives about two programs per SM of an H100 (132 SMs)."""
+        if lowering == "mosaic":
+            return cls(min(256, round_up(length, 16)), min(512, round_up(features, LANES)))
+        bd = min(256, max(16, _pow2(features)))
+        while bd > 32 and batch * (-(-features // bd)) < 264:
+            bd //= 2
+        return cls(16, bd, num_warps=4 if bd <= 128 else 8)
+
+    def validate(self, lowering: str) -> None:
+        if lowering == "mosaic":
+            if self.block_d % LANES or self.block_l % 16:
+                raise ValueError(
+                    f"BlockSizes(block_l={self.block_l}, block_d={self.block_d}) is not "
+                    "supported by the Mosaic (TPU) lowering; accepted: block_l a multiple of "
+                    f"16, block_d a multiple of {LANES}"
+                )
+        elif self.block_d < 16 or self.block_d != _pow2(self.block_d):
+            raise ValueError(
+                f"BlockSizes.block_d={self.block_d} is not supported by the Triton (GPU) "
+                "lowering; accepted: powers of two >= 16"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+    """Everything static about one kernel call (hashable)."""
+
+    lowering: str
+    interpret: Any
+    block_l: int
+    block_d: int
+    num_warps: int | None
+    reverse: bool
+    post: bool
+
+
+# --------------------------------------------------------------------------- row maths
+
+
+def _mul(a, c):
+    """Complex (or real) product of component tuples."""
+    if len(a) == 1:
+        return (a[0] * c[0],)
+    (ar, ai), (cr, ci) = a, c
+    return (ar * cr - ai * ci, ar * ci + ai * cr)
+
+
+def _add(a, b):
+    return tuple(u + v for u, v in zip(a, b, strict=True))
+
+
+def _step(post: bool, a, x, c):
+    """One row: returns (output row, new carry)."""
+    if post:
+        g = _add(x, c)
+        return g, _mul(a, g)
+    h = _add(_mul(a, c), x)
+    return h, h
+
+
+# --------------------------------------------------------------------------- Mosaic (TPU)
+
+
+def _mosaic_kernel(*refs, static: Static, ncomp: int, sub: int):
+    a_refs, x_refs, h0_refs = refs[:ncomp], refs[ncomp : 2 * ncomp], refs[2 * ncomp : 3 * ncomp]
+    h_refs, last_refs = refs[3 * ncomp : 4 * ncomp], refs[4 * ncomp : 5 * ncomp]
+    carry_refs = refs[5 * ncomp :]
+    j, nl = pl.program_id(2), pl.num_programs(2)
+
+    @pl.when(j == 0)
+    def _init():
+        for c_ref, h0_ref in zip(carry_refs, h0_refs, strict=True):
+            c_ref[...] = h0_ref[...].astype(jnp.float32)
+
+    groups = static.block_l // sub
+    rows = lax.broadcasted_iota(jnp.int32, (sub, static.block_d), 0)
+    order = range(sub - 1, -1, -1) if static.reverse else range(sub)
+
+    def group(i, carry):
+        g = groups - 1 - i if static.reverse else i
+        sl = pl.ds(pl.multiple_of(g * sub, sub), sub)
+        a = tuple(r[sl, :].astype(jnp.float32) for r in a_refs)
+        x = tuple(r[sl, :].astype(jnp.float32) for r in x_refs)
+        out = tuple(jnp.zeros((sub, static.block_d), jnp.float32) for _ in range(ncomp))
+        for r in order:
+            row, carry = _step(
+                static.post, tuple(u[r : r + 1] for u in a), tuple(u[r : r + 1] for u in x), carry
+            )
+            out = tuple(jnp.where(rows == r, v, o) for v, o in zip(row, out, strict=True))
+        for h_ref, o in zip(h_refs, out, strict=True):
+            h_ref[sl, :] = o.astype(h_ref.dtype)
+        return carry
+
+    carry = tuple(r[...] for r in carry_refs)
+    carry = lax.fori_loop(0, groups, group, carry)
+    for c_ref, c in zip(carry_refs, carry, strict=True):
+        c_ref[...] = c
+
+    @pl.when(j == nl - 1)
+    def _end():
+        for last_ref, c in zip(last_refs, carry, strict=True):
+            last_ref[...] = c
+
+
+def _mosaic(static: Static, a, x, h0):
+    ncomp = len(a)
+    B, L, D = a[0].shape
+    bl, bd = static.block_l, static.block_d
+    nl, nd = L // bl, D // bd
+    sub = max(sublanes(u.dtype) for u in (*a, *x))
+    seq = (lambda b, d, j: (b, nl - 1 - j, d)) if static.reverse else (lambda b, d, j: (b, j, d))
+    tile = pl.BlockSpec((None, bl, bd), seq)
+    row = pl.BlockSpec((None, 1, bd), lambda b, d, j: (b, 0, d))
+    outs = pl.pallas_call(
+        functools.partial(_mosaic_kernel, static=static, ncomp=ncomp, sub=sub),
+        grid=(B, nd, nl),
+        in_specs=[tile] * (2 * ncomp) + [row] * ncomp,
+        out_specs=[tile] * ncomp + [row] * ncomp,
+        out_shape=[jax.ShapeDtypeStruct((B, L, D), x[0].dtype)] * ncomp
+        + [jax.ShapeDtypeStruct((B, 1, D), jnp.float32)] * ncomp,
+        scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)] * ncomp,
+        compiler_params=pltpu.CompilerParams(
+            dimension_semantics=("parallel", "parallel", "arbitrary")
+        ),
+        interpret=static.interpret or False,
+    )(*a, *x, *h0)
+    return tuple(outs[:ncomp]), tuple(outs[ncomp:])
+
+
+# --------------------------------------------------------------------------- Triton (GPU)
+
+
+def _triton_kernel(*refs, static: Static, ncomp: int, length: int):
+    a_refs, x_refs, h0_refs = refs[:ncomp], refs[ncomp : 2 * ncomp], refs[2 * ncomp : 3 * ncomp]
+    h_refs, last_refs = refs[3 * ncomp : 4 * ncomp], refs[4 * ncomp : 5 * ncomp]
+
+    def body(i, carry):
+        t = length - 1 - i if static.reverse else i
+        sl = pl.ds(t, 1)
+        a = tuple(r[sl, :].astype(jnp.float32) for r in a_refs)
+        x = tuple(r[sl, :].astype(jnp.float32) for r in x_refs)
+        out, carry = _step(static.post, a, x, carry)
+        for h_ref, o in zip(h_refs, out, strict=True):
+            h_ref[sl, :] = o.astype(h_ref.dtype)
+        return carry
+
+    carry = tuple(r[...].astype(jnp.float32) for r in h0_refs)
+    carry = lax.fori_loop(0, length, body, carry)
+    for last_ref, c in zip(last_refs, carry, strict=True):
+        last_ref[...] = c
+
+
+def _triton(static: Static, a, x, h0):
+    from jax.experimental.pallas import triton as plgpu
+
+    ncomp = len(a)
+    B, L, D = a[0].shape
+    bd = static.block_d
+    tile = pl.BlockSpec((None, L, bd), lambda b, d: (b, 0, d))
+    row = pl.BlockSpec((None, 1, bd), lambda b, d: (b, 0, d))
+    params = None
+    if not static.interpret:
+        params = plgpu.CompilerParams(num_warps=static.num_warps or 4, num_stages=1)
+    outs = pl.pallas_call(
+        functools.partial(_triton_kernel, static=static, ncomp=ncomp, length=L),
+        grid=(B, D // bd),
+        in_specs=[tile] * (2 * ncomp) + [row] * ncomp,
+        out_specs=[tile] * ncomp + [row] * ncomp,
+        out_shape=[jax.ShapeDtypeStruct((B, L, D), x[0].dtype)] * ncomp
+        + [jax.ShapeDtypeStruct((B, 1, D), jnp.float32)] * ncomp,
+        compiler_params=params,
+        interpret=bool(static.interpret),
+    )(*a, *x, *h0)
+    return tuple(outs[:ncomp]), tuple(outs[ncomp:])
+
+
+def scan(static: Static, a, x, h0):
+    """Runs the kernel on padded component tuples: a, x (B, L, D); h0 (B, 1, D) float32.
+
+    Returns ``(out, last)``: out per component (B, L, D) in x's dtype, last (B, 1, D)
+    float32 (the final carry).
+    """
+    fn = _mosaic if static.lowering == "mosaic" else _triton
+    return fn(static, a, x, h0)
