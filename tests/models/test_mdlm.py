@@ -72,8 +72,6 @@ def test_sample_hook_and_unigram_entropy():
     out = mdlm.sample(model, jax.random.key(2), 3, length=8)
     tokens = np.asarray(out.tokens)
     assert tokens.shape == (3, 8) and tokens.max() < V and int(out.num_calls) == 8
-    out = mdlm.sample(model, jax.random.key(2), 3, length=8, method="cached", num_steps=16)
-    assert np.asarray(out.tokens).max() < V and int(out.num_calls) <= 16
     assert mdlm.unigram_entropy([[0, 0, 1, 1]]) == pytest.approx(np.log(2))
     assert mdlm.unigram_entropy([[3, 3, 3, 3], [0, 1, 2, 3]]) == pytest.approx(np.log(4) / 2)
     assert mdlm.unigram_entropy([[0, 1, 7, 7]], lengths=[2]) == pytest.approx(np.log(2))
