@@ -28,7 +28,6 @@ from flax import nnx
 
 from jaxar.models import mdlm
 from jaxar.ops import masked_diffusion as md_ops
-from jaxar.sampling import block_diffusion as bd_sampling
 
 __all__ = [
     "BD3Config",
@@ -170,6 +169,8 @@ def loss(model, batch: dict, key):
 def _sample_jit(graphdef, state, key, prompt, options):
     model = nnx.merge(graphdef, state)
     cfg = model.config
+    from jaxar.sampling import block_diffusion as bd_sampling  # models <- sampling
+
     return bd_sampling.sample_blocks(
         key,
         model,

@@ -31,7 +31,6 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops import masked_diffusion as md_ops
-from jaxar.sampling import masked_diffusion as md_sampling
 
 __all__ = [
     "PRESETS",
@@ -193,6 +192,8 @@ def loss(model, batch: dict, key):
 def _sample_jit(graphdef, state, key, prompt, options):
     model = nnx.merge(graphdef, state)
     kw = dict(options)
+    from jaxar.sampling import masked_diffusion as md_sampling  # models <- sampling
+
     return md_sampling.sample(key, model, prompt=prompt, mask_id=model.config.mask_id, **kw)
 
 
@@ -223,6 +224,8 @@ def sample(
             ).items()
         )
     )
+    from jaxar.sampling import masked_diffusion as md_sampling
+
     if method not in md_sampling.METHODS:
         raise ValueError(f"method={method!r} is not supported; accepted: {md_sampling.METHODS}")
     return _sample_jit(graphdef, state, key, prompt, options)
