@@ -3,5 +3,6 @@
 BENCHMARKS: dict[str, str] = {
     "kernel_flash_attention": "pallas_kernels.flash_attention.bench",
     "kernel_linear_scan": "pallas_kernels.linear_scan.bench",
+    "kernel_gateloop": "pallas_kernels.gateloop.bench",
     "diffusion": "jaxar.bench.diffusion",
 }

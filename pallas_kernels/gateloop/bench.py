@@ -1,0 +1,156 @@
+"""GateLoop benchmark: the Pallas kernel vs lax.scan, lax.associative_scan and chunked XLA.
+
+Baselines measured in the same run on the same arrays: the recurrent form (``lax.scan``
+over tokens), the parallel form (``lax.associative_scan`` over (a, k v^T) pairs; skipped
+above 2^24 state elements: it materialises a K x E state per token), and the chunked XLA
+form (``jaxar.ops.gateloop`` impls "recurrent", "parallel", "chunked" when present, else
+the local equivalents). The kernel reads q, k, v, a and writes y, so the figure of merit
+is bytes/s against the published HBM bandwidth (REFERENCES.md s.8), with the matmul
+FLOP/s beside it (about 4 L K E per head for the state terms).
+
+Interpret-mode Pallas is never timed: on CPU ``run`` prints a note and returns [].
+
+    python -m pallas_kernels.gateloop.bench [--quick]
+    jaxar bench kernel_gateloop
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxar.bench import harness, roofline
+from pallas_kernels.gateloop.kernel import select_lowering
+from pallas_kernels.gateloop.ops import gateloop
+from pallas_kernels.gateloop.xla import gateloop_chunked
+
+BENCH = "kernel_gateloop"
+
+
+def _recurrent(q, k, v, a):
+    B, L, H, K = q.shape
+    E = v.shape[-1]
+    dt = jnp.result_type(q, k, a, jnp.float32)
+
+    def step(S, inp):
+        q, k, v, a = inp
+        S = a[..., None] * S + k[..., None] * v[..., None, :]
+        return S, jnp.real(jnp.einsum("bhk,bhke->bhe", q, S))
+
+    mv = lambda u: jnp.moveaxis(u, 1, 0)
+    _, y = lax.scan(step, jnp.zeros((B, H, K, E), dt), (mv(q), mv(k), mv(v), mv(a)))
+    return jnp.moveaxis(y, 0, 1)
+
+
+def _parallel(q, k, v, a):
+    kv = k[..., None] * v[..., None, :]
+    combine = lambda l, r: (l[0] * r[0], r[0][..., None] * l[1] + r[1])
+    S = lax.associative_scan(combine, (a, kv), axis=1)[1]
+    return jnp.real(jnp.einsum("blhk,blhke->blhe", q, S))
+
+
+def _baselines(state_elems: int):
+    try:
+        from jaxar.ops import gateloop as ref
+    except (ImportError, AttributeError):
+        ref = None
+    if ref is None:
+        out = {
+            "lax.scan": _recurrent,
+            "associative": _parallel,
+            "chunked-xla": lambda q, k, v, a: gateloop_chunked(q, k, v, a)[0],
+        }
+    else:
+        out = {
+            name: (lambda q, k, v, a, impl=impl: ref(q, k, v, a, impl=impl)[0])
+            for name, impl in (
+                ("lax.scan", "recurrent"),
+                ("associative", "parallel"),
+                ("chunked-xla", "chunked"),
+            )
+        }
+    if state_elems > 2**24:
+        out.pop("associative")
+    return out
+
+
+def _cases(quick: bool):
+    """(B, L, H, K, E, gate dtype)."""
+    L = 1024 if quick else 4096
+    return [(4, L, 8, 64, 64, jnp.float32), (4, L, 8, 64, 64, jnp.complex64)]
+
+
+def run(quick: bool) -> list[harness.Result]:
+    platform = jax.default_backend()
+    if platform not in ("gpu", "cuda", "rocm", "tpu"):
+        print(
+            f"[{BENCH}] skipped on {platform!r}: the kernel runs here only in interpret mode, "
+            "which is never timed; run on a GPU or TPU."
+        )
+        return []
+    lowering = select_lowering(False)
+    peak = roofline.published_peak()
+    rows: list[harness.Result] = []
+    for B, L, H, K, E, gdt in _cases(quick):
+        ks = jax.random.split(jax.random.key(0), 6)
+        q = jax.random.normal(ks[0], (B, L, H, K), jnp.bfloat16)
+        k = jax.random.normal(ks[1], (B, L, H, K), jnp.bfloat16)
+        v = jax.random.normal(ks[2], (B, L, H, E), jnp.bfloat16)
+        a = jax.random.uniform(ks[3], (B, L, H, K), jnp.float32, 0.9, 1.0)
+        if gdt == jnp.complex64:
+            a = a * jnp.exp(1j * jax.random.uniform(ks[4], a.shape, jnp.float32, -0.1, 0.1))
+        dy = jax.random.normal(ks[5], (B, L, H, E), jnp.bfloat16)
+        impls = {
+            f"pallas-{lowering}": lambda q, k, v, a: gateloop(q, k, v, a)[0],
+            **_baselines(B * L * H * K * E),
+        }
+        nbytes = (2 * B * L * H * K + 2 * B * L * H * E) * 2 + a.size * a.dtype.itemsize
+        flops = 4 * B * H * L * K * E * (2 if gdt == jnp.complex64 else 1)
+        for impl, fn in impls.items():
+            for mode in ("fwd", "fwd+bwd"):
+                if mode == "fwd":
+                    f, args = jax.jit(fn), (q, k, v, a)
+                else:
+                    f = jax.jit(lambda q, k, v, a, dy, fn=fn: jax.vjp(fn, q, k, v, a)[1](dy))
+                    args = (q, k, v, a, dy)
+                try:
+                    t = harness.timeit(f, *args, repeats=10)
+                except Exception as e:  # report, keep going
+                    print(f"[{BENCH}] {impl} {mode}: {type(e).__name__}: {e}"[:400])
+                    continue
+                mult = 1.0 if mode == "fwd" else 3.0
+                gbs = mult * nbytes / t.median_s / 1e9
+                extra = {
+                    "GB/s": round(gbs, 1),
+                    "TFLOP/s": round(mult * flops / t.median_s / 1e12, 2),
+                }
+                if peak is not None:
+                    extra["% HBM"] = round(100 * gbs * 1e9 / peak[1], 1)
+                rows.append(
+                    harness.Result(
+                        bench=BENCH,
+                        case=f"B={B} L={L} H={H} K={K} E={E} gates {jnp.dtype(gdt).name} {mode}",
+                        impl=impl,
+                        dtype="bfloat16",
+                        median_ms=1e3 * t.median_s,
+                        compile_s=t.compile_s,
+                        extra=extra,
+                    )
+                )
+    return harness.with_ratios(rows, baseline="lax.scan")
+
+
+def _main(argv):
+    rows = run(quick="--quick" in argv)
+    for r in rows:
+        ratio = "" if r.ratio is None else f" x{r.ratio:.2f} vs {r.baseline}"
+        print(f"{r.case:55s} {r.impl:16s} {r.median_ms:9.3f} ms {r.extra}{ratio}")
+    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

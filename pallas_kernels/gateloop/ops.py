@@ -1,0 +1,146 @@
+"""Public wrapper: chunked GateLoop with a Pallas forward and a recomputing XLA backward."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.gateloop import kernel, xla
+from pallas_kernels.gateloop.kernel import BlockSizes
+
+_REAL = ("float32", "bfloat16", "float16")
+
+
+def gateloop(
+    q,
+    k,
+    v,
+    a,
+    *,
+    state0=None,
+    chunk_size: int = 64,
+    interpret=False,
+    block_sizes: BlockSizes | None = None,
+):
+    """GateLoop: ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``y_t = Re(q_t^T S_t)``, chunked.
+
+    The key-value state S (K x E per head) stays on chip in float32 across chunks; inside
+    a chunk the sequence is processed in sub-chunks whose log-gates are cumulated locally,
+    so no exponent is positive (no overflow for any gates with |a| <= 1).
+    Gradients: a custom VJP whose backward recomputes the same chunked form in XLA and
+    differentiates it (``pallas_kernels.gateloop.xla.gateloop_chunked``); there is no
+    Pallas backward kernel yet.
+
+    Args:
+      q, k: (B, L, H, K), real (float32 / bfloat16 / float16) or complex64.
+      v: (B, L, H, E), real.
+      a: (B, L, H, K) gates: real in (0, 1] or complex64 with 0 < |a| <= 1 (log|a| is
+        floored at -80).
+      state0: optional (B, H, K, E) initial state.
+      chunk_size: sequence rows per grid step (TPU tile); a multiple of 16.
+      interpret: False (compiled: Mosaic on TPU, Triton on GPU), True (generic
+        interpreter) or ``pltpu.InterpretParams()`` (the Mosaic kernel, TPU interpreter).
+      block_sizes: overrides ``chunk_size`` and the sub-chunk size.
+
+    Returns:
+      ``(y, state)``: y (B, L, H, E) in v's dtype; state (B, H, K, E) float32, or
+      complex64 when q, k, a or state0 is complex.
+    """
+    q, k, v, a = map(jnp.asarray, (q, k, v, a))
+    if q.ndim != 4 or k.shape != q.shape or a.shape != q.shape or v.ndim != 4:
+        raise ValueError(
+            f"q, k, v, a have shapes {q.shape}, {k.shape}, {v.shape}, {a.shape}; accepted: "
+            "q, k, a (B, L, H, K) and v (B, L, H, E)"
+        )
+    B, L, H, K = q.shape
+    E = v.shape[-1]
+    if v.shape[:3] != (B, L, H):
+        raise ValueError(f"v has shape {v.shape}; accepted: {(B, L, H)} + (E,)")
+    for name, u in (("q", q), ("k", k), ("a", a)):
+        if jnp.dtype(u.dtype).name not in (*_REAL, "complex64"):
+            raise ValueError(f"{name} has dtype {u.dtype}; accepted: {(*_REAL, 'complex64')}")
+    if jnp.dtype(v.dtype).name not in _REAL:
+        raise ValueError(f"v has dtype {v.dtype}; accepted: {_REAL}")
+    if state0 is not None and state0.shape != (B, H, K, E):
+        raise ValueError(f"state0 has shape {state0.shape}; accepted: {(B, H, K, E)}")
+    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
+        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a multiple of 16")
+    lowering = kernel.select_lowering(interpret)
+    bs = block_sizes or BlockSizes.default(lowering, chunk_size, L)
+    cplx = any(jnp.iscomplexobj(u) for u in (q, k, a)) or (
+        state0 is not None and jnp.iscomplexobj(state0)
+    )
+    static = kernel.Static(lowering, interpret, bs.chunk, bs.sub, bs.num_warps, 2 if cplx else 1)
+    st = jnp.complex64 if cplx else jnp.float32
+    S0 = jnp.zeros((B, H, K, E), st) if state0 is None else state0.astype(st)
+    return _gateloop(static, q, k, v, a, S0)
+
+
+def _forward(static: kernel.Static, q, k, v, a, S0):
+    B, L, H, K = q.shape
+    E = v.shape[-1]
+    c, C = static.sub, static.chunk
+    if static.lowering == "mosaic":
+        kp, ep = kernel.round_up(K, kernel.LANES), kernel.round_up(E, kernel.LANES)
+    else:
+        kp, ep = max(16, kernel.pow2(K)), max(16, kernel.pow2(E))
+    lp = kernel.round_up(L, C)
+    cplx = static.ncomp == 2
+
+    def head_major(u, width):  # (B, L, H, w) -> (B, H, Lp, width), zero padded
+        u = jnp.pad(u, ((0, 0), (0, lp - L), (0, 0), (0, width - u.shape[-1])))
+        return u.transpose(0, 2, 1, 3)
+
+    def parts(u):
+        if not cplx:
+            return (u,)
+        if jnp.iscomplexobj(u):
+            return (jnp.real(u), jnp.imag(u))
+        return (u, jnp.zeros_like(u))
+
+    la = xla.safe_log(a.astype(jnp.complex64) if jnp.iscomplexobj(a) else a.astype(jnp.float32))
+    la_parts = (jnp.real(la), jnp.imag(la)) if jnp.iscomplexobj(la) else (la,)
+
+    def local_cumsum(u):  # cumulative inside sub-chunks of c steps (padding: log a = 0)
+        u = head_major(u.astype(jnp.float32), kp)
+        return jnp.cumsum(u.reshape(B, H, lp // c, c, kp), axis=3).reshape(B, H, lp, kp)
+
+    inputs = {}
+    for i, u in enumerate(parts(q)):
+        inputs[f"q{i}"] = head_major(u, kp)
+    for i, u in enumerate(parts(k)):
+        inputs[f"k{i}"] = head_major(u, kp)
+    inputs["v"] = head_major(v, ep)
+    inputs["lam"] = local_cumsum(la_parts[0])
+    if len(la_parts) == 2:
+        inputs["th"] = local_cumsum(la_parts[1])
+    St0 = tuple(
+        jnp.pad(u.astype(jnp.float32), ((0, 0), (0, 0), (0, kp - K), (0, ep - E))).swapaxes(2, 3)
+        for u in parts(S0)
+    )
+    y, St = kernel.forward(static, inputs, St0, v.dtype)
+    y = y[:, :, :L, :E].transpose(0, 2, 1, 3)
+    S = tuple(u.swapaxes(2, 3)[:, :, :K, :E] for u in St)
+    S = jax.lax.complex(*S) if cplx else S[0]
+    return y, S
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _gateloop(static, q, k, v, a, S0):
+    return _forward(static, q, k, v, a, S0)
+
+
+def _gateloop_fwd(static, q, k, v, a, S0):
+    return _forward(static, q, k, v, a, S0), (q, k, v, a, S0)
+
+
+def _gateloop_bwd(static, res, cts):
+    q, k, v, a, S0 = res
+    recompute = lambda q, k, v, a, S0: xla.gateloop_chunked(q, k, v, a, S0, sub=static.sub)
+    _, vjp = jax.vjp(recompute, q, k, v, a, S0)
+    return vjp(cts)
+
+
+_gateloop.defvjp(_gateloop_fwd, _gateloop_bwd)

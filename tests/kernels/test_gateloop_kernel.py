@@ -1,0 +1,196 @@
+"""GateLoop kernel vs the ``jaxar.ops.gateloop`` reference, one shared base per mode.
+
+Modes: the generic Pallas interpreter (``interpret=True``, the Triton-form kernel), the
+TPU interpreter (the Mosaic kernel), and compiled GPU / TPU (skipped here). A lowering
+test checks that both compiled lowerings trace and lower on CPU.
+"""
+
+from unittest import mock
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.experimental.pallas import tpu as pltpu
+
+from jaxar import testing
+from pallas_kernels.gateloop import BlockSizes, gateloop, gateloop_chunked, kernel
+
+
+def _reference(q, k, v, a, state0):
+    """``jaxar.ops.gateloop`` with the recurrent (one step per token) implementation."""
+    try:
+        from jaxar.ops import gateloop as ref
+    except (ImportError, AttributeError):  # TEMPORARY until jaxar.ops.gateloop lands
+        return _private_reference(q, k, v, a, state0)
+    return ref(q, k, v, a, state0=state0, impl="recurrent")
+
+
+def _private_reference(q, k, v, a, state0):
+    def step(S, inp):
+        q, k, v, a = inp
+        S = a[..., None] * S + k[..., None] * v[..., None, :]
+        return S, jnp.real(jnp.einsum("bhk,bhke->bhe", q, S))
+
+    mv = lambda u: jnp.moveaxis(u, 1, 0)
+    S, y = jax.lax.scan(step, state0, (mv(q), mv(k), mv(v), mv(a)))
+    return jnp.moveaxis(y, 0, 1), S
+
+
+def _inputs(B, L, H, K, E, dtype, complex_=False, gate_range=(0.5, 1.0), seed=0):
+    ks = jax.random.split(jax.random.key(seed), 9)
+    q = jax.random.normal(ks[0], (B, L, H, K), jnp.float32) * K**-0.5
+    k = jax.random.normal(ks[1], (B, L, H, K), jnp.float32) * K**-0.5
+    v = jax.random.normal(ks[2], (B, L, H, E), jnp.float32)
+    a = jax.random.uniform(ks[3], (B, L, H, K), jnp.float32, *gate_range)
+    S0 = jax.random.normal(ks[4], (B, H, K, E), jnp.float32)
+    dy = jax.random.normal(ks[5], (B, L, H, E), jnp.float32)
+    dS = jax.random.normal(ks[6], (B, H, K, E), jnp.float32)
+    cast = lambda u: u.astype(dtype)
+    q, k, v, a, dy = map(cast, (q, k, v, a, dy))
+    if complex_:
+        a = a * jnp.exp(1j * jax.random.uniform(ks[7], a.shape, jnp.float32, -1.0, 1.0))
+        k = k + 1j * jax.random.normal(ks[8], k.shape, jnp.float32) * K**-0.5
+        a, k = a.astype(jnp.complex64), k.astype(jnp.complex64)
+        S0, dS = S0.astype(jnp.complex64), (dS - 0.5j * S0).astype(jnp.complex64)
+    return q, k, v, a, S0, dy, dS
+
+
+class GateLoopTestBase:
+    """The cases; subclasses set the execution mode and the tiles."""
+
+    interpret = True
+    block_sizes = BlockSizes(chunk=32, sub=16)
+
+    def call(self, q, k, v, a, state0):
+        return gateloop(
+            q, k, v, a, state0=state0, interpret=self.interpret, block_sizes=self.block_sizes
+        )
+
+    def check(self, *, L=37, H=2, K=8, E=6, dtype=jnp.float32, complex_=False, grad=True,
+              state0=True, gate_range=(0.5, 1.0)):  # fmt: skip
+        q, k, v, a, S0, dy, dS = _inputs(1, L, H, K, E, dtype, complex_, gate_range)
+        if not state0:
+            S0 = jnp.zeros_like(S0)
+        if not grad:
+            got = jax.jit(self.call)(q, k, v, a, S0 if state0 else None)
+            want = testing.reference_x64(_reference, q, k, v, a, S0)
+            testing.assert_allclose(got, want, dtype=dtype, kind="fwd")
+            return got
+
+        def fwd_bwd(fn):
+            def run(q, k, v, a, S0, dy, dS):
+                out, vjp = jax.vjp(fn, q, k, v, a, S0)
+                return out, vjp((dy, dS))
+
+            return run
+
+        got = jax.jit(fwd_bwd(self.call))(q, k, v, a, S0, dy, dS)
+        want = testing.reference_x64(fwd_bwd(_reference), q, k, v, a, S0, dy, dS)
+        testing.assert_allclose(got[0], want[0], dtype=dtype, kind="fwd")
+        testing.assert_allclose(got[1], want[1], dtype=dtype, kind="grad")
+        return got
+
+    # ------------------------------------------------------------------ cases
+
+    def test_real_gates_state0_odd_length(self):
+        self.check()
+
+    def test_complex_gates_and_keys(self):
+        self.check(complex_=True)
+
+    def test_bfloat16(self):
+        self.check(dtype=jnp.bfloat16, grad=False)
+
+    def test_tiny_gates_stay_finite(self):
+        """Gates near 0 would overflow a factorised (q P)(k / P)^T form; bounded here."""
+        y, S = self.check(gate_range=(1e-6, 1e-3), grad=False, state0=False)
+        assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(S)).all()
+
+
+class TestInterpret(GateLoopTestBase):
+    """Generic Pallas interpreter: the Triton-form kernel on CPU."""
+
+    interpret = True
+    block_sizes = BlockSizes(chunk=32, sub=16)
+
+    def test_bfloat16_grads(self):
+        self.check(dtype=jnp.bfloat16, L=21)
+
+
+class TestTpuInterpret(GateLoopTestBase):
+    """The Mosaic kernel in the TPU interpreter (K and E padded to 128 lanes)."""
+
+    interpret = pltpu.InterpretParams()
+    block_sizes = BlockSizes(chunk=32, sub=16)
+
+
+@pytest.mark.gpu
+class TestGpu(GateLoopTestBase):
+    interpret = False
+
+
+@pytest.mark.tpu
+class TestTpu(GateLoopTestBase):
+    interpret = False
+
+
+def test_xla_chunked_matches_reference():
+    """The backward's recomputation form alone (forward and gradients)."""
+    q, k, v, a, S0, dy, dS = _inputs(1, 37, 2, 8, 6, jnp.float32, complex_=True)
+
+    def fwd_bwd(fn):
+        def run(q, k, v, a, S0, dy, dS):
+            out, vjp = jax.vjp(fn, q, k, v, a, S0)
+            return out, vjp((dy, dS))
+
+        return run
+
+    got = jax.jit(fwd_bwd(gateloop_chunked))(q, k, v, a, S0, dy, dS)
+    want = testing.reference_x64(fwd_bwd(_reference), q, k, v, a, S0, dy, dS)
+    testing.assert_allclose(got[0], want[0], dtype=jnp.float32, kind="fwd")
+    testing.assert_allclose(got[1], want[1], dtype=jnp.float32, kind="grad")
+
+
+# ---------------------------------------------------------------------- lowering, API
+
+
+@pytest.fixture
+def tpu_info_on_cpu(monkeypatch):
+    """Lets the Mosaic lowering query a TPU v5e's info on a CPU host (lowering only)."""
+    from jax._src.pallas.mosaic import tpu_info
+
+    info = lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5E, 1)
+    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, info)
+
+
+@pytest.mark.parametrize("platform,target", [("tpu", "tpu_custom_call"), ("cuda", "triton")])
+def test_compiled_lowerings(platform, target, tpu_info_on_cpu):
+    """Both compiled lowerings lower the forward (bf16 real gates; complex gates)."""
+    q = jax.ShapeDtypeStruct((2, 200, 4, 64), jnp.bfloat16)
+    for a in (q, jax.ShapeDtypeStruct((2, 200, 4, 64), jnp.complex64)):
+        with mock.patch.object(kernel.jax, "default_backend", lambda: platform):
+            lowered = jax.jit(lambda q, k, v, a: gateloop(q, k, v, a)).trace(q, q, q, a)
+            text = lowered.lower(lowering_platforms=(platform,)).as_text()
+        assert text.count(target) >= 1
+
+
+def test_errors_name_the_argument():
+    x = jnp.zeros((1, 16, 2, 8))
+    with pytest.raises(ValueError, match="accepted: q, k, a"):
+        gateloop(x, x[..., :4], x, x, interpret=True)
+    with pytest.raises(ValueError, match="state0 has shape"):
+        gateloop(x, x, x, x, state0=jnp.zeros((1, 2, 8, 4)), interpret=True)
+    with pytest.raises(ValueError, match="chunk_size"):
+        gateloop(x, x, x, x, chunk_size=24, interpret=True)
+    with pytest.raises(ValueError, match="v has dtype"):
+        gateloop(x, x, x.astype(jnp.complex64), x, interpret=True)
+    with pytest.raises(ValueError, match="BlockSizes.chunk"):
+        BlockSizes(chunk=24, sub=16)
+
+
+def test_bench_refuses_interpret_mode(capsys):
+    from pallas_kernels.gateloop import bench
+
+    assert bench.run(quick=True) == []
+    assert "never timed" in capsys.readouterr().out
