@@ -81,3 +81,69 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices=None) -
             f"{sizes[0] * sizes[1] * sizes[2]} devices; {n} available"
         )
     return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+
+
+def _axis_size(mesh, axes) -> int:
+    if axes is None:
+        return 1
+    axes = (axes,) if isinstance(axes, str) else axes
+    size = 1
+    for a in axes:
+        size *= mesh.shape[a]
+    return size
+
+
+def logical_sharding(
+    names: Sequence[str | None] | None, shape: Sequence[int], mesh, rules=RULES
+) -> jax.sharding.NamedSharding:
+    """NamedSharding on ``mesh`` for an array of ``shape`` with logical axis ``names``.
+
+    A dimension whose size the mapped mesh axes do not divide is replicated instead (tiny
+    models on big meshes), as is a mesh axis already used by an earlier dimension.
+    """
+    if not names:
+        return jax.sharding.NamedSharding(mesh, PartitionSpec())
+    if len(names) != len(shape):
+        raise ValueError(f"logical names {tuple(names)} do not match shape {tuple(shape)}")
+    spec, used = [], set()
+    for axes, size in zip(logical_to_mesh(names, rules), shape, strict=True):
+        flat = () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
+        if not flat or size % _axis_size(mesh, flat) or used & set(flat):
+            spec.append(None)
+        else:
+            used |= set(flat)
+            spec.append(axes)
+    return jax.sharding.NamedSharding(mesh, PartitionSpec(*spec))
+
+
+def variable_names(variable) -> tuple[str | None, ...] | None:
+    """The logical axis names an NNX variable was annotated with (None if none)."""
+    meta = variable.get_metadata() if hasattr(variable, "get_metadata") else {}
+    for key in ("out_sharding", "sharding_names", "sharding"):
+        names = meta.get(key)
+        if names is not None and not isinstance(names, jax.sharding.Sharding):
+            return tuple(names)
+    return None
+
+
+def state_shardings(state, mesh, rules=RULES):
+    """The NamedShardings for an (abstract) NNX state, from its variables' logical names.
+
+    The result has a NamedSharding where the state has a variable, so it serves as
+    ``out_shardings`` of a jitted init (params born sharded) and as a restore target.
+    """
+    from flax import nnx
+
+    def one(v):
+        if isinstance(v, nnx.Variable):
+            return logical_sharding(variable_names(v), v.value.shape, mesh, rules)
+        return logical_sharding(None, getattr(v, "shape", ()), mesh, rules)
+
+    return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh, ndim: int = 2, rules=RULES) -> jax.sharding.NamedSharding:
+    """Batch arrays sharded along their leading dimension over the ``batch`` mesh axes."""
+    return jax.sharding.NamedSharding(
+        mesh, logical_to_mesh(("batch",) + (None,) * (ndim - 1), rules)
+    )
