@@ -70,7 +70,8 @@ def diffusion_schedule(name: str, num_steps: int, *, max_beta: float = 0.999) ->
     else:
         scale = 1000.0 / num_steps
         betas = np.linspace(1e-4 * scale, 0.02 * scale, num_steps, dtype=np.float64)
-    return jnp.asarray(np.cumprod(1.0 - betas), dtype=jnp.float32)
+    with jax.ensure_compile_time_eval():  # a constant, concrete even inside a jit trace
+        return jnp.asarray(np.cumprod(1.0 - betas), dtype=jnp.float32)
 
 
 def _check_target(target):

@@ -1,0 +1,691 @@
+"""MAR: autoregressive generation of continuous tokens with a per-token diffusion head
+(REFERENCES.md s.7; Li et al. 2024).
+
+Images become continuous patch tokens (:func:`patchify`: ``uint8 (B, H, W, C)`` ->
+``[-1, 1]`` -> ``(B, L, N)`` with ``L = (H/p)(W/p)``, ``N = p p C``), or bring any
+autoencoder's latents as the "image" and use :func:`loss_on_tokens`. A
+:class:`jaxar.models.lm.Backbone` turns ``buffer_size`` class-token positions followed by
+the tokens into one condition ``z_i`` per token; a :class:`DiffusionHead` models
+``p(x_i | z_i)`` (Gaussian diffusion, ``head="diffusion"``, or flow matching,
+``head="flow"``). Two orders:
+
+* ``"masked"``: bidirectional backbone; training masks a random subset (a fraction
+  ``r ~ 1 + 0.25 TruncNormal`` on ``[mask_ratio_min, 1]``, MAR's choice) replaced by a
+  learned [MASK] embedding, and the loss is on masked tokens only. Generation reveals the
+  tokens in a random order over ``num_iter`` steps; after step ``k`` there remain
+  ``floor(L cos(pi/2 (k+1)/num_iter))`` masked (clamped so every step reveals >= 1 while
+  any remain, and the last step reveals the rest).
+* ``"causal"``: causal backbone in raster order; ``z_i`` sees the class tokens and
+  ``x_{<i}``; generation decodes one token per step against a KV cache.
+
+Class conditioning: the label is replaced by a null class (id ``num_classes``) with
+probability ``label_drop_prob`` in training. Classifier-free guidance at sampling:
+``eps = eps_u + s_k (eps_c - eps_u)`` with ``s_k = cfg_scale`` (``"constant"``) or
+``1 + (cfg_scale - 1) * revealed_fraction_k`` (``"linear"``, MAR's default), and a
+temperature that scales the head sampler's noise.
+
+Presets (``MARConfig.preset``): ``tiny`` (8x8x1 digits, 2x2 patches), and ``mar_b`` /
+``mar_l`` / ``mar_h`` on 16x16x16 KL-16 latents with the published backbone widths and
+head sizes (6/8/12 blocks of width 1024/1280/1536). The published MAR splits the backbone
+into an MAE-style encoder/decoder; here one backbone of the same total depth sees all
+positions (masked ones as [MASK]).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxar.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig
+from jaxar.ops import gaussian_diffusion as gd
+from jaxar.sampling import diffusion_head as dh
+
+__all__ = [
+    "ORDERS",
+    "HEADS",
+    "PRESETS",
+    "MARConfig",
+    "MAR",
+    "patchify",
+    "unpatchify",
+    "images_to_tokens",
+    "tokens_to_images",
+    "reveal_schedule",
+    "masked_order_generate",
+    "guidance_scale",
+    "loss",
+    "loss_on_tokens",
+    "sample",
+    "sample_tokens",
+]
+
+ORDERS = ("masked", "causal")
+HEADS = ("diffusion", "flow")
+CFG_SCHEDULES = ("constant", "linear")
+FLOW_TIME_SCALE = 1000.0  # flow time s in [0, 1] is embedded as s * 1000, like step indices
+
+# name -> (image_size, channels, patch_size, d_model, num_layers, num_heads, head preset)
+PRESETS = {
+    "tiny": (8, 1, 2, 64, 2, 4, "tiny"),
+    "mar_b": (16, 16, 1, 768, 24, 12, "mar_b"),
+    "mar_l": (16, 16, 1, 1024, 32, 16, "mar_l"),
+    "mar_h": (16, 16, 1, 1280, 40, 16, "mar_h"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MARConfig:
+    """MAR model, objective and backbone sizes.
+
+    Attributes:
+      image_size, channels, patch_size: input grid (square) and patch side.
+      num_classes: class labels ``0 .. num_classes - 1``; ``num_classes`` is the null class.
+      order: ``"masked"`` (bidirectional, random order) or ``"causal"`` (raster, KV cache).
+      d_model, num_layers, num_heads, mlp_ratio: the backbone (``LMConfig``).
+      buffer_size: class-token positions prepended to the tokens.
+      head: ``"diffusion"`` or ``"flow"``; ``head_width``, ``head_depth`` its size.
+      num_train_steps, schedule, target: the Gaussian diffusion head's objective.
+      num_draws: ``(t, eps)`` draws per token per training step.
+      label_drop_prob: probability of replacing the label by the null class in training.
+      mask_ratio_min: lowest masked fraction in training (masked order).
+    """
+
+    image_size: int = 8
+    channels: int = 1
+    patch_size: int = 2
+    num_classes: int = 10
+    order: str = "masked"
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    buffer_size: int = 1
+    head: str = "diffusion"
+    head_width: int = 64
+    head_depth: int = 2
+    num_train_steps: int = 1000
+    schedule: str = "cosine"
+    target: str = "eps"
+    num_draws: int = 4
+    label_drop_prob: float = 0.1
+    mask_ratio_min: float = 0.7
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def __post_init__(self):
+        for name in (
+            "image_size",
+            "channels",
+            "patch_size",
+            "num_classes",
+            "d_model",
+            "num_layers",
+            "num_heads",
+            "mlp_ratio",
+            "buffer_size",
+            "head_width",
+            "head_depth",
+            "num_train_steps",
+            "num_draws",
+        ):
+            v = getattr(self, name)
+            if not isinstance(v, int) or v < 1:
+                raise ValueError(f"MARConfig.{name}={v!r} must be an int >= 1")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"MARConfig.patch_size={self.patch_size} must divide image_size={self.image_size}"
+            )
+        for name, accepted in (
+            ("order", ORDERS),
+            ("head", HEADS),
+            ("schedule", gd.SCHEDULES),
+            ("target", gd.TARGETS),
+        ):
+            if getattr(self, name) not in accepted:
+                raise ValueError(
+                    f"MARConfig.{name}={getattr(self, name)!r} is not supported; "
+                    f"accepted: {accepted}"
+                )
+        if not 0.0 <= self.label_drop_prob < 1.0:
+            raise ValueError(f"MARConfig.label_drop_prob={self.label_drop_prob} not in [0, 1)")
+        if not 0.0 < self.mask_ratio_min <= 1.0:
+            raise ValueError(f"MARConfig.mask_ratio_min={self.mask_ratio_min} not in (0, 1]")
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"MARConfig.num_heads={self.num_heads} must divide d_model={self.d_model}"
+            )
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def seq_len(self) -> int:
+        return self.grid**2
+
+    @property
+    def token_dim(self) -> int:
+        return self.patch_size**2 * self.channels
+
+    @property
+    def null_class(self) -> int:
+        return self.num_classes
+
+    def lm_config(self):
+        """The backbone's ``LMConfig`` (attention causal iff ``order == "causal"``)."""
+        from jaxar.models.lm import LMConfig
+        from jaxar.nn.attention import AttentionConfig
+
+        return LMConfig(
+            vocab_size=1,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            mixers=(AttentionConfig(num_heads=self.num_heads, causal=self.order == "causal"),),
+            mlp_ratio=self.mlp_ratio,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    def head_config(self) -> DiffusionHeadConfig:
+        return DiffusionHeadConfig(
+            token_dim=self.token_dim,
+            cond_dim=self.d_model,
+            width=self.head_width,
+            depth=self.head_depth,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+
+    @classmethod
+    def preset(cls, name: str, **overrides):
+        """A named size (``tiny``, ``mar_b``, ``mar_l``, ``mar_h``; ``MAR-B`` etc. accepted)."""
+        key = name.lower().replace("-", "_")
+        if key not in PRESETS:
+            raise ValueError(f"preset name={name!r} is unknown; accepted: {sorted(PRESETS)}")
+        size, ch, p, d, layers, heads, head = PRESETS[key]
+        hc = DiffusionHeadConfig.preset(head, token_dim=1, cond_dim=1)
+        base = dict(
+            image_size=size,
+            channels=ch,
+            patch_size=p,
+            d_model=d,
+            num_layers=layers,
+            num_heads=heads,
+            head_width=hc.width,
+            head_depth=hc.depth,
+        )
+        if key != "tiny":
+            base.update(num_classes=1000, buffer_size=64)
+        return cls(**{**base, **overrides})
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def patchify(images_BxHxWxC, patch_size: int):
+    """``(B, H, W, C) -> (B, (H/p)(W/p), p p C)``, patches in raster order."""
+    b, h, w, c = images_BxHxWxC.shape
+    p = patch_size
+    if h % p or w % p:
+        raise ValueError(f"patch_size={p} must divide the image's H={h} and W={w}")
+    x = images_BxHxWxC.reshape(b, h // p, p, w // p, p, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(tokens_BxLxN, patch_size: int, grid: tuple[int, int], channels: int):
+    """Inverse of :func:`patchify` for an ``(H/p, W/p)`` ``grid``."""
+    b = tokens_BxLxN.shape[0]
+    gh, gw = grid
+    p = patch_size
+    x = tokens_BxLxN.reshape(b, gh, gw, p, p, channels).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, gh * p, gw * p, channels)
+
+
+def images_to_tokens(images_BxHxWxC, patch_size: int):
+    """uint8 images -> float32 tokens in ``[-1, 1]``: ``x / 127.5 - 1``, patchified."""
+    x = jnp.asarray(images_BxHxWxC).astype(jnp.float32) / 127.5 - 1.0
+    return patchify(x, patch_size)
+
+
+def tokens_to_images(tokens_BxLxN, cfg: MARConfig):
+    """float tokens -> uint8 images: ``round((x + 1) 127.5)`` clipped to ``[0, 255]``."""
+    x = unpatchify(tokens_BxLxN, cfg.patch_size, (cfg.grid, cfg.grid), cfg.channels)
+    return jnp.clip(jnp.round((x + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _param(key, shape, names, scale, dtype):
+    init = nnx.with_partitioning(
+        nnx.initializers.normal(scale) if scale else nnx.initializers.zeros_init(),
+        names,
+        eager_sharding=False,
+    )
+    return nnx.Param(init(key, shape, dtype))
+
+
+class MAR(nnx.Module):
+    """Token projection, class / [MASK] / position embeddings, backbone and head."""
+
+    def __init__(self, config: MARConfig, *, rngs: nnx.Rngs):
+        from jaxar.models.lm import Backbone
+
+        cfg = config
+        self.config = cfg
+        d, pd = cfg.d_model, cfg.param_dtype
+        self.token_proj = nnx.Linear(
+            cfg.token_dim,
+            d,
+            dtype=cfg.dtype,
+            param_dtype=pd,
+            kernel_init=nnx.with_partitioning(
+                nnx.initializers.xavier_uniform(), (None, "embed"), eager_sharding=False
+            ),
+            bias_init=nnx.with_partitioning(
+                nnx.initializers.zeros_init(), ("embed",), eager_sharding=False
+            ),
+            rngs=rngs,
+        )
+        self.class_emb = _param(
+            rngs.params(), (cfg.num_classes + 1, d), ("vocab", "embed"), 0.02, pd
+        )
+        self.mask_emb = _param(rngs.params(), (d,), ("embed",), 0.02, pd)
+        self.pos_emb = _param(
+            rngs.params(), (cfg.buffer_size + cfg.seq_len, d), (None, "embed"), 0.02, pd
+        )
+        self.backbone = Backbone(cfg.lm_config(), rngs=rngs)
+        self.head = DiffusionHead(cfg.head_config(), rngs=rngs)
+
+    def embed_prefix(self, labels_B):
+        """Class tokens with their positions: ``(B, buffer_size, D)``."""
+        cfg = self.config
+        cls = jnp.take(self.class_emb[...], labels_B, axis=0)[:, None, :]
+        cls = jnp.broadcast_to(cls, (labels_B.shape[0], cfg.buffer_size, cfg.d_model))
+        return (cls + self.pos_emb[: cfg.buffer_size][None]).astype(cfg.dtype)
+
+    def embed_tokens(self, tokens_BxTxN, start: int | jax.Array, mask_BxT=None):
+        """Projected tokens (``[MASK]`` where ``mask_BxT``) plus positions from ``start``
+        (the index among token positions, i.e. after the buffer)."""
+        cfg = self.config
+        h = self.token_proj(tokens_BxTxN)
+        if mask_BxT is not None:
+            m = jnp.broadcast_to(self.mask_emb[...].astype(h.dtype)[None, None], h.shape)
+            h = jnp.where(mask_BxT[..., None], m, h)
+        t = tokens_BxTxN.shape[1]
+        pos = jax.lax.dynamic_slice_in_dim(self.pos_emb[...], cfg.buffer_size + start, t, axis=0)
+        return (h + pos[None].astype(h.dtype)).astype(cfg.dtype)
+
+    def conditions(self, tokens_BxLxN, labels_B, mask_BxL=None):
+        """Per-token conditions ``z (B, L, D)`` from one backbone pass.
+
+        Masked order: all positions, masked ones as [MASK] (``mask_BxL`` True). Causal
+        order: input ``[class tokens, x_0 .. x_{L-2}]`` so that ``z_i`` sees only
+        ``x_{<i}`` (``mask_BxL`` must be None).
+        """
+        cfg = self.config
+        prefix = self.embed_prefix(labels_B)
+        if cfg.order == "masked":
+            if mask_BxL is None:
+                mask_BxL = jnp.zeros(tokens_BxLxN.shape[:2], bool)
+            h = jnp.concatenate([prefix, self.embed_tokens(tokens_BxLxN, 0, mask_BxL)], 1)
+            return self.backbone(h)[:, cfg.buffer_size :]
+        if mask_BxL is not None:
+            raise ValueError("mask_BxL is only for order='masked'")
+        h = jnp.concatenate([prefix, self.embed_tokens(tokens_BxLxN[:, :-1], 0)], 1)
+        return self.backbone(h)[:, cfg.buffer_size - 1 :]
+
+    def head_fn(self, x, t, cond):
+        """The head as ``f(x_t, t, z)``; flow time ``s`` in [0, 1] is embedded as ``1000 s``."""
+        if self.config.head == "flow":
+            t = t * FLOW_TIME_SCALE
+        return self.head(x, t, cond)
+
+
+# --------------------------------------------------------------------------- loss
+
+
+def _alphas_cumprod(cfg: MARConfig):
+    return gd.diffusion_schedule(cfg.schedule, cfg.num_train_steps)
+
+
+def _training_mask(key, cfg: MARConfig, batch: int):
+    """Masked positions for training: a random subset of ``ceil(r L)`` per example."""
+    k_rate, k_order = jax.random.split(key)
+    lo = (cfg.mask_ratio_min - 1.0) / 0.25
+    rate = 1.0 + 0.25 * jax.random.truncated_normal(k_rate, lo, 0.0, (), jnp.float32)
+    num = jnp.ceil(rate * cfg.seq_len)
+    rank = jnp.argsort(jnp.argsort(jax.random.uniform(k_order, (batch, cfg.seq_len)), -1), -1)
+    return rank < num
+
+
+def loss_on_tokens(model: MAR, tokens_BxLxN, labels_B, key):
+    """MAR loss on continuous tokens (e.g. an autoencoder's latents) -> ``(loss, metrics)``."""
+    cfg = model.config
+    tokens_BxLxN = jnp.asarray(tokens_BxLxN, jnp.float32)
+    if tokens_BxLxN.shape[1:] != (cfg.seq_len, cfg.token_dim):
+        raise ValueError(
+            f"tokens must be (B, {cfg.seq_len}, {cfg.token_dim}); got {tokens_BxLxN.shape}"
+        )
+    labels_B = jnp.asarray(labels_B, jnp.int32)
+    b = tokens_BxLxN.shape[0]
+    k_drop, k_mask, k_head = jax.random.split(key, 3)
+    drop = jax.random.bernoulli(k_drop, cfg.label_drop_prob, (b,))
+    labels_B = jnp.where(drop, cfg.null_class, labels_B)
+    if cfg.order == "masked":
+        mask_BxL = _training_mask(k_mask, cfg, b)
+        z = model.conditions(tokens_BxLxN, labels_B, mask_BxL)
+        weights = mask_BxL.astype(jnp.float32)
+    else:
+        z = model.conditions(tokens_BxLxN, labels_B)
+        weights = jnp.ones((b, cfg.seq_len), jnp.float32)
+    if cfg.head == "diffusion":
+        per_token = gd.gaussian_diffusion_loss(
+            k_head,
+            model.head_fn,
+            tokens_BxLxN,
+            z,
+            alphas_cumprod=_alphas_cumprod(cfg),
+            target=cfg.target,
+            num_draws=cfg.num_draws,
+        )
+    else:
+        per_token = gd.flow_matching_loss(
+            k_head, model.head_fn, tokens_BxLxN, z, num_draws=cfg.num_draws
+        )
+    num = jnp.sum(weights)
+    value = jnp.sum(per_token * weights) / jnp.maximum(num, 1.0)
+    return value, {
+        "loss": value,
+        "num_tokens": num,
+        "masked_fraction": num / (b * cfg.seq_len),
+        "label_drop_fraction": jnp.mean(drop.astype(jnp.float32)),
+    }
+
+
+def loss(model: MAR, batch: dict, key):
+    """Training hook: ``batch = {"image": uint8 (B, H, W, C), "label": int32 (B,)}`` ->
+    ``(loss, metrics)``; the loss is the head's per-token loss averaged over the tokens
+    it is taken on (masked tokens, or all tokens in causal order)."""
+    cfg = model.config
+    images = jnp.asarray(batch["image"])
+    want = (cfg.image_size, cfg.image_size, cfg.channels)
+    if images.ndim != 4 or images.shape[1:] != want:
+        raise ValueError(
+            f"batch['image'] must be (B, {', '.join(map(str, want))}); got {images.shape}"
+        )
+    return loss_on_tokens(model, images_to_tokens(images, cfg.patch_size), batch["label"], key)
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def reveal_schedule(seq_len: int, num_iter: int) -> np.ndarray:
+    """Tokens still masked after each of ``num_iter`` steps (int64, ends at 0).
+
+    ``m_k = floor(L cos(pi/2 (k+1)/num_iter))`` clamped to ``[1, m_{k-1} - 1]`` (so every
+    step reveals at least one token while more than one remains), and ``m_{K-1} = 0``.
+    """
+    if not isinstance(num_iter, int | np.integer) or num_iter < 1:
+        raise ValueError(f"num_iter={num_iter!r} must be an int >= 1")
+    remaining = seq_len
+    out = []
+    for k in range(num_iter):
+        if k == num_iter - 1:
+            m = 0
+        else:
+            m = math.floor(seq_len * math.cos(math.pi / 2 * (k + 1) / num_iter))
+            m = max(1, min(remaining - 1, m))
+        out.append(m)
+        remaining = m
+    return np.asarray(out, np.int64)
+
+
+def guidance_scale(cfg_scale, progress, schedule: str = "linear"):
+    """``cfg_scale`` (constant) or ``1 + (cfg_scale - 1) * progress`` (linear), ``progress``
+    the fraction of tokens generated once the current step is done."""
+    if schedule not in CFG_SCHEDULES:
+        raise ValueError(f"cfg_schedule={schedule!r} is not supported; accepted: {CFG_SCHEDULES}")
+    if schedule == "constant":
+        return jnp.asarray(cfg_scale, jnp.float32) + 0.0 * jnp.asarray(progress, jnp.float32)
+    return 1.0 + (cfg_scale - 1.0) * jnp.asarray(progress, jnp.float32)
+
+
+def _draw_tokens(model, key, z_c, z_u, scale, opts):
+    """Samples tokens ``(..., N)`` given conditions ``z_c`` (and ``z_u`` for guidance)."""
+    cfg = model.config
+    shape = (*z_c.shape[:-1], cfg.token_dim)
+
+    def guided(x, t, cond):
+        zc, zu = cond
+        if zu is None:
+            return model.head_fn(x, t, zc)
+        both = model.head_fn(
+            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([zc, zu])
+        )
+        out_c, out_u = jnp.split(both, 2)
+        return out_u + scale * (out_c - out_u)
+
+    if cfg.head == "flow":
+        return dh.flow_sample(
+            key,
+            guided,
+            (z_c, z_u),
+            shape=shape,
+            num_steps=opts["num_steps"],
+            method=opts["method"],
+            temperature=opts["temperature"],
+        )
+    return dh.sample(
+        key,
+        guided,
+        (z_c, z_u),
+        shape=shape,
+        num_steps=opts["num_steps"],
+        method=opts["method"],
+        temperature=opts["temperature"],
+        alphas_cumprod=_alphas_cumprod(cfg),
+    )
+
+
+def _split_guided(z, guided):
+    return jnp.split(z, 2) if guided else (z, None)
+
+
+def masked_order_generate(
+    key, batch: int, seq_len: int, token_dim: int, num_iter: int, cond_fn, draw_fn
+):
+    """Masked random-order generation loop, independent of the networks.
+
+    A random order per example; step ``k`` (``lax.scan``) calls
+    ``cond_fn(tokens_BxLxN, unknown_BxL) -> z`` (``unknown`` True = not yet generated; ``z``
+    is ``(R B, L, D)``, ``R`` stacked copies, e.g. conditional and unconditional), gathers
+    ``z`` at the ``W`` order slots revealed at this step (``W`` = the largest count of
+    any step; the unused slots of smaller steps are dropped) and writes
+    ``draw_fn(key_k, z_RBxWxD, progress_k) -> tokens_BxWxN`` there. ``progress_k`` is the
+    generated fraction once step ``k`` is done (:func:`reveal_schedule`).
+
+    Returns:
+      ``(tokens_BxLxN, unknown_KxBxL)``: the tokens and, per step, the mask it started from.
+    """
+    remaining = reveal_schedule(seq_len, num_iter)
+    before = np.concatenate([[seq_len], remaining[:-1]])
+    starts, counts = seq_len - before, before - remaining
+    width = int(counts.max())
+    k_order, k_steps = jax.random.split(key)
+    order_BxL = jnp.argsort(jax.random.uniform(k_order, (batch, seq_len)), axis=-1)
+    rank_BxL = jnp.argsort(order_BxL, axis=-1)
+    rows = jnp.arange(batch)[:, None]
+    slot = jnp.arange(width)
+
+    def step(tokens, xs):
+        start, count, prog, k = xs
+        unknown = rank_BxL >= start
+        z = cond_fn(tokens, unknown)
+        idx = jnp.broadcast_to(jnp.minimum(start + slot, seq_len - 1)[None], (batch, width))
+        pos = jnp.take_along_axis(order_BxL, idx, axis=1)
+        pos_z = jnp.concatenate([pos] * (z.shape[0] // batch))  # z may stack c/u halves
+        new = draw_fn(k, jnp.take_along_axis(z, pos_z[..., None], axis=1), prog)
+        target = jnp.where((slot < count)[None], pos, seq_len)  # out of range: dropped
+        return tokens.at[rows, target].set(new.astype(tokens.dtype), mode="drop"), unknown
+
+    xs = (
+        jnp.asarray(starts, jnp.int32),
+        jnp.asarray(counts, jnp.int32),
+        jnp.asarray((seq_len - remaining) / seq_len, jnp.float32),
+        jax.random.split(k_steps, num_iter),
+    )
+    tokens0 = jnp.zeros((batch, seq_len, token_dim), jnp.float32)
+    return jax.lax.scan(step, tokens0, xs)
+
+
+def _sample_masked(model, key, labels_B, opts):
+    cfg = model.config
+    b = labels_B.shape[0]
+    guided = opts["guided"]
+    reps = 2 if guided else 1
+    labels_all = (
+        jnp.concatenate([labels_B, jnp.full_like(labels_B, cfg.null_class)]) if guided else labels_B
+    )
+
+    def cond_fn(tokens, unknown):
+        return model.conditions(
+            jnp.concatenate([tokens] * reps), labels_all, jnp.concatenate([unknown] * reps)
+        )
+
+    def draw_fn(k, z, prog):
+        z_c, z_u = _split_guided(z, guided)
+        scale = guidance_scale(opts["cfg_scale"], prog, opts["cfg_schedule"])
+        return _draw_tokens(model, k, z_c, z_u, scale, opts)
+
+    tokens, _ = masked_order_generate(
+        key, b, cfg.seq_len, cfg.token_dim, opts["num_iter"], cond_fn, draw_fn
+    )
+    return tokens
+
+
+def _sample_causal(model, key, labels_B, opts):
+    cfg = model.config
+    b, seq, n = labels_B.shape[0], cfg.seq_len, cfg.token_dim
+    guided = opts["guided"]
+    reps = 2 if guided else 1
+    labels_all = (
+        jnp.concatenate([labels_B, jnp.full_like(labels_B, cfg.null_class)]) if guided else labels_B
+    )
+    keys = jax.random.split(key, seq)
+    progress = jnp.arange(1, seq + 1, dtype=jnp.float32) / seq
+    scale_of = lambda p: guidance_scale(opts["cfg_scale"], p, opts["cfg_schedule"])
+
+    def draw(z, k, p):
+        z_c, z_u = _split_guided(z, guided)
+        return _draw_tokens(model, k, z_c, z_u, scale_of(p), opts)
+
+    tokens0 = jnp.zeros((b, seq, n), jnp.float32)
+    if opts["use_cache"]:
+        state = model.backbone.init_state(reps * b, cfg.buffer_size + seq)
+        h, state = model.backbone.decode(model.embed_prefix(labels_all), state)
+        z0 = h[:, -1]
+
+        def step(carry, xs):
+            tokens, state, z = carry
+            i, k, p = xs
+            x = draw(z, k, p)
+            tokens = jax.lax.dynamic_update_slice_in_dim(tokens, x[:, None], i, axis=1)
+            h = model.embed_tokens(jnp.concatenate([x] * reps)[:, None], i)
+            h, state = model.backbone.decode(h, state)
+            return (tokens, state, h[:, -1]), None
+
+        (tokens, _, _), _ = jax.lax.scan(
+            step, (tokens0, state, z0), (jnp.arange(seq), keys, progress)
+        )
+        return tokens
+
+    def step_full(tokens, xs):
+        i, k, p = xs
+        z = model.conditions(jnp.concatenate([tokens] * reps), labels_all)
+        x = draw(jax.lax.dynamic_index_in_dim(z, i, axis=1, keepdims=False), k, p)
+        return jax.lax.dynamic_update_slice_in_dim(tokens, x[:, None], i, axis=1), None
+
+    tokens, _ = jax.lax.scan(step_full, tokens0, (jnp.arange(seq), keys, progress))
+    return tokens
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
+def _sample_jit(graphdef, state, key, labels_B, cfg_scale, temperature, options):
+    model = nnx.merge(graphdef, state)
+    opts = dict(options, cfg_scale=cfg_scale, temperature=temperature)
+    if model.config.order == "masked":
+        return _sample_masked(model, key, labels_B, opts)
+    return _sample_causal(model, key, labels_B, opts)
+
+
+def sample_tokens(
+    model: MAR,
+    key,
+    num: int,
+    *,
+    labels=None,
+    num_iter: int = 64,
+    cfg_scale: float | None = None,
+    cfg_schedule: str = "linear",
+    temperature: float = 1.0,
+    num_steps: int = 100,
+    method: str | None = None,
+    use_cache: bool = True,
+):
+    """Generates ``num`` token sequences ``float32 (num, L, N)``.
+
+    Args:
+      labels: int (num,) class ids (``num_classes`` = unconditional); default random.
+      num_iter: masked order's generation steps (ignored in causal order, one per token).
+      cfg_scale: classifier-free guidance scale; None runs the conditional model alone
+        (``1.0`` runs the guided combination, which equals it).
+      cfg_schedule: ``"linear"`` (grows from 1 to ``cfg_scale``) or ``"constant"``.
+      temperature: the head sampler's temperature.
+      num_steps, method: head sampler steps and method (default ``"ddpm"`` for a
+        diffusion head, ``"euler"`` for a flow head).
+      use_cache: causal order decodes against a KV cache (False: a full backbone pass
+        per token; same result).
+    """
+    cfg = model.config
+    if labels is None:
+        labels = jax.random.randint(jax.random.fold_in(key, 1), (num,), 0, cfg.num_classes)
+    labels = jnp.asarray(labels, jnp.int32)
+    if labels.shape != (num,):
+        raise ValueError(f"labels must have shape ({num},); got {labels.shape}")
+    if method is None:
+        method = "ddpm" if cfg.head == "diffusion" else "euler"
+    accepted = dh.METHODS if cfg.head == "diffusion" else dh.FLOW_METHODS
+    if method not in accepted:
+        raise ValueError(f"method={method!r} does not suit head={cfg.head!r}; accepted: {accepted}")
+    if cfg_schedule not in CFG_SCHEDULES:
+        raise ValueError(
+            f"cfg_schedule={cfg_schedule!r} is not supported; accepted: {CFG_SCHEDULES}"
+        )
+    reveal_schedule(cfg.seq_len, num_iter)
+    options = (
+        ("num_iter", int(num_iter)),
+        ("guided", cfg_scale is not None),
+        ("cfg_schedule", cfg_schedule),
+        ("num_steps", int(num_steps)),
+        ("method", method),
+        ("use_cache", bool(use_cache)),
+    )
+    graphdef, state = nnx.split(model)
+    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
+    temp = jnp.asarray(temperature, jnp.float32)
+    return _sample_jit(graphdef, state, key, labels, scale, temp, options)
+
+
+def sample(model: MAR, key, num: int, **kwargs):
+    """Sampling hook: ``num`` uint8 images ``(num, H, W, C)``; keyword arguments as
+    :func:`sample_tokens` (``labels``, ``num_iter``, ``cfg_scale``, ``temperature``,
+    ``num_steps``, ...)."""
+    return tokens_to_images(sample_tokens(model, key, num, **kwargs), model.config)
