@@ -5,4 +5,5 @@ BENCHMARKS: dict[str, str] = {
     "kernel_linear_scan": "pallas_kernels.linear_scan.bench",
     "kernel_gateloop": "pallas_kernels.gateloop.bench",
     "diffusion": "jaxar.bench.diffusion",
+    "heads": "jaxar.bench.heads",
 }
