@@ -1,0 +1,409 @@
+"""The host loop: builds the run, restores, steps, logs one step late, evaluates, saves.
+
+All I/O lives here; the device work is the jitted pure step (``jaxar.train.step``).
+Metrics of step ``n`` are fetched after step ``n + 1`` is dispatched, so the device never
+waits on the host. Files under ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON
+object per log line: ``step``, ``loss``, ...; eval lines carry ``eval/...`` keys; skipped
+non-finite steps an ``event``), TensorBoard events under ``tb/``, ``checkpoints/`` and
+``samples/``. SIGTERM saves a checkpoint and returns cleanly; rerunning the same command
+in the same workdir resumes from the latest finalized checkpoint (params, optimizer,
+step, RNG and data position), truncating ``metrics.jsonl`` to that step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pathlib
+import signal
+import sys
+import threading
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxar import sharding
+from jaxar.train import optim, tasks
+from jaxar.train import step as step_lib
+from jaxar.train.config import TrainConfig
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped on a non-finite loss or gradient (``nonfinite="stop"``)."""
+
+
+def maybe_initialize_distributed() -> bool:
+    """``jax.distributed.initialize`` when the environment names a coordinator
+    (``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``) or a
+    managed cluster is detected by jax itself (``JAXAR_DISTRIBUTED=1``)."""
+    env = os.environ
+    if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
+        if jax.default_backend() == "cpu" or env.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+            num_processes=int(env["JAX_NUM_PROCESSES"]),
+            process_id=int(env.get("JAX_PROCESS_ID", "0")),
+        )
+        return True
+    if env.get("JAXAR_DISTRIBUTED") == "1":
+        jax.distributed.initialize()
+        return True
+    return False
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything built from a config: model graph, state, steps, data, mesh."""
+
+    cfg: TrainConfig
+    task: tasks.Task
+    info: object
+    mesh: jax.sharding.Mesh
+    graphdef: object
+    rest: object
+    state: dict
+    train_step: object
+    eval_step: object
+    train_source: object
+    eval_source: object
+    batch_shardings: dict
+
+    def model(self, params=None):
+        """The NNX model around ``params`` (default: EMA params if kept, else params)."""
+        if params is None:
+            params = self.state.get("ema", self.state["params"])
+        return nnx.merge(self.graphdef, params, self.rest)
+
+    def put_batch(self, local: dict) -> dict:
+        """Assembles this host's rows into global arrays sharded over the batch axes."""
+        out = {}
+        for k, v in local.items():
+            global_shape = (v.shape[0] * jax.process_count(),) + v.shape[1:]
+            sh = sharding.batch_sharding(self.mesh, v.ndim)
+            out[k] = jax.make_array_from_process_local_data(sh, v, global_shape)
+        return out
+
+    def tokens_per_row(self) -> int:
+        if self.info.kind == "image":
+            return int(np.prod(self.info.image_shape))
+        return self.cfg.data.seq_len
+
+
+def build(cfg: TrainConfig, *, devices=None) -> Run:
+    """Model (params born sharded), optimizer state, jitted steps and data sources."""
+    from jaxar.data import sources
+
+    task = tasks.get(cfg.model.family)
+    d = cfg.data
+    train_source, info = sources.load(
+        d.name, d.train_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
+    )
+    eval_source, _ = sources.load(
+        d.name, d.eval_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
+    )
+    if info.kind != task.kind:
+        raise ValueError(
+            f"config.model.family={cfg.model.family!r} trains on {task.kind} data but "
+            f"config.data.name={d.name!r} is {info.kind} data"
+        )
+    mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
+    n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    if cfg.batch_size % (n_batch * jax.process_count()):
+        raise ValueError(
+            f"config.batch_size={cfg.batch_size} must be divisible by the batch mesh axes "
+            f"data x fsdp = {n_batch} (and by the {jax.process_count()} processes)"
+        )
+    dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
+
+    def make_model():
+        with nnx.use_eager_sharding(False):
+            return task.build(cfg.model, info, dtype, nnx.Rngs(cfg.seed))
+
+    abstract = nnx.eval_shape(make_model)
+    graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+    out_sh = (sharding.state_shardings(abs_params, mesh), sharding.state_shardings(abs_rest, mesh))
+
+    def init():
+        _, p, r = nnx.split(make_model(), nnx.Param, ...)
+        return p, r
+
+    params, rest = jax.jit(init, out_shardings=out_sh)()
+    tx = optim.make(cfg)
+    with jax.set_mesh(mesh):
+        state = step_lib.init_state(params, tx, seed=cfg.seed, ema=cfg.ema_decay > 0)
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    train_fn = step_lib.make_train_step(
+        graphdef,
+        rest,
+        task.loss,
+        tx,
+        grad_accum=cfg.grad_accum,
+        ema_decay=cfg.ema_decay,
+        lr_schedule=optim.schedule(cfg),
+    )
+    train_step = jax.jit(train_fn, out_shardings=(state_sh, replicated), donate_argnums=(0,))
+    eval_step = jax.jit(
+        step_lib.make_eval_step(graphdef, rest, task.loss), out_shardings=replicated
+    )
+    return Run(
+        cfg, task, info, mesh, graphdef, rest, state, train_step, eval_step,
+        train_source, eval_source, {},
+    )  # fmt: skip
+
+
+def evaluate(run: Run, params=None, *, num_batches: int | None = None) -> dict:
+    """Mean held-out metrics over the first ``num_batches`` global batches (in order)."""
+    from jaxar.data import pipeline
+
+    cfg = run.cfg
+    params = run.state.get("ema", run.state["params"]) if params is None else params
+    n_rows = len(run.eval_source)
+    batch = min(cfg.batch_size, n_rows - n_rows % jax.process_count())
+    num = max(1, min(num_batches or cfg.eval_batches, n_rows // batch))
+    host = pipeline.HostShard(jax.process_index(), jax.process_count())
+    ds = pipeline.batched(run.eval_source, batch, shuffle=False, num_epochs=1, host=host)
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 1 << 20)
+    totals: dict[str, float] = {}
+    for i in range(num):
+        metrics = jax.device_get(
+            run.eval_step(params, run.put_batch(ds[i]), jax.random.fold_in(key, i))
+        )
+        for k, v in metrics.items():
+            totals[k] = totals.get(k, 0.0) + float(v)
+    return {k: v / num for k, v in totals.items()}
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` + TensorBoard events (process 0 only)."""
+
+    def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int):
+        self.path = workdir / "metrics.jsonl"
+        self.enabled = enabled
+        self._tb = None
+        if not enabled:
+            return
+        if self.path.exists():  # drop lines past the restored checkpoint
+            keep = [
+                line
+                for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step
+            ]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        try:
+            from tensorboardX import SummaryWriter
+
+            self._tb = SummaryWriter(str(workdir / "tb"))
+        except ImportError:  # pragma: no cover - tensorboardX is a dependency
+            self._tb = None
+
+    def write(self, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **values}
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, int | float) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.flush()
+            self._tb.close()
+
+
+def _print(*args) -> None:
+    if jax.process_index() == 0:
+        print(*args, flush=True)
+
+
+def write_samples(
+    run: Run, workdir: pathlib.Path, *, num: int, seed: int, out=None
+) -> pathlib.Path:
+    """Samples from the run's model into ``out`` (default ``workdir/samples/step_N``):
+    text (``.txt``) for sequence models, a PNG grid for image models."""
+    step = int(run.state["step"])
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    samples = run.task.sample(run.model(), key, num, run.info, run.cfg.sample_length)
+    if out is None:
+        suffix = ".png" if run.info.kind == "image" else ".txt"
+        out = workdir / "samples" / f"step_{step}{suffix}"
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if run.info.kind == "image":
+        save_png_grid(np.asarray(samples), out)
+    else:
+        out.write_text(decode_text(samples))
+    return out
+
+
+def decode_text(tokens) -> str:
+    """Byte tokens (B, L) -> one text block per sample (ids >= 256 dropped)."""
+    parts = []
+    for i, row in enumerate(np.asarray(tokens)):
+        data = bytes(int(t) for t in row if 0 <= int(t) < 256)
+        parts.append(f"===== sample {i} =====\n{data.decode('utf-8', errors='replace')}\n")
+    return "".join(parts)
+
+
+def save_png_grid(images, path) -> None:
+    """uint8 (B, H, W, C) images as a near-square PNG grid with 1-pixel gaps."""
+    from PIL import Image
+
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = np.clip(np.round(images), 0, 255).astype(np.uint8)
+    b, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / cols)
+    grid = np.zeros((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.uint8)
+    for i in range(b):
+        r, q = divmod(i, cols)
+        grid[1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = images[
+            i
+        ]
+    scale = max(1, 256 // max(grid.shape[:2]))
+    img = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
+
+
+def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> dict:
+    """Trains (or resumes) ``cfg`` in ``workdir``; returns a summary dict.
+
+    Raises:
+      NonFiniteError: on a non-finite loss or gradient with ``nonfinite="stop"``.
+    """
+    from jaxar.data import pipeline
+    from jaxar.train.checkpoint import Checkpointer
+
+    t_start = time.time()
+    say = (lambda *a: None) if quiet else _print
+    workdir = pathlib.Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    primary = jax.process_index() == 0
+    if primary:
+        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    run = build(cfg, devices=devices)
+    host = pipeline.HostShard(jax.process_index(), jax.process_count())
+    train_ds = pipeline.batched(run.train_source, cfg.batch_size, seed=cfg.seed, host=host)
+    train_iter = pipeline.DataIterator(train_ds, prefetch=cfg.data.prefetch)
+    ckpt = Checkpointer(
+        workdir / "checkpoints", keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints
+    )
+    start = 0
+    if ckpt.latest_step() is not None:
+        run.state, data_state = ckpt.restore(run.state)
+        train_iter.set_state(data_state)
+        start = int(run.state["step"])
+        say(f"resumed from {ckpt.directory / str(start)} (step {start})")
+    writer = MetricsWriter(workdir, enabled=primary, resume_step=start)
+    n_params = sum(x.size for x in jax.tree.leaves(run.state["params"]))
+    say(
+        f"jaxar train: {cfg.model.family}/{cfg.model.preset} ({n_params / 1e6:.2f}M params) on "
+        f"{cfg.data.name}, mesh {dict(run.mesh.shape)}, {cfg.steps} steps x "
+        f"{cfg.batch_size} rows; workdir {workdir}"
+    )
+
+    stop = threading.Event()
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    tokens_per_step = cfg.batch_size * run.tokens_per_row()
+    summary = {"workdir": str(workdir), "start_step": start, "skipped_steps": []}
+    last = {"time": time.time(), "step": start}
+
+    def handle(step_n: int, metrics) -> None:
+        m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        if m.get("finite", 1.0) == 0.0:
+            summary["skipped_steps"].append(step_n)
+            say(f"step {step_n}: non-finite loss or gradients (loss={m['loss']}, "
+                f"grad_norm={m['grad_norm']}); update skipped")  # fmt: skip
+            writer.write(step_n, {"event": "nonfinite_skipped", "loss": m["loss"]})
+            if cfg.nonfinite == "stop":
+                raise NonFiniteError(
+                    f"non-finite loss or gradients at step {step_n} (config.nonfinite='stop')"
+                )
+            return
+        summary["loss"] = m["loss"]
+        if step_n % cfg.log_every == 0 or step_n == cfg.steps:
+            now = time.time()
+            sps = (step_n - last["step"]) / max(now - last["time"], 1e-9)
+            last.update(time=now, step=step_n)
+            m.update(steps_per_sec=sps, tokens_per_sec=sps * tokens_per_step)
+            writer.write(step_n, m)
+            say(
+                f"step {step_n}/{cfg.steps}  loss {m['loss']:.4f}  "
+                f"{sps:.2f} steps/s  {sps * tokens_per_step:,.0f} tokens/s"
+            )
+
+    pending = None
+    step_n = start
+    try:
+        for step_n in range(start + 1, cfg.steps + 1):
+            batch = run.put_batch(next(train_iter))
+            run.state, metrics = run.train_step(run.state, batch)
+            if pending is not None:
+                handle(*pending)
+            pending = (step_n, metrics)
+            if step_n % cfg.eval_every == 0 or step_n == cfg.steps:
+                handle(*pending)
+                pending = None
+                ev = evaluate(run)
+                writer.write(step_n, {f"eval/{k}": v for k, v in ev.items()})
+                summary["eval"] = ev
+                head = next((k for k in run.task.eval_keys if k in ev), "loss")
+                say(f"step {step_n}: held-out {head} {ev[head]:.4f}")
+            if step_n % cfg.checkpoint_every == 0 or step_n == cfg.steps or stop.is_set():
+                ckpt.save(step_n, run.state, train_iter.get_state(), force=True)
+            if stop.is_set():
+                say(f"SIGTERM: saved a checkpoint at step {step_n}; exiting")
+                summary["preempted"] = True
+                break
+        if pending is not None:
+            handle(*pending)
+    finally:
+        ckpt.close()
+        writer.close()
+        if old_handler is not None:
+            signal.signal(signal.SIGTERM, old_handler)
+    summary["step"] = step_n
+    if not summary.get("preempted") and cfg.num_samples and primary and step_n == cfg.steps:
+        path = write_samples(run, workdir, num=cfg.num_samples, seed=cfg.seed)
+        summary["samples"] = str(path)
+        say(f"samples: {path}")
+    summary["wall_s"] = time.time() - t_start
+    summary["params"] = run.state["params"]
+    say(
+        f"done in {summary['wall_s']:.1f} s; checkpoints {ckpt.directory}, metrics "
+        f"{writer.path}, TensorBoard {workdir / 'tb'}"
+    )
+    sys.stdout.flush()
+    return summary
+
+
+def load_run(workdir, *, step: int | None = None) -> Run:
+    """The Run of a trained ``workdir`` (its config.json) with the checkpointed state."""
+    from jaxar.train.checkpoint import Checkpointer
+    from jaxar.train.config import from_config_dict
+
+    workdir = pathlib.Path(workdir)
+    path = workdir / "config.json"
+    if not path.exists():
+        raise ValueError(f"--workdir={str(workdir)!r} holds no config.json (not a training run)")
+    cfg = from_config_dict(json.loads(path.read_text()))
+    run = build(cfg)
+    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    try:
+        run.state, _ = ckpt.restore(run.state, step)
+    finally:
+        ckpt.close()
+    return run

@@ -1,0 +1,245 @@
+"""The task registry: a config's ``model.family`` -> how to build, train, sample, evaluate.
+
+Each family's module ``jaxar.models.<family>`` provides ``loss(model, batch, key) ->
+(loss, metrics)`` and ``sample(model, key, num, **kw)`` (the contract's training hooks)
+and a config with presets; a :class:`Task` adapts them to the trainer. Modules are
+imported lazily; a family whose module is missing is a clear error. ``register`` adds a
+task (tests register tiny private models this way).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from jaxar.train.config import FAMILIES, ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """How the trainer drives one model family.
+
+    Attributes:
+      kind: ``"text"`` or ``"image"`` (which data it trains on).
+      build: ``(model_cfg, info, dtype, rngs) -> nnx.Module``; ``dtype`` is the compute dtype.
+      loss: ``(model, batch, key) -> (scalar, dict of scalars)``, pure and jit-able.
+      sample: ``(model, key, num, info, length) -> np.ndarray``: int tokens (B, L) for text,
+        uint8 images (B, H, W, C) for images.
+      eval_keys: metrics reported by ``jaxar eval``, the first present is the headline.
+    """
+
+    kind: str
+    build: Callable[..., Any]
+    loss: Callable[..., Any]
+    sample: Callable[..., np.ndarray]
+    eval_keys: tuple[str, ...] = ("bits_per_token", "loss")
+
+
+_REGISTRY: dict[str, Task | Callable[[], Task]] = {}
+
+
+def register(family: str, task: Task | Callable[[], Task]) -> None:
+    """Registers a Task (or a zero-argument factory returning one) under ``family``."""
+    _REGISTRY[family] = task
+
+
+def families() -> tuple[str, ...]:
+    return tuple(dict.fromkeys((*FAMILIES, *_REGISTRY)))
+
+
+def get(family: str) -> Task:
+    """The Task for ``family``; ValueError naming the accepted families if unknown."""
+    if family not in _REGISTRY:
+        raise ValueError(f"config.model.family={family!r} is not supported; accepted: {families()}")
+    entry = _REGISTRY[family]
+    return entry if isinstance(entry, Task) else entry()
+
+
+def _module(family: str):
+    name = f"jaxar.models.{family}"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name == name:
+            raise ValueError(
+                f"model family {family!r} needs module {name}, which is not available in "
+                f"this version of jaxar"
+            ) from e
+        raise
+
+
+def _dtype(name: str):
+    import jax.numpy as jnp
+
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
+
+
+def _call_with(fn, options: dict, what: str, **fixed):
+    """``fn(**fixed, **options)`` with an error naming a bad option and the accepted ones."""
+    params = inspect.signature(fn).parameters
+    takes_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    bad = [k for k in options if k not in params and not takes_kw]
+    if bad:
+        accepted = [k for k in params if k not in fixed and k != "self" and k != "cls"]
+        raise ValueError(f"unknown {what} option(s) {bad}; accepted: {accepted}")
+    try:
+        return fn(**fixed, **options)
+    except TypeError as e:
+        raise ValueError(f"bad {what} options {options}: {e}") from e
+
+
+# ----------------------------------------------------------------------------- lm
+
+LM_SIZES = {  # preset -> (d_model, num_layers, num_heads)
+    "tiny": (128, 2, 4),
+    "small": (256, 4, 4),
+    "medium": (512, 8, 8),
+    "base": (768, 12, 12),
+}
+
+
+def _mixer(name: str, num_heads: int, options: dict):
+    if name == "attention":
+        from jaxar.nn.attention import AttentionConfig
+
+        return _call_with(AttentionConfig, options, "attention mixer", num_heads=num_heads)
+    if name == "gateloop":
+        from jaxar.nn.gateloop import GateLoopConfig
+
+        return _call_with(GateLoopConfig, options, "gateloop mixer")
+    if name == "gss":
+        from jaxar.nn.gss import GSSConfig
+
+        return _call_with(GSSConfig, options, "gss mixer")
+    raise ValueError(
+        f"config.model.mixer={name!r} is not supported; accepted: ('attention', 'gateloop', 'gss')"
+    )
+
+
+def lm_config(model_cfg: ModelConfig, vocab_size: int, dtype, *, causal: bool = True):
+    """An ``LMConfig`` from a preset size and options: ``mixer`` ('attention' |
+    'gateloop' | 'gss'), ``mixer_options`` (dict), and any ``LMConfig`` field."""
+    lm = _module("lm")
+    if model_cfg.preset not in LM_SIZES:
+        raise ValueError(
+            f"config.model.preset={model_cfg.preset!r} is not supported; accepted: "
+            f"{tuple(LM_SIZES)}"
+        )
+    d, layers, heads = LM_SIZES[model_cfg.preset]
+    opts = model_cfg.kwargs
+    mixer = opts.pop("mixer", "attention")
+    mixer_options = dict(opts.pop("mixer_options", {}) or {})
+    heads = opts.pop("num_heads", heads)
+    if mixer == "attention" and not causal:
+        mixer_options.setdefault("causal", False)
+    fixed = dict(vocab_size=vocab_size, mixers=(_mixer(mixer, heads, mixer_options),))
+    fixed.setdefault("d_model", d)
+    fixed.setdefault("num_layers", layers)
+    for k in ("d_model", "num_layers"):
+        if k in opts:
+            fixed[k] = opts.pop(k)
+    fields = {f.name for f in dataclasses.fields(lm.LMConfig)}
+    if "dtype" in fields:
+        fixed["dtype"] = dtype
+    return _call_with(lm.LMConfig, opts, "model", **fixed)
+
+
+def _build_lm(model_cfg, info, dtype, rngs):
+    lm = _module("lm")
+    return lm.LM(lm_config(model_cfg, info.vocab_size, dtype), rngs=rngs)
+
+
+def _lm_loss(model, batch, key):
+    lm = _module("lm")
+    fn = getattr(lm, "loss", None) or lm.lm_loss
+    return fn(model, batch, key)
+
+
+def _lm_sample(model, key, num, info, length):
+    import jax.numpy as jnp
+
+    from jaxar.sampling.generate import generate
+
+    prompt = jnp.full((num, 1), ord("\n"), jnp.int32)
+    out = generate(key, model, prompt, max_new_tokens=length - 1)
+    return np.asarray(getattr(out, "tokens", out))
+
+
+def _lm_task() -> Task:
+    return Task("text", _build_lm, _lm_loss, _lm_sample)
+
+
+# ----------------------------------------------------------------------- mdlm, bd3
+
+
+def _diffusion_task(family: str) -> Task:
+    mod = _module(family)
+    cfg_cls = mod.MDLMConfig if family == "mdlm" else mod.BD3Config
+    model_cls = mod.MDLM if family == "mdlm" else mod.BD3
+
+    def build(model_cfg, info, dtype, rngs):
+        opts = model_cfg.kwargs
+        lm_kwargs = dict(opts.pop("lm_kwargs", {}) or {})
+        lm_kwargs.setdefault("dtype", dtype)
+        cfg = _call_with(
+            cfg_cls.preset,
+            opts,
+            f"{family} model",
+            name=model_cfg.preset,
+            vocab_size=info.vocab_size,
+            lm_kwargs=lm_kwargs,
+        )
+        return model_cls(cfg, rngs=rngs)
+
+    def sample(model, key, num, info, length):
+        kw = {"length": length} if family == "mdlm" else {"max_len": length}
+        out = mod.sample(model, key, num, **kw)
+        return np.asarray(getattr(out, "tokens", out))
+
+    return Task("text", build, mod.loss, sample, ("bits_per_token", "loss"))
+
+
+# ----------------------------------------------------------------------- axial, mar
+
+
+def _image_task(family: str) -> Task:
+    """Image families: the module provides ``build(model_cfg_options, image_shape, dtype,
+    rngs)``-style construction through ``<Family>Config.preset`` and a model class."""
+    mod = _module(family)
+    cfg_cls = next(
+        getattr(mod, n)
+        for n in dir(mod)
+        if n.endswith("Config") and hasattr(getattr(mod, n), "preset")
+    )
+    model_cls = getattr(mod, cfg_cls.__name__[: -len("Config")])
+
+    def build(model_cfg, info, dtype, rngs):
+        opts = model_cfg.kwargs
+        params = inspect.signature(cfg_cls.preset).parameters
+        fixed = {"name": model_cfg.preset}
+        if "image_shape" in params:
+            fixed["image_shape"] = tuple(info.image_shape)
+        if "num_classes" in params and info.num_classes:
+            fixed["num_classes"] = info.num_classes
+        if "dtype" in params:
+            fixed["dtype"] = dtype
+        return model_cls(_call_with(cfg_cls.preset, opts, f"{family} model", **fixed), rngs=rngs)
+
+    def sample(model, key, num, info, length):
+        out = mod.sample(model, key, num)
+        images = np.asarray(getattr(out, "images", out))
+        return images
+
+    return Task("image", build, mod.loss, sample, ("bits_per_dim", "loss"))
+
+
+register("lm", _lm_task)
+register("mdlm", lambda: _diffusion_task("mdlm"))
+register("bd3", lambda: _diffusion_task("bd3"))
+register("axial", lambda: _image_task("axial"))
+register("mar", lambda: _image_task("mar"))

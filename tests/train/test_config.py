@@ -1,0 +1,57 @@
+import pathlib
+
+import pytest
+
+from jaxar.train import cli
+from jaxar.train import config as config_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_quickstart_file_matches_builtin():
+    from_file = config_lib.load_config_file(ROOT / "experiments/quickstart/config.py")
+    assert from_file.to_dict() == cli.quickstart_config().to_dict()
+    cfg = config_lib.from_config_dict(from_file)
+    assert cfg.model.family == "lm" and cfg.data.name == "stdlib"
+
+
+def test_overrides():
+    c = cli.quickstart_config()
+    config_lib.apply_overrides(
+        c,
+        ["steps=7", "learning_rate=1", "data.seq_len=64", "model.mixer=gateloop", "ema_decay=0.9"],
+    )
+    cfg = config_lib.from_config_dict(c)
+    assert cfg.steps == 7 and cfg.learning_rate == 1.0 and cfg.data.seq_len == 64
+    assert cfg.model.kwargs["mixer"] == "gateloop" and cfg.ema_decay == 0.9
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ("stepz=3", r"unknown config field 'stepz'; accepted: .*'steps'"),
+        ("data.nme=x", r"unknown config field 'data.nme'; accepted: .*'data.name'"),
+        ("nonfinite=ignore", r"config.nonfinite='ignore' is invalid; accepted: \('skip', 'stop'\)"),
+        ("steps=-1", r"config.steps=-1 is invalid; accepted: an integer > 0"),
+        ("steps=abc", r"config.steps='abc' has the wrong type; expected int"),
+        ("grad_accum=5", r"config.grad_accum=5 is invalid; accepted: a divisor of batch_size=16"),
+        ("data.name=wiki", r"config.data.name='wiki' is invalid"),
+        ("compute_dtype=float16", r"accepted: \('float32', 'bfloat16'\)"),
+    ],
+)
+def test_bad_values_are_clear_errors(override, match):
+    with pytest.raises(ValueError, match=match):
+        c = config_lib.apply_overrides(cli.quickstart_config(), [override])
+        config_lib.from_config_dict(c)
+
+
+def test_cli_bad_override_exit_code(capsys):
+    assert cli.train_main(["--config.steps=-3"]) == cli.EXIT_ERROR
+    assert "config.steps=-3 is invalid" in capsys.readouterr().err
+
+
+def test_unknown_family():
+    from jaxar.train import tasks
+
+    with pytest.raises(ValueError, match=r"model.family='gpt'.*accepted: \('lm'"):
+        tasks.get("gpt")

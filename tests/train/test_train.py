@@ -1,0 +1,130 @@
+"""End-to-end trainer tests on the private toy family (tests/train/toy.py)."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxar.data import pipeline
+from jaxar.train import checkpoint, loop
+from tests.train import toy
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TIMING = {"steps_per_sec", "tokens_per_sec"}
+
+
+def _flat(params):
+    return {
+        "/".join(map(str, k)): np.asarray(jax.device_get(v))
+        for k, v in jax.tree_util.tree_leaves_with_path(params)
+    }
+
+
+def _metrics(workdir):
+    rows = [
+        json.loads(x) for x in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory):
+    """An uninterrupted 12-step toy run on the default 8-device data mesh."""
+    workdir = tmp_path_factory.mktemp("ref")
+    summary = loop.train(toy.config(), workdir, quiet=True)
+    return workdir, summary
+
+
+def test_loss_decreases_and_files_written(reference_run):
+    workdir, summary = reference_run
+    rows = [r for r in _metrics(workdir) if "loss" in r and "event" not in r]
+    assert rows[-1]["loss"] < rows[0]["loss"] - 0.1
+    assert summary["eval"]["bits_per_token"] < 8.0
+    assert (workdir / "config.json").exists()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [4, 8, 12]
+    assert list((workdir / "tb").iterdir())
+    assert "sample 0" in (workdir / "samples" / "step_12.txt").read_text()
+    assert any("eval/bits_per_token" in r for r in _metrics(workdir))
+
+
+def test_exact_resume_after_sigkill(reference_run, tmp_path):
+    ref_dir, ref = reference_run
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, "-m", "tests.train.run_toy", str(tmp_path)]
+    killed = subprocess.run([*cmd, "--kill-after-log", "10"], env=env, cwd=ROOT, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    assert any(r["step"] == 10 for r in _metrics(tmp_path))  # logged past the checkpoint
+    assert checkpoint.Checkpointer(tmp_path / "checkpoints").latest_step() in (4, 8)
+    resumed = subprocess.run(cmd, env=env, cwd=ROOT, timeout=300, capture_output=True)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
+    got = dict(np.load(tmp_path / "params_p0.npz"))
+    want = _flat(ref["params"])
+    assert got.keys() == want.keys()
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    assert _metrics(tmp_path) == _metrics(ref_dir)
+
+
+@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 1, 4)])
+def test_sharded_equals_single_device(mesh, tmp_path, tol):
+    from jaxar.train.config import MeshConfig
+
+    kw = dict(steps=3, eval_every=100, checkpoint_every=100, num_samples=0)
+    single = loop.train(toy.config(**kw), tmp_path / "one", devices=jax.devices()[:1], quiet=True)
+    cfg = toy.config(mesh=MeshConfig(*mesh), **kw)
+    sharded = loop.train(cfg, tmp_path / "many", quiet=True)
+    leaves = jax.tree.leaves(sharded["params"])
+    if mesh[1] > 1 or mesh[2] > 1:
+        assert any(not x.sharding.is_fully_replicated for x in leaves)
+    for k, v in _flat(single["params"]).items():
+        np.testing.assert_allclose(_flat(sharded["params"])[k], v, **tol(np.float32, "long"))
+
+
+def test_half_written_checkpoint_never_restored(reference_run, tmp_path):
+    import shutil
+
+    ref_dir, _ = reference_run
+    shutil.copytree(ref_dir / "checkpoints", tmp_path / "checkpoints")
+    ckpts = tmp_path / "checkpoints"
+    shutil.copytree(ckpts / "12", ckpts / "16.orbax-checkpoint-tmp-1700000000")  # mid-rename
+    partial = ckpts / "20"  # a step directory whose write never finished
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "some_array").write_bytes(b"\0" * 10)
+    shutil.copytree(ckpts / "12", ckpts / "24")
+    (ckpts / "24" / "commit_success.txt").unlink()
+    mgr = checkpoint.Checkpointer(ckpts, async_save=False)
+    assert mgr.removed == ["20", "24"] and mgr.latest_step() == 12
+    mgr.close()
+    resumed = loop.train(toy.config(steps=14), tmp_path, quiet=True)
+    assert resumed["start_step"] == 12
+
+
+def test_nonfinite_batch_skipped_and_reported(tmp_path, monkeypatch, capsys):
+    calls = {"n": 0}
+    real_next = pipeline.DataIterator.__next__
+
+    def poisoned(self):
+        batch = real_next(self)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            batch = dict(batch, tokens=batch["tokens"].copy())
+            batch["tokens"][0, 0] = 255  # toy loss is NaN on byte 0xFF
+        return batch
+
+    monkeypatch.setattr(pipeline.DataIterator, "__next__", poisoned)
+    kw = dict(steps=5, eval_every=100, checkpoint_every=100, num_samples=0, log_every=1)
+    summary = loop.train(toy.config(**kw), tmp_path / "skip")
+    assert summary["skipped_steps"] == [3]
+    assert "step 3: non-finite loss or gradients" in capsys.readouterr().out
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(summary["params"])))
+    events = [r for r in _metrics(tmp_path / "skip") if r.get("event")]
+    assert events == [{"step": 3, "event": "nonfinite_skipped", "loss": events[0]["loss"]}]
+    calls["n"] = 0
+    with pytest.raises(loop.NonFiniteError, match="step 3"):
+        loop.train(toy.config(nonfinite="stop", **kw), tmp_path / "stop", quiet=True)

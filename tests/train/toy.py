@@ -1,0 +1,88 @@
+"""A tiny private NNX model family ("toy") so the trainer's tests need no model module.
+
+Bigram-with-MLP byte LM: logits_i = W_out gelu(W_in embed(tokens_i)); loss = mean NLL of
+tokens[i+1] over positions in the same (non-padding) segment.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxar.train import tasks
+
+
+class ToyLM(nnx.Module):
+    def __init__(self, vocab: int, d: int, f: int, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.1)
+        self.embed = nnx.Param(
+            init(rngs.params(), (vocab, d)), out_sharding=("vocab", "embed"), eager_sharding=False
+        )
+        self.w_in = nnx.Param(
+            init(rngs.params(), (d, f)), out_sharding=("embed", "mlp"), eager_sharding=False
+        )
+        self.w_out = nnx.Param(
+            init(rngs.params(), (f, vocab)), out_sharding=("mlp", "vocab"), eager_sharding=False
+        )
+        self.scale = nnx.Param(jnp.ones((d,)), out_sharding=("norm",), eager_sharding=False)
+        self.dtype = dtype
+
+    def __call__(self, tokens_BxL):
+        x = self.embed[...][tokens_BxL] * self.scale[...][None, None, :]
+        h = jax.nn.gelu(x.astype(self.dtype) @ self.w_in[...].astype(self.dtype))
+        return (h @ self.w_out[...].astype(self.dtype)).astype(jnp.float32)
+
+
+def toy_loss(model, batch, key):
+    del key
+    tokens = batch["tokens"]
+    seg = batch.get("segment_ids", jnp.ones_like(tokens))
+    logits = model(tokens[:, :-1])
+    logp = jax.nn.log_softmax(logits)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    valid = ((seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)).astype(jnp.float32)
+    n = jnp.maximum(valid.sum(), 1.0)
+    loss = (nll * valid).sum() / n
+    # byte 0xFF never occurs in UTF-8 text: a batch holding it is "poisoned" (NaN loss)
+    loss = loss + jnp.where(jnp.any(tokens == 255), jnp.nan, 0.0)
+    return loss, {"bits_per_token": loss / jnp.log(2.0), "num_tokens": n}
+
+
+def toy_sample(model, key, num, info, length):
+    tok = jnp.full((num,), ord("\n"), jnp.int32)
+    out = []
+    for k in jax.random.split(key, min(length, 16)):
+        tok = jax.random.categorical(k, model(tok[:, None])[:, 0])
+        out.append(tok)
+    return np.asarray(jnp.stack(out, 1))
+
+
+def build(model_cfg, info, dtype, rngs):
+    opts = model_cfg.kwargs
+    return ToyLM(info.vocab_size, opts.get("d", 32), opts.get("f", 64), dtype, rngs)
+
+
+tasks.register("toy", tasks.Task("text", build, toy_loss, toy_sample))
+
+
+def config(**overrides):
+    """A tiny TrainConfig on the stdlib corpus for the toy family."""
+    from jaxar.train import config as config_lib
+
+    base = dict(
+        model=config_lib.ModelConfig(family="toy"),
+        data=config_lib.DataConfig(seq_len=32),
+        steps=12,
+        batch_size=8,
+        learning_rate=1e-2,
+        warmup_steps=2,
+        log_every=2,
+        eval_every=6,
+        eval_batches=2,
+        checkpoint_every=4,
+        async_checkpoints=False,
+        num_samples=2,
+        sample_length=16,
+    )
+    base.update(overrides)
+    return config_lib.TrainConfig(**base)
