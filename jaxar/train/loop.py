@@ -43,8 +43,8 @@ def maybe_initialize_distributed() -> bool:
     managed cluster is detected by jax itself (``JAXAR_DISTRIBUTED=1``)."""
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
-        if jax.default_backend() == "cpu" or env.get("JAX_PLATFORMS", "") == "cpu":
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        # CPU processes need a collectives backend; the option is ignored on GPU/TPU
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
             num_processes=int(env["JAX_NUM_PROCESSES"]),
@@ -233,6 +233,8 @@ def write_samples(
     step = int(run.state["step"])
     key = jax.random.fold_in(jax.random.key(seed), step)
     samples = run.task.sample(run.model(), key, num, run.info, run.cfg.sample_length)
+    if jax.process_index() != 0:  # every process samples (SPMD); process 0 writes
+        return pathlib.Path(out or workdir / "samples")
     if out is None:
         suffix = ".png" if run.info.kind == "image" else ".txt"
         out = workdir / "samples" / f"step_{step}{suffix}"
@@ -376,7 +378,7 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
         if old_handler is not None:
             signal.signal(signal.SIGTERM, old_handler)
     summary["step"] = step_n
-    if not summary.get("preempted") and cfg.num_samples and primary and step_n == cfg.steps:
+    if not summary.get("preempted") and cfg.num_samples and step_n == cfg.steps:
         path = write_samples(run, workdir, num=cfg.num_samples, seed=cfg.seed)
         summary["samples"] = str(path)
         say(f"samples: {path}")

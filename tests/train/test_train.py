@@ -128,3 +128,45 @@ def test_nonfinite_batch_skipped_and_reported(tmp_path, monkeypatch, capsys):
     calls["n"] = 0
     with pytest.raises(loop.NonFiniteError, match="step 3"):
         loop.train(toy.config(nonfinite="stop", **kw), tmp_path / "stop", quiet=True)
+
+
+def _free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    base = [sys.executable, "-m", "tests.train.run_toy", "--steps", "6"]
+    one = subprocess.run(
+        [*base, str(tmp_path / "one"), "--devices", "2"], env=env, cwd=ROOT, timeout=300
+    )
+    assert one.returncode == 0
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [*base, str(tmp_path / "two"), "--devices", "1"],
+            env=dict(
+                env,
+                JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                JAX_NUM_PROCESSES="2",
+                JAX_PROCESS_ID=str(i),
+            ),
+            cwd=ROOT,
+        )
+        for i in range(2)
+    ]
+    assert [p.wait(timeout=300) for p in procs] == [0, 0]
+    want = dict(np.load(tmp_path / "one" / "params_p0.npz"))
+    for i in range(2):
+        got = dict(np.load(tmp_path / "two" / f"params_p{i}.npz"))
+        for k in want:
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    rows_two, rows_one = _metrics(tmp_path / "two"), _metrics(tmp_path / "one")
+    assert len(rows_two) == len(rows_one)
+    for a, b in zip(rows_two, rows_one, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)

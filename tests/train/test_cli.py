@@ -1,0 +1,60 @@
+"""``jaxar train / sample / eval`` in-process on the toy family; SIGTERM saves and resumes."""
+
+import os
+import signal
+
+from jaxar.train import cli, loop
+from tests.train import toy  # noqa: F401  (registers the toy family)
+
+CONFIG = """
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(dict(family="toy", preset="tiny"))
+    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=32))
+    c.steps = 100
+    c.batch_size = 8
+    c.log_every = 2
+    c.eval_every = 1000
+    c.eval_batches = 2
+    c.checkpoint_every = 1000
+    c.num_samples = 2
+    c.sample_length = 16
+    c.async_checkpoints = False
+    return c
+"""
+
+
+def test_train_sample_eval(tmp_path, capsys):
+    path = tmp_path / "config.py"
+    path.write_text(CONFIG)
+    workdir = str(tmp_path / "run")
+    argv = ["--config", str(path), "--workdir", workdir, "--config.steps=4"]
+    assert cli.train_main(argv) == 0
+    out = capsys.readouterr().out
+    assert "steps/s" in out and "tokens/s" in out and "jaxar eval --workdir" in out
+    assert cli.eval_main(["--workdir", workdir]) == 0
+    assert "held-out bits_per_token" in capsys.readouterr().out
+    assert cli.sample_main(["--workdir", workdir, "--num", "2"]) == 0
+    assert "sample 1" in capsys.readouterr().out
+    assert cli.train_main(argv[:-1] + ["--config.stepz=4"]) == cli.EXIT_ERROR
+    assert "unknown config field 'stepz'" in capsys.readouterr().err
+
+
+def test_sigterm_saves_and_resumes(tmp_path, monkeypatch):
+    write = loop.MetricsWriter.write
+
+    def write_then_term(self, step, values):
+        write(self, step, values)
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop.MetricsWriter, "write", write_then_term)
+    kw = dict(steps=10, log_every=2, eval_every=1000, checkpoint_every=1000, num_samples=0)
+    summary = loop.train(toy.config(**kw), tmp_path, quiet=True)
+    assert summary["preempted"] and summary["step"] in (5, 6)
+    monkeypatch.setattr(loop.MetricsWriter, "write", write)
+    resumed = loop.train(toy.config(**kw), tmp_path, quiet=True)
+    assert resumed["start_step"] == summary["step"] and resumed["step"] == 10
