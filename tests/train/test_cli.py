@@ -58,3 +58,15 @@ def test_sigterm_saves_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.MetricsWriter, "write", write)
     resumed = loop.train(toy.config(**kw), tmp_path, quiet=True)
     assert resumed["start_step"] == summary["step"] and resumed["step"] == 10
+
+
+def test_png_grid_and_text_decoding(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 1), dtype=np.uint8)
+    loop.save_png_grid(images, tmp_path / "g.png")
+    img = np.asarray(Image.open(tmp_path / "g.png"))
+    assert img.shape[:2] == (19 * 9, 28 * 9)  # 2 rows x 3 cols of 8x8 + 1-px gaps, x9
+    text = loop.decode_text(np.array([[104, 105, 300], [10, 255, 65]]))
+    assert "sample 0 =====\nhi\n" in text and "sample 1" in text
