@@ -208,32 +208,29 @@ def _diffusion_task(family: str) -> Task:
 
 
 def _image_task(family: str) -> Task:
-    """Image families: the module provides ``build(model_cfg_options, image_shape, dtype,
-    rngs)``-style construction through ``<Family>Config.preset`` and a model class."""
+    """Image families: ``<Family>Config.preset(name, **options)`` and the model class of
+    the same name; image size and channels follow the data, ``dtype`` the compute dtype."""
     mod = _module(family)
-    cfg_cls = next(
-        getattr(mod, n)
-        for n in dir(mod)
-        if n.endswith("Config") and hasattr(getattr(mod, n), "preset")
-    )
+    cfg_cls = next(getattr(mod, n) for n in dir(mod) if n.lower() == f"{family}config")
     model_cls = getattr(mod, cfg_cls.__name__[: -len("Config")])
+    fields = {f.name for f in dataclasses.fields(cfg_cls)}
 
     def build(model_cfg, info, dtype, rngs):
         opts = model_cfg.kwargs
-        params = inspect.signature(cfg_cls.preset).parameters
-        fixed = {"name": model_cfg.preset}
-        if "image_shape" in params:
-            fixed["image_shape"] = tuple(info.image_shape)
-        if "num_classes" in params and info.num_classes:
-            fixed["num_classes"] = info.num_classes
-        if "dtype" in params:
-            fixed["dtype"] = dtype
-        return model_cls(_call_with(cfg_cls.preset, opts, f"{family} model", **fixed), rngs=rngs)
+        h, w, c = info.image_shape
+        defaults = {"dtype": dtype}
+        if h == w:
+            defaults.update(image_size=h)
+        defaults.update(channels=c, num_classes=info.num_classes)
+        for k, v in defaults.items():
+            if k in fields and v is not None:
+                opts.setdefault(k, v)
+        cfg = _call_with(cfg_cls.preset, opts, f"{family} model", name=model_cfg.preset)
+        return model_cls(cfg, rngs=rngs)
 
     def sample(model, key, num, info, length):
         out = mod.sample(model, key, num)
-        images = np.asarray(getattr(out, "images", out))
-        return images
+        return np.asarray(getattr(out, "images", out))
 
     return Task("image", build, mod.loss, sample, ("bits_per_dim", "loss"))
 
