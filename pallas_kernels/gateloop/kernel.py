@@ -119,10 +119,20 @@ def _dot(a, b, contract):
 
 
 def _cmul(a, b):
-    if len(a) == 1:
+    if len(a) == 1 and len(b) == 1:
         return (a[0] * b[0],)
+    if len(b) == 1:
+        return tuple(u * b[0] for u in a)
+    if len(a) == 1:
+        return tuple(a[0] * u for u in b)
     (ar, ai), (br, bi) = a, b
     return (ar * br - ai * bi, ar * bi + ai * br)
+
+
+def _re_sum(a, b):
+    """Re(sum over lanes of a * b), a column (rows, 1)."""
+    prod = a[0] * b[0] if len(a) == 1 else a[0] * b[0] - a[1] * b[1]
+    return jnp.sum(prod, axis=1, keepdims=True)
 
 
 def _phase(lam, th):
@@ -131,44 +141,43 @@ def _phase(lam, th):
     return (m,) if th is None else (m * jnp.cos(th), m * jnp.sin(th))
 
 
-def _subchunk(static: Static, q, k, v, lam, th, St, row):
-    """One sub-chunk. q, k: component tuples (c, K); v (c, E); lam, th (c, K) (th None when
-    real); St: tuple (E, K); ``row(name, s)`` returns row s (1, width) of an input.
-    Returns (y (c, E) float32, new St)."""
-    c = static.sub
-    qp = _cmul(q, _phase(lam, th))
-    y = _dot(qp[0], St[0], ((1,), (1,)))
-    if static.ncomp == 2:
-        y = y - _dot(qp[1], St[1], ((1,), (1,)))
-    t_idx = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
-
-    def diag(s, y):
-        lam_s = row("lam", s)
-        keep = t_idx >= s
-        w = jnp.exp(jnp.where(keep, lam - lam_s, -jnp.inf))
-        k_s = tuple(row(f"k{i}", s) for i in range(static.ncomp))
-        prod = _cmul(q, k_s)
-        if th is None:
-            re = prod[0]
-        else:
-            phi = th - row("th", s)
-            re = prod[0] * jnp.cos(phi) - prod[1] * jnp.sin(phi)
-        col = jnp.sum(w * re, axis=1, keepdims=True)  # (c, 1)
-        return y + col * row("v", s)
-
-    y = static_or_fori(static, c, diag, y)
-    lam_c = lam[c - 1 :, :] if static.lowering == "mosaic" else row("lam", c - 1)
-    th_c = None
-    if th is not None:
-        th_c = th[c - 1 :, :] if static.lowering == "mosaic" else row("th", c - 1)
-    kd = _cmul(k, _phase(lam_c - lam, None if th is None else th_c - th))
-    pc = _phase(lam_c, th_c)  # (1, K)
-    St = _cmul(St, pc)
-    St = tuple(s + _dot(v, u, ((0,), (0,))) for s, u in zip(St, kd, strict=True))
-    return y, St
+def _add(a, b):
+    return tuple(u + v for u, v in zip(a, b, strict=True))
 
 
-def static_or_fori(static: Static, n: int, body, init):
+class _Tile:
+    """Access to one sub-chunk: ``tile(name)`` (c, width) float32; ``row(name, s)`` (1, width)
+    (s static on Mosaic, a traced index on Triton); component tuples by prefix."""
+
+    def __init__(self, static: Static, load, row):
+        self.static, self.load, self.row_fn = static, load, row
+
+    def __call__(self, name):
+        return self.load(name)
+
+    def row(self, name, s):
+        return self.row_fn(name, s)
+
+    def comps(self, prefix, s=None):
+        get = (lambda n: self.load(n)) if s is None else (lambda n: self.row_fn(n, s))
+        return tuple(get(f"{prefix}{i}") for i in range(self.static.ncomp))
+
+    def gates(self, s=None):
+        """(lam, th) of all rows, or of row s; th None for real gates."""
+        get = (lambda n: self.load(n)) if s is None else (lambda n: self.row_fn(n, s))
+        return get("lam"), (get("th") if self.static.ncomp == 2 else None)
+
+
+def _rel(lam_a, th_a, lam_b, th_b, keep=None):
+    """exp((lam_a + i th_a) - (lam_b + i th_b)), zero where ``keep`` is False (masked
+    before the exp, so no positive exponent is ever evaluated)."""
+    d = lam_a - lam_b
+    if keep is not None:
+        d = jnp.where(keep, d, -jnp.inf)
+    return _phase(d, None if th_a is None else th_a - th_b)
+
+
+def _loop(static: Static, n: int, body, init):
     """Mosaic: a static (unrolled) loop, rows by static slices; Triton: a fori_loop."""
     if static.lowering == "mosaic":
         for s in range(n):
@@ -177,41 +186,119 @@ def static_or_fori(static: Static, n: int, body, init):
     return lax.fori_loop(0, n, body, init)
 
 
-def _names(ncomp: int, has_th: bool):
-    names = [f"q{i}" for i in range(ncomp)] + [f"k{i}" for i in range(ncomp)] + ["v", "lam"]
-    return names + (["th"] if has_th else [])
+def _state_step(static, t: _Tile, St):
+    """St <- St * P_c + v^T (k * P_c / P_s) (the forward carry)."""
+    c = static.sub
+    lam, th = t.gates()
+    lam_c, th_c = t.gates(c - 1)
+    kd = _cmul(t.comps("k"), _rel(lam_c, th_c, lam, th))
+    St = _cmul(St, _phase(lam_c, th_c))
+    return tuple(s + _dot(t("v"), u, ((0,), (0,))) for s, u in zip(St, kd, strict=True))
+
+
+def fwd_step(static: Static, t: _Tile, St):
+    """Forward: y (c, E) from q, k, v and the state before the sub-chunk."""
+    c = static.sub
+    lam, th = t.gates()
+    q = t.comps("q")
+    qp = _cmul(q, _phase(lam, th))
+    y = _dot(qp[0], St[0], ((1,), (1,)))
+    if static.ncomp == 2:
+        y = y - _dot(qp[1], St[1], ((1,), (1,)))
+    t_idx = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+
+    def intra(s, y):  # column s of the masked intra-sub-chunk scores, times v_s
+        lam_s, th_s = t.gates(s)
+        qk = _cmul(q, t.comps("k", s))
+        col = _re_sum(_rel(lam, th, lam_s, th_s, t_idx >= s), qk)
+        return y + col * t.row("v", s)
+
+    y = _loop(static, c, intra, y)
+    return {"y": y}, _state_step(static, t, St)
+
+
+def dq_step(static: Static, t: _Tile, St):
+    """Backward, forward direction: dq_t = P_t (S_prev dy_t) + sum_{s<=t} (P_t/P_s) k_s <v_s, dy_t>."""
+    c = static.sub
+    lam, th = t.gates()
+    dy = t("dy")
+    dq = _cmul(tuple(_dot(dy, u, ((1,), (0,))) for u in St), _phase(lam, th))
+    t_idx = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+
+    def intra(s, dq):
+        lam_s, th_s = t.gates(s)
+        vd = jnp.sum(dy * t.row("v", s), axis=1, keepdims=True)  # <v_s, dy_t> over t
+        kr = _cmul(_rel(lam, th, lam_s, th_s, t_idx >= s), t.comps("k", s))
+        return _add(dq, tuple(vd * u for u in kr))
+
+    dq = _loop(static, c, intra, dq)
+    return {f"dq{i}": u for i, u in enumerate(dq)}, _state_step(static, t, St)
+
+
+def dkv_step(static: Static, t: _Tile, Gt):
+    """Backward, reverse direction; Gt = (dL/dS after the sub-chunk)^T (E, K).
+
+    dk_s = (P_c/P_s)(G v_s) + sum_{t>=s} (P_t/P_s) q_t <v_s, dy_t>,
+    dv_s = Re(k_s P_c/P_s . G) + sum_{t>=s} A_ts dy_t,  G <- G P_c + (q P)^T dy.
+    """
+    c = static.sub
+    lam, th = t.gates()
+    lam_c, th_c = t.gates(c - 1)
+    q, k, v, dy = t.comps("q"), t.comps("k"), t("v"), t("dy")
+    decay = _rel(lam_c, th_c, lam, th)  # P_c / P_s
+    dk = _cmul(tuple(_dot(v, g, ((1,), (0,))) for g in Gt), decay)
+    kd = _cmul(k, decay)
+    dv = _dot(kd[0], Gt[0], ((1,), (1,)))
+    if static.ncomp == 2:
+        dv = dv - _dot(kd[1], Gt[1], ((1,), (1,)))
+    s_idx = lax.broadcasted_iota(jnp.int32, (c, 1), 0)
+
+    def intra(r, carry):  # row t = r of the scores, over s <= t
+        dk, dv = carry
+        lam_t, th_t = t.gates(r)
+        qr = _cmul(t.comps("q", r), _rel(lam_t, th_t, lam, th, s_idx <= r))  # (P_t/P_s) q_t
+        dy_t = t.row("dy", r)
+        vd = jnp.sum(v * dy_t, axis=1, keepdims=True)
+        dk = _add(dk, tuple(vd * u for u in qr))
+        return dk, dv + _re_sum(qr, k) * dy_t
+
+    dk, dv = _loop(static, c, intra, (dk, dv))
+    qp = _cmul(q, _phase(lam, th))
+    Gt = _cmul(Gt, _phase(lam_c, th_c))
+    Gt = tuple(g + _dot(dy, u, ((0,), (0,))) for g, u in zip(Gt, qp, strict=True))
+    return {**{f"dk{i}": u for i, u in enumerate(dk)}, "dv": dv}, Gt
 
 
 # --------------------------------------------------------------------------- Mosaic (TPU)
 
 
-def _mosaic_kernel(*refs, static: Static, names):
-    n, nc = len(names), static.ncomp
+def _mosaic_kernel(*refs, static: Static, step, names, outs, reverse):
+    n, nc, no = len(names), static.ncomp, len(outs)
     ins = dict(zip(names, refs[:n], strict=True))
     s0_refs = refs[n : n + nc]
-    y_ref = refs[n + nc]
-    sout_refs = refs[n + nc + 1 : n + 2 * nc + 1]
-    st_refs = refs[n + 2 * nc + 1 :]
+    out_refs = dict(zip(outs, refs[n + nc : n + nc + no], strict=True))
+    sout_refs = refs[n + nc + no : n + 2 * nc + no]
+    st_refs = refs[n + 2 * nc + no :]
     j = pl.program_id(2)
+    c = static.sub
+    groups = static.chunk // c
 
     @pl.when(j == 0)
     def _init():
         for st, s0 in zip(st_refs, s0_refs, strict=True):
             st[...] = s0[...]
 
-    c = static.sub
-
     def body(i, St):
-        sl = pl.ds(pl.multiple_of(i * c, c), c)
+        g = groups - 1 - i if reverse else i
+        sl = pl.ds(pl.multiple_of(g * c, c), c)
         tile = {name: ref[sl, :].astype(jnp.float32) for name, ref in ins.items()}
-        row = lambda name, s: tile[name][s : s + 1, :]
-        q = tuple(tile[f"q{i}"] for i in range(static.ncomp))
-        k = tuple(tile[f"k{i}"] for i in range(static.ncomp))
-        y, St = _subchunk(static, q, k, tile["v"], tile["lam"], tile.get("th"), St, row)
-        y_ref[sl, :] = y.astype(y_ref.dtype)
+        t = _Tile(static, tile.__getitem__, lambda name, s: tile[name][s : s + 1, :])
+        res, St = step(static, t, St)
+        for name, value in res.items():
+            out_refs[name][sl, :] = value.astype(out_refs[name].dtype)
         return St
 
-    St = lax.fori_loop(0, static.chunk // c, body, tuple(r[...] for r in st_refs))
+    St = lax.fori_loop(0, groups, body, tuple(r[...] for r in st_refs))
     for st, value in zip(st_refs, St, strict=True):
         st[...] = value
 
@@ -221,23 +308,29 @@ def _mosaic_kernel(*refs, static: Static, names):
             out[...] = value
 
 
-def _mosaic(static: Static, inputs: dict, St0, y_dtype):
+def _mosaic(static: Static, step, inputs: dict, St0, outs: dict, reverse: bool):
     names = list(inputs)
     B, H, L, _ = inputs["v"].shape
     E, K = St0[0].shape[2:]
     C = static.chunk
-    specs = [
-        pl.BlockSpec((None, None, C, inputs[name].shape[-1]), lambda b, h, j: (b, h, j, 0))
-        for name in names
-    ]
+    nl = L // C
+    seq = (lambda b, h, j: (b, h, nl - 1 - j, 0)) if reverse else (lambda b, h, j: (b, h, j, 0))
     state = pl.BlockSpec((None, None, E, K), lambda b, h, j: (b, h, 0, 0))
-    outs = pl.pallas_call(
-        functools.partial(_mosaic_kernel, static=static, names=names),
-        grid=(B, H, L // C),
-        in_specs=specs + [state] * static.ncomp,
-        out_specs=[pl.BlockSpec((None, None, C, E), lambda b, h, j: (b, h, j, 0))]
+    res = pl.pallas_call(
+        functools.partial(
+            _mosaic_kernel,
+            static=static,
+            step=step,
+            names=names,
+            outs=list(outs),
+            reverse=reverse,
+        ),  # fmt: skip
+        grid=(B, H, nl),
+        in_specs=[pl.BlockSpec((None, None, C, u.shape[-1]), seq) for u in inputs.values()]
         + [state] * static.ncomp,
-        out_shape=[jax.ShapeDtypeStruct((B, H, L, E), y_dtype)]
+        out_specs=[pl.BlockSpec((None, None, C, w), seq) for w, _ in outs.values()]
+        + [state] * static.ncomp,
+        out_shape=[jax.ShapeDtypeStruct((B, H, L, w), dt) for w, dt in outs.values()]
         + [jax.ShapeDtypeStruct((B, H, E, K), jnp.float32)] * static.ncomp,
         scratch_shapes=[pltpu.VMEM((E, K), jnp.float32)] * static.ncomp,
         compiler_params=pltpu.CompilerParams(
@@ -245,73 +338,97 @@ def _mosaic(static: Static, inputs: dict, St0, y_dtype):
         ),
         interpret=static.interpret or False,
     )(*inputs.values(), *St0)
-    return outs[0], tuple(outs[1:])
+    return dict(zip(outs, res[: len(outs)], strict=True)), tuple(res[len(outs) :])
 
 
 # --------------------------------------------------------------------------- Triton (GPU)
 
 
-def _triton_kernel(*refs, static: Static, names, length):
-    n, nc = len(names), static.ncomp
+def _triton_kernel(*refs, static: Static, step, names, outs, reverse, length):
+    n, nc, no = len(names), static.ncomp, len(outs)
     ins = dict(zip(names, refs[:n], strict=True))
     s0_refs = refs[n : n + nc]
-    y_ref = refs[n + nc]
-    sout_refs = refs[n + nc + 1 :]
+    out_refs = dict(zip(outs, refs[n + nc : n + nc + no], strict=True))
+    sout_refs = refs[n + nc + no :]
     c = static.sub
+    groups = length // c
 
     def body(i, St):
-        r0 = i * c
+        r0 = (groups - 1 - i if reverse else i) * c
         sl = pl.ds(pl.multiple_of(r0, c), c)
-        load = lambda name: ins[name][sl, :].astype(jnp.float32)
-        row = lambda name, s: ins[name][pl.ds(r0 + s, 1), :].astype(jnp.float32)
-        q = tuple(load(f"q{i}") for i in range(nc))
-        k = tuple(load(f"k{i}") for i in range(nc))
-        th = load("th") if "th" in ins else None
-        y, St = _subchunk(static, q, k, load("v"), load("lam"), th, St, row)
-        y_ref[sl, :] = y.astype(y_ref.dtype)
+        t = _Tile(
+            static,
+            lambda name: ins[name][sl, :].astype(jnp.float32),
+            lambda name, s: ins[name][pl.ds(r0 + s, 1), :].astype(jnp.float32),
+        )
+        res, St = step(static, t, St)
+        for name, value in res.items():
+            out_refs[name][sl, :] = value.astype(out_refs[name].dtype)
         return St
 
-    St = lax.fori_loop(0, length // c, body, tuple(r[...] for r in s0_refs))
+    St = lax.fori_loop(0, groups, body, tuple(r[...] for r in s0_refs))
     for out, value in zip(sout_refs, St, strict=True):
         out[...] = value
 
 
-def _triton(static: Static, inputs: dict, St0, y_dtype):
+def _triton(static: Static, step, inputs: dict, St0, outs: dict, reverse: bool):
     from jax.experimental.pallas import triton as plgpu
 
-    names = list(inputs)
     B, H, L, _ = inputs["v"].shape
     E, K = St0[0].shape[2:]
-    specs = [
-        pl.BlockSpec((None, None, L, inputs[name].shape[-1]), lambda b, h: (b, h, 0, 0))
-        for name in names
-    ]
+    whole = lambda w: pl.BlockSpec((None, None, L, w), lambda b, h: (b, h, 0, 0))
     state = pl.BlockSpec((None, None, E, K), lambda b, h: (b, h, 0, 0))
     params = None
     if not static.interpret:
         params = plgpu.CompilerParams(num_warps=static.num_warps or 4, num_stages=1)
-    outs = pl.pallas_call(
-        functools.partial(_triton_kernel, static=static, names=names, length=L),
+    res = pl.pallas_call(
+        functools.partial(
+            _triton_kernel,
+            static=static,
+            step=step,
+            names=list(inputs),
+            outs=list(outs),
+            reverse=reverse,
+            length=L,
+        ),  # fmt: skip
         grid=(B, H),
-        in_specs=specs + [state] * static.ncomp,
-        out_specs=[pl.BlockSpec((None, None, L, E), lambda b, h: (b, h, 0, 0))]
-        + [state] * static.ncomp,
-        out_shape=[jax.ShapeDtypeStruct((B, H, L, E), y_dtype)]
+        in_specs=[whole(u.shape[-1]) for u in inputs.values()] + [state] * static.ncomp,
+        out_specs=[whole(w) for w, _ in outs.values()] + [state] * static.ncomp,
+        out_shape=[jax.ShapeDtypeStruct((B, H, L, w), dt) for w, dt in outs.values()]
         + [jax.ShapeDtypeStruct((B, H, E, K), jnp.float32)] * static.ncomp,
         compiler_params=params,
         interpret=bool(static.interpret),
     )(*inputs.values(), *St0)
-    return outs[0], tuple(outs[1:])
+    return dict(zip(outs, res[: len(outs)], strict=True)), tuple(res[len(outs) :])
+
+
+def _run(static, step, inputs, St0, outs, reverse=False):
+    fn = _mosaic if static.lowering == "mosaic" else _triton
+    return fn(static, step, inputs, St0, outs, reverse)
 
 
 def forward(static: Static, inputs: dict, St0, y_dtype):
-    """Runs the kernel. ``inputs``: name -> (B, H, L, width) padded arrays in the order of
-    ``names`` (q0[, q1], k0[, k1], v, lam[, th]); St0: tuple of (B, H, E, K) float32.
-
-    Returns (y (B, H, L, E) in ``y_dtype``, St tuple of (B, H, E, K) float32).
-    """
-    fn = _mosaic if static.lowering == "mosaic" else _triton
-    return fn(static, inputs, St0, y_dtype)
+    """y (B, H, L, E) and the final St. ``inputs``: name -> (B, H, L, width) padded arrays:
+    q0[, q1], k0[, k1], v, lam[, th]; St0: tuple of (B, H, E, K) float32."""
+    E = inputs["v"].shape[-1]
+    res, St = _run(static, fwd_step, inputs, St0, {"y": (E, y_dtype)})
+    return res["y"], St
 
 
-names = _names
+def backward_dq(static: Static, inputs: dict, St0):
+    """dq component tuple (B, H, L, K) float32 (complex dq as a pair), forward direction.
+    ``inputs``: k0[, k1], v, lam[, th], dy."""
+    K = inputs["lam"].shape[-1]
+    outs = {f"dq{i}": (K, jnp.float32) for i in range(static.ncomp)}
+    res, _ = _run(static, dq_step, inputs, St0, outs)
+    return tuple(res[f"dq{i}"] for i in range(static.ncomp))
+
+
+def backward_dkv(static: Static, inputs: dict, Gt):
+    """(dk tuple (B, H, L, K), dv (B, H, L, E), dS0^T tuple), reverse direction.
+    ``inputs``: q0[, q1], k0[, k1], v, lam[, th], dy; Gt: (dL/dS_final)^T."""
+    K, E = inputs["lam"].shape[-1], inputs["v"].shape[-1]
+    outs = {f"dk{i}": (K, jnp.float32) for i in range(static.ncomp)}
+    outs["dv"] = (E, jnp.float32)
+    res, G0 = _run(static, dkv_step, inputs, Gt, outs, reverse=True)
+    return tuple(res[f"dk{i}"] for i in range(static.ncomp)), res["dv"], G0

@@ -1,4 +1,4 @@
-"""The chunked GateLoop form in plain XLA: the kernel's backward (by autodiff) and a baseline.
+"""The chunked GateLoop form in plain XLA: the kernel's maths without Pallas (a baseline).
 
 Same maths and the same bounded exponents as the kernel: sub-chunks of ``sub`` steps,
 log-gates cumulated inside a sub-chunk only (``lam_t = sum_{r<=t} log a_r``), so every
