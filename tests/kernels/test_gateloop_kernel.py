@@ -117,6 +117,11 @@ class TestInterpret(GateLoopTestBase):
     def test_bfloat16_grads(self):
         self.check(dtype=jnp.bfloat16, L=21)
 
+    def test_default_block_sizes(self):
+        q, k, v, a, S0, _, _ = _inputs(1, 37, 2, 8, 6, jnp.float32)
+        got = jax.jit(lambda *x: gateloop(*x[:4], state0=x[4], interpret=True))(q, k, v, a, S0)
+        testing.assert_allclose(got, testing.reference_x64(_reference, q, k, v, a, S0))
+
 
 class TestTpuInterpret(GateLoopTestBase):
     """The Mosaic kernel in the TPU interpreter (K and E padded to 128 lanes)."""

@@ -121,6 +121,11 @@ class TestInterpret(LinearScanTestBase):
     def test_complex_reverse_no_h0(self):
         self.check((1, 21, 4), complex_=True, reverse=True, h0=False)
 
+    def test_default_block_sizes(self):
+        a, x, h0, _ = _inputs((2, 37, 3, 5), jnp.float32)
+        got = jax.jit(lambda a, x, h0: linear_scan(a, x, h0, interpret=True))(a, x, h0)
+        testing.assert_allclose(got, testing.reference_x64(_reference, a, x, h0))
+
 
 class TestTpuInterpret(LinearScanTestBase):
     """The Mosaic kernel in the TPU interpreter (feature tiles of 128)."""
