@@ -91,7 +91,10 @@ class MARConfig:
       d_model, num_layers, num_heads, mlp_ratio: the backbone (``LMConfig``).
       buffer_size: class-token positions prepended to the tokens.
       head: ``"diffusion"`` or ``"flow"``; ``head_width``, ``head_depth`` its size.
-      num_train_steps, schedule, target: the Gaussian diffusion head's objective.
+      num_train_steps, schedule, target: the Gaussian diffusion head's objective. The
+        default target is v, not MAR's eps: on the cosine schedule the last step has
+        abar ~ 2e-9, so the first DDPM step multiplies eps errors by ~300 and a briefly
+        trained eps head diverges there; a v head's implied eps is exact in that limit.
       num_draws: ``(t, eps)`` draws per token per training step.
       label_drop_prob: probability of replacing the label by the null class in training.
       mask_ratio_min: lowest masked fraction in training (masked order).
@@ -112,7 +115,7 @@ class MARConfig:
     head_depth: int = 2
     num_train_steps: int = 1000
     schedule: str = "cosine"
-    target: str = "eps"
+    target: str = "v"
     num_draws: int = 4
     label_drop_prob: float = 0.1
     mask_ratio_min: float = 0.7
@@ -466,12 +469,16 @@ def _draw_tokens(model, key, z_c, z_u, scale, opts):
     def guided(x, t, cond):
         zc, zu = cond
         if zu is None:
-            return model.head_fn(x, t, zc)
-        both = model.head_fn(
-            jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([zc, zu])
-        )
-        out_c, out_u = jnp.split(both, 2)
-        return out_u + scale * (out_c - out_u)
+            out = model.head_fn(x, t, zc)
+        else:
+            both = model.head_fn(
+                jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([zc, zu])
+            )
+            out_c, out_u = jnp.split(both, 2)
+            out = out_u + scale * (out_c - out_u)
+        if cfg.head == "diffusion":  # v / x0 heads: the implied eps (affine in the output)
+            out = gd.eps_from_prediction(out, x, t, _alphas_cumprod(cfg), cfg.target)
+        return out
 
     if cfg.head == "flow":
         return dh.flow_sample(

@@ -9,7 +9,10 @@ respaced to ``S = num_steps`` steps at indices ``tau_i = round(i (T - 1) / (S - 
 
 * ``"ddpm"``: ``x <- (x - beta'_i / sqrt(1 - abar'_i) eps) / sqrt(alpha'_i) + T sigma_i z``
   with the posterior variance ``sigma_i^2 = beta'_i (1 - abar'_{i-1}) / (1 - abar'_i)``;
-  the temperature ``T`` scales only this injected noise (as MAR does);
+  the temperature ``T`` scales only this injected noise (as MAR does). The fixed
+  posterior variance ignores the uncertainty of ``x0_hat``, so few steps sample slightly
+  too narrow: with the exact eps of N(1.5, 0.7^2), 100 of 1000 cosine steps give a
+  standard deviation ~2.7 % low, 1000 steps ~0.1 % (MAR learns the variance instead);
 * ``"ddim"`` (eta = 0): ``x <- sqrt(abar'_{i-1}) x0_hat + sqrt(1 - abar'_{i-1}) eps`` with
   ``x0_hat = (x - sqrt(1 - abar'_i) eps) / sqrt(abar'_i)``; deterministic, so the
   temperature scales the initial noise instead.
