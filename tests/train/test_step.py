@@ -60,3 +60,13 @@ def test_schedule_warmup_then_cosine():
     lr = optim.schedule(cfg)
     assert float(lr(0)) == 0.0 and abs(float(lr(10)) - 1.0) < 1e-6
     assert abs(float(lr(100)) - 0.1) < 1e-6 and float(lr(50)) < float(lr(20))
+
+
+def test_mixed_precision_keeps_float32_params(tmp_path):
+    from jaxar.train import loop
+
+    kw = dict(steps=4, eval_every=100, checkpoint_every=100, num_samples=0)
+    summary = loop.train(toy.config(compute_dtype="bfloat16", **kw), tmp_path, quiet=True)
+    leaves = jax.tree.leaves(summary["params"])
+    assert all(x.dtype == jnp.float32 for x in leaves)
+    assert np.isfinite(summary["loss"])

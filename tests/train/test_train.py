@@ -71,19 +71,27 @@ def test_exact_resume_after_sigkill(reference_run, tmp_path):
     assert _metrics(tmp_path) == _metrics(ref_dir)
 
 
+SHARD_KW = dict(steps=3, eval_every=100, checkpoint_every=100, num_samples=0)
+
+
+@pytest.fixture(scope="module")
+def single_device_params(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("one")
+    run = loop.train(toy.config(**SHARD_KW), workdir, devices=jax.devices()[:1], quiet=True)
+    return _flat(run["params"])
+
+
 @pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 1, 4)])
-def test_sharded_equals_single_device(mesh, tmp_path, tol):
+def test_sharded_equals_single_device(mesh, single_device_params, tmp_path, tol):
     from jaxar.train.config import MeshConfig
 
-    kw = dict(steps=3, eval_every=100, checkpoint_every=100, num_samples=0)
-    single = loop.train(toy.config(**kw), tmp_path / "one", devices=jax.devices()[:1], quiet=True)
-    cfg = toy.config(mesh=MeshConfig(*mesh), **kw)
-    sharded = loop.train(cfg, tmp_path / "many", quiet=True)
+    sharded = loop.train(toy.config(mesh=MeshConfig(*mesh), **SHARD_KW), tmp_path, quiet=True)
     leaves = jax.tree.leaves(sharded["params"])
     if mesh[1] > 1 or mesh[2] > 1:
         assert any(not x.sharding.is_fully_replicated for x in leaves)
-    for k, v in _flat(single["params"]).items():
-        np.testing.assert_allclose(_flat(sharded["params"])[k], v, **tol(np.float32, "long"))
+    got = _flat(sharded["params"])
+    for k, v in single_device_params.items():
+        np.testing.assert_allclose(got[k], v, **tol(np.float32, "long"))
 
 
 def test_half_written_checkpoint_never_restored(reference_run, tmp_path):
