@@ -90,12 +90,18 @@ class BlockSizes:
             )
 
     @classmethod
-    def default(cls, lowering: str, chunk_size: int, length: int) -> BlockSizes:
+    def default(
+        cls, lowering: str, chunk_size: int, length: int, state_elems: int = 4096
+    ) -> BlockSizes:
         """``chunk`` = chunk_size (at most the padded length); ``sub`` 16 (the elementwise
-        intra-sub-chunk work grows like sub^2 K per sub-chunk, the matmuls like sub K E)."""
+        intra-sub-chunk work grows like sub^2 K per sub-chunk, the matmuls like sub K E);
+        on GPU 8 warps once the register-resident state (K E per component) passes 64 x 64
+        float32, to keep it out of local memory."""
         sub = 16
         chunk = max(sub, min(round_up(chunk_size, sub), round_up(length, sub)))
-        return cls(chunk, sub, None if lowering == "mosaic" else 4)
+        if lowering == "mosaic":
+            return cls(chunk, sub)
+        return cls(chunk, sub, 4 if state_elems <= 4096 else 8)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -68,10 +68,10 @@ def gateloop(
     if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
         raise ValueError(f"chunk_size={chunk_size!r}; accepted: a multiple of 16")
     lowering = kernel.select_lowering(interpret)
-    bs = block_sizes or BlockSizes.default(lowering, chunk_size, L)
     cplx = any(jnp.iscomplexobj(u) for u in (q, k, a)) or (
         state0 is not None and jnp.iscomplexobj(state0)
     )
+    bs = block_sizes or BlockSizes.default(lowering, chunk_size, L, K * E * (2 if cplx else 1))
     static = kernel.Static(lowering, interpret, bs.chunk, bs.sub, bs.num_warps, 2 if cplx else 1)
     st = jnp.complex64 if cplx else jnp.float32
     S0 = jnp.zeros((B, H, K, E), st) if state0 is None else state0.astype(st)
