@@ -37,10 +37,19 @@ class NonFiniteError(RuntimeError):
     """Training stopped on a non-finite loss or gradient (``nonfinite="stop"``)."""
 
 
+def _multi_host_cluster(env) -> bool:
+    """Whether a cluster manager jax can auto-detect launched several processes."""
+    for var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        if int(env.get(var, "1") or 1) > 1:
+            return True
+    return "," in env.get("TPU_WORKER_HOSTNAMES", "")  # a multi-host TPU slice
+
+
 def maybe_initialize_distributed() -> bool:
-    """``jax.distributed.initialize`` when the environment names a coordinator
-    (``JAX_COORDINATOR_ADDRESS`` + ``JAX_NUM_PROCESSES`` + ``JAX_PROCESS_ID``) or a
-    managed cluster is detected by jax itself (``JAXAR_DISTRIBUTED=1``)."""
+    """``jax.distributed.initialize`` when the environment says so: an explicit
+    coordinator (``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``), a
+    multi-process SLURM / Open MPI launch or multi-host TPU slice (auto-detected by jax),
+    or ``JAXAR_DISTRIBUTED=1``. Call before anything touches the devices."""
     env = os.environ
     if "JAX_COORDINATOR_ADDRESS" in env and "JAX_NUM_PROCESSES" in env:
         # CPU processes need a collectives backend; the option is ignored on GPU/TPU
@@ -51,7 +60,7 @@ def maybe_initialize_distributed() -> bool:
             process_id=int(env.get("JAX_PROCESS_ID", "0")),
         )
         return True
-    if env.get("JAXAR_DISTRIBUTED") == "1":
+    if env.get("JAXAR_DISTRIBUTED") == "1" or _multi_host_cluster(env):
         jax.distributed.initialize()
         return True
     return False
@@ -349,6 +358,8 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
 
     pending = None
     step_n = start
+    if start >= cfg.steps:
+        say(f"already trained to step {start} (config.steps={cfg.steps}); nothing to do")
     try:
         for step_n in range(start + 1, cfg.steps + 1):
             batch = run.put_batch(next(train_iter))
