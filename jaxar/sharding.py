@@ -136,7 +136,7 @@ def state_shardings(state, mesh, rules=RULES):
 
     def one(v):
         if isinstance(v, nnx.Variable):
-            return logical_sharding(variable_names(v), v.value.shape, mesh, rules)
+            return logical_sharding(variable_names(v), v.get_value().shape, mesh, rules)
         return logical_sharding(None, getattr(v, "shape", ()), mesh, rules)
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
