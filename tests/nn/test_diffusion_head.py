@@ -11,6 +11,7 @@ from jaxar.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig, timestep
 from jaxar.testing import assert_allclose, reference_x64
 
 N, C = 3, 5
+fwd = nnx.jit(lambda head, x, t, cond: head(x, t, cond))  # one compile per shape, not per op
 
 
 def test_presets_and_validation():
@@ -45,7 +46,7 @@ def test_params_carry_logical_names_and_fresh_head_is_zero():
         assert len(names) == v.ndim and set(names) - {None} <= known, names
         sharding.logical_to_mesh(names)
     x = jnp.ones((4, N))
-    out = head(x, jnp.arange(4), jnp.ones((4, C)))
+    out = fwd(head, x, jnp.arange(4), jnp.ones((4, C)))
     assert out.shape == (4, N) and out.dtype == jnp.float32
     np.testing.assert_array_equal(out, 0.0)
     with pytest.raises(ValueError, match="share leading shape"):
@@ -90,14 +91,14 @@ def test_forward_matches_float64_formula():
     x = jax.random.normal(kx, (6, N))
     cond = jax.random.normal(kc, (6, C))
     t = jnp.array([0, 1, 10, 100, 500, 999], jnp.int32)
-    got = head(x, t, cond)
+    got = fwd(head, x, t, cond)
     params = nnx.to_pure_dict(nnx.state(head, nnx.Param))
     want = reference_x64(_reference, params, x, np.asarray(t, np.float64), cond)
     # float32 sinusoids of t up to 999 carry ~1e-4 absolute phase error: use the grad row.
     assert_allclose(got, want, kind="grad")
     # the condition and the time both steer the output
-    assert not np.allclose(head(x, t, cond + 1.0), got)
-    assert not np.allclose(head(x, t + 1, cond), got)
+    assert not np.allclose(fwd(head, x, t, cond + 1.0), got)
+    assert not np.allclose(fwd(head, x, t + 1, cond), got)
 
 
 def test_leading_axes_and_bfloat16_compute():
@@ -106,14 +107,14 @@ def test_leading_axes_and_bfloat16_compute():
     x = jax.random.normal(jax.random.key(4), (2, 3, N))
     cond = jax.random.normal(jax.random.key(5), (2, 3, C))
     t = jnp.full((2, 3), 7, jnp.int32)
-    out32 = head32(x, t, cond)
+    out32 = fwd(head32, x, t, cond)
     np.testing.assert_allclose(
         out32.reshape(6, N),
-        head32(x.reshape(6, N), t.reshape(6), cond.reshape(6, C)),
+        fwd(head32, x.reshape(6, N), t.reshape(6), cond.reshape(6, C)),
         rtol=1e-6,
         atol=1e-6,
     )
-    out16 = head16(x, t, cond)
+    out16 = fwd(head16, x, t, cond)
     assert out16.dtype == jnp.float32
     assert_allclose(out16, out32, dtype=jnp.bfloat16, kind="long")
 
