@@ -81,7 +81,6 @@ class Run:
     eval_step: object
     train_source: object
     eval_source: object
-    batch_shardings: dict
 
     def model(self, params=None):
         """The NNX model around ``params`` (default: EMA params if kept, else params)."""
@@ -163,7 +162,7 @@ def build(cfg: TrainConfig, *, devices=None) -> Run:
     )
     return Run(
         cfg, task, info, mesh, graphdef, rest, state, train_step, eval_step,
-        train_source, eval_source, {},
+        train_source, eval_source,
     )  # fmt: skip
 
 
