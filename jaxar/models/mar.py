@@ -190,7 +190,12 @@ class MARConfig:
             vocab_size=1,
             d_model=self.d_model,
             num_layers=self.num_layers,
-            mixers=(AttentionConfig(num_heads=self.num_heads, causal=self.order == "causal"),),
+            # learned absolute positions (MAR's); no RoPE
+            mixers=(
+                AttentionConfig(
+                    num_heads=self.num_heads, causal=self.order == "causal", rope=False
+                ),
+            ),
             mlp_ratio=self.mlp_ratio,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
