@@ -220,3 +220,30 @@ def test_guidance_scale_schedules():
     np.testing.assert_allclose(
         mar.guidance_scale(3.0, jnp.array([0.0, 1.0]), "constant"), [3.0, 3.0]
     )
+
+
+@needs_backbone
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["masked", "causal"])
+def test_training_lowers_the_loss(order):
+    import optax
+
+    cfg = mar.MARConfig(order=order, **SMALL)
+    model = mar.MAR(cfg, rngs=nnx.Rngs(0))
+    graphdef, params = nnx.split(model)
+    opt = optax.adam(1e-3)
+    opt_state = opt.init(params)
+    batch = _batch(cfg, b=8)
+
+    @jax.jit
+    def step(params, opt_state, key):
+        f = lambda p: mar.loss(nnx.merge(graphdef, p), batch, key)[0]
+        value, grads = jax.value_and_grad(f)(params)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, value
+
+    values = []
+    for i in range(150):
+        params, opt_state, value = step(params, opt_state, jax.random.key(i))
+        values.append(float(value))
+    assert np.mean(values[-20:]) < 0.8 * np.mean(values[:20]), (values[:5], values[-5:])
