@@ -46,7 +46,9 @@ def _recurrent(q, k, v, a):
 
 
 def _parallel(q, k, v, a):
-    kv = k[..., None] * v[..., None, :]
+    dt = jnp.result_type(q, k, a, jnp.float32)
+    a = a.astype(dt)
+    kv = (k[..., None] * v[..., None, :]).astype(dt)
     combine = lambda l, r: (l[0] * r[0], r[0][..., None] * l[1] + r[1])
     S = lax.associative_scan(combine, (a, kv), axis=1)[1]
     return jnp.real(jnp.einsum("blhk,blhke->blhe", q, S))
