@@ -67,9 +67,9 @@ class GateLoopTestBase:
             q, k, v, a, state0=state0, interpret=self.interpret, block_sizes=self.block_sizes
         )
 
-    def check(self, *, L=37, H=2, K=8, E=6, dtype=jnp.float32, complex_=False, grad=True,
+    def check(self, *, B=1, L=37, H=2, K=8, E=6, dtype=jnp.float32, complex_=False, grad=True,
               state0=True, gate_range=(0.5, 1.0)):  # fmt: skip
-        q, k, v, a, S0, dy, dS = _inputs(1, L, H, K, E, dtype, complex_, gate_range)
+        q, k, v, a, S0, dy, dS = _inputs(B, L, H, K, E, dtype, complex_, gate_range)
         if not state0:
             S0 = jnp.zeros_like(S0)
         if not grad:
@@ -94,7 +94,11 @@ class GateLoopTestBase:
     # ------------------------------------------------------------------ cases
 
     def test_real_gates_state0_odd_length(self):
-        self.check()
+        self.check(B=2)
+
+    @pytest.mark.slow
+    def test_long_complex_wide_state(self):
+        self.check(L=200, K=20, E=36, complex_=True)
 
     def test_complex_gates_and_keys(self):
         self.check(complex_=True)

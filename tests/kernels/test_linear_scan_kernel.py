@@ -97,7 +97,11 @@ class LinearScanTestBase:
     # ------------------------------------------------------------------ cases
 
     def test_real_h0_odd_length(self):
-        self.check((2, 37, 3, 5))
+        self.check((2, 37, 3, 7))  # 21 features: two feature tiles of 16 in the generic mode
+
+    @pytest.mark.slow
+    def test_long_two_feature_tiles(self):
+        self.check((1, 300, 130), complex_=True, reverse=True)
 
     def test_reverse(self):
         self.check((2, 37, 5), reverse=True)
