@@ -37,7 +37,7 @@ def _private_reference(q, k, v, a, state0):
     return jnp.moveaxis(y, 0, 1), S
 
 
-def _inputs(B, L, H, K, E, dtype, complex_=False, gate_range=(0.5, 1.0), seed=0):
+def _inputs(B, L, H, K, E, dtype, complex_=False, gate_range=(0.5, 1.0), seed=0, complex_q=False):
     ks = jax.random.split(jax.random.key(seed), 9)
     q = jax.random.normal(ks[0], (B, L, H, K), jnp.float32) * K**-0.5
     k = jax.random.normal(ks[1], (B, L, H, K), jnp.float32) * K**-0.5
@@ -52,6 +52,8 @@ def _inputs(B, L, H, K, E, dtype, complex_=False, gate_range=(0.5, 1.0), seed=0)
         a = a * jnp.exp(1j * jax.random.uniform(ks[7], a.shape, jnp.float32, -1.0, 1.0))
         k = k + 1j * jax.random.normal(ks[8], k.shape, jnp.float32) * K**-0.5
         a, k = a.astype(jnp.complex64), k.astype(jnp.complex64)
+        if complex_q:
+            q = (q + 0.5j * jnp.roll(q, 1, axis=-1)).astype(jnp.complex64)
         S0, dS = S0.astype(jnp.complex64), (dS - 0.5j * S0).astype(jnp.complex64)
     return q, k, v, a, S0, dy, dS
 
@@ -68,8 +70,10 @@ class GateLoopTestBase:
         )
 
     def check(self, *, B=1, L=37, H=2, K=8, E=6, dtype=jnp.float32, complex_=False, grad=True,
-              state0=True, gate_range=(0.5, 1.0)):  # fmt: skip
-        q, k, v, a, S0, dy, dS = _inputs(B, L, H, K, E, dtype, complex_, gate_range)
+              state0=True, gate_range=(0.5, 1.0), complex_q=False):  # fmt: skip
+        q, k, v, a, S0, dy, dS = _inputs(
+            B, L, H, K, E, dtype, complex_, gate_range, complex_q=complex_q
+        )
         if not state0:
             S0 = jnp.zeros_like(S0)
         if not grad:
@@ -98,7 +102,7 @@ class GateLoopTestBase:
 
     @pytest.mark.slow
     def test_long_complex_wide_state(self):
-        self.check(L=200, K=20, E=36, complex_=True)
+        self.check(L=200, K=20, E=36, complex_=True, complex_q=True)
 
     def test_complex_gates_and_keys(self):
         self.check(complex_=True)
