@@ -11,9 +11,10 @@ is the backward of the pre form run the other way: ``g_t = dh_t + a_{t+1} g_{t+1
 without materialising a shifted ``a``.
 
 Lowerings (chosen in ``select_lowering``, the one place):
-- "mosaic" (TPU): grid (B, D tiles, L tiles) with the L axis "arbitrary" (sequential); the
-  carry lives in VMEM scratch across L tiles; each L tile is read in sublane groups of 8
-  (16 for 16-bit) rows and scanned row by row in registers.
+- "mosaic" (TPU): features laid out as (D / 128, 128) vreg rows (a free reshape), so one
+  time step of a tile is whole (8, 128) vregs; grid (B, D tiles, L tiles) with the L axis
+  "arbitrary" (sequential); the carry lives in VMEM scratch across L tiles; inside a tile
+  a loop over steps indexes the leading (untiled) axis.
 - "triton" (GPU, and the generic interpreter): grid (B, D tiles); one program walks the
   whole sequence with the carry in registers, loading one row of ``block_d`` features per
   step (coalesced); generic Pallas, so it also runs under ``interpret=True``.
@@ -76,9 +77,10 @@ def sublanes(dtype) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tiles: ``block_l`` rows of the sequence per grid step (Mosaic: a multiple of 16;
-    Triton loops over all rows and ignores it), ``block_d`` features per program
-    (Mosaic: a multiple of 128; Triton: a power of two >= 16)."""
+    """Tiles: ``block_l`` sequence steps per grid step (Mosaic; Triton walks all steps in
+    one program and ignores it), ``block_d`` features per program (Mosaic: a multiple of
+    128 whose number of 128-lane rows is a multiple of 8 (16 for 16-bit dtypes) unless
+    one tile covers all features; Triton: a power of two >= 16)."""
 
     block_l: int
     block_d: int
@@ -95,24 +97,32 @@ class BlockSizes:
             )
 
     @classmethod
-    def default(cls, lowering: str, batch: int, length: int, features: int) -> BlockSizes:
-        """Heuristic: on TPU large tiles (256 x 512: about 3 MiB of double-buffered VMEM
-        per component, well under v5e's 16 MiB scoped default); on GPU the widest feature
-        block (<= 256) that still gives about two programs per SM of an H100 (132 SMs)."""
+    def default(
+        cls, lowering: str, batch: int, length: int, features: int, dtype=jnp.float32
+    ) -> BlockSizes:
+        """Heuristic. TPU: one step is a whole (8, 128) vreg of features (16 rows for 16-bit),
+        so tiles of 1024 features (2048 for 16-bit; all features when fewer) and 256 steps:
+        1 MiB per array and buffer, about 12 MiB of VMEM for a complex scan, under v5e's
+        16 MiB scoped default. GPU: the widest feature block (<= 256) that still gives about
+        two programs per SM of an H100 (132 SMs)."""
         if lowering == "mosaic":
-            return cls(min(256, round_up(length, 16)), min(512, round_up(features, LANES)))
+            unit = LANES * sublanes(dtype)
+            return cls(min(256, length), min(round_up(features, LANES), unit))
         bd = min(256, max(16, _pow2(features)))
         while bd > 32 and batch * (-(-features // bd)) < 264:
             bd //= 2
         return cls(16, bd, num_warps=4 if bd <= 128 else 8)
 
-    def validate(self, lowering: str) -> None:
+    def validate(self, lowering: str, features: int, dtype=jnp.float32) -> None:
         if lowering == "mosaic":
-            if self.block_d % LANES or self.block_l % 16:
+            rows = self.block_d // LANES
+            whole = self.block_d >= round_up(features, LANES)
+            if self.block_d % LANES or not (whole or rows % sublanes(dtype) == 0):
                 raise ValueError(
-                    f"BlockSizes(block_l={self.block_l}, block_d={self.block_d}) is not "
-                    "supported by the Mosaic (TPU) lowering; accepted: block_l a multiple of "
-                    f"16, block_d a multiple of {LANES}"
+                    f"BlockSizes.block_d={self.block_d} is not supported by the Mosaic (TPU) "
+                    f"lowering for {features} features of {jnp.dtype(dtype).name}; accepted: "
+                    f"a multiple of {LANES} that covers all features or is a multiple of "
+                    f"{LANES * sublanes(dtype)}"
                 )
         elif self.block_d < 16 or self.block_d != _pow2(self.block_d):
             raise ValueError(
@@ -161,38 +171,29 @@ def _step(post: bool, a, x, c):
 # --------------------------------------------------------------------------- Mosaic (TPU)
 
 
-def _mosaic_kernel(*refs, static: Static, ncomp: int, sub: int):
+def _mosaic_kernel(*refs, static: Static, ncomp: int):
     a_refs, x_refs, h0_refs = refs[:ncomp], refs[ncomp : 2 * ncomp], refs[2 * ncomp : 3 * ncomp]
     h_refs, last_refs = refs[3 * ncomp : 4 * ncomp], refs[4 * ncomp : 5 * ncomp]
     carry_refs = refs[5 * ncomp :]
     j, nl = pl.program_id(2), pl.num_programs(2)
+    bl = static.block_l
 
     @pl.when(j == 0)
     def _init():
         for c_ref, h0_ref in zip(carry_refs, h0_refs, strict=True):
-            c_ref[...] = h0_ref[...].astype(jnp.float32)
+            c_ref[...] = h0_ref[...]
 
-    groups = static.block_l // sub
-    rows = lax.broadcasted_iota(jnp.int32, (sub, static.block_d), 0)
-    order = range(sub - 1, -1, -1) if static.reverse else range(sub)
-
-    def group(i, carry):
-        g = groups - 1 - i if static.reverse else i
-        sl = pl.ds(pl.multiple_of(g * sub, sub), sub)
-        a = tuple(r[sl, :].astype(jnp.float32) for r in a_refs)
-        x = tuple(r[sl, :].astype(jnp.float32) for r in x_refs)
-        out = tuple(jnp.zeros((sub, static.block_d), jnp.float32) for _ in range(ncomp))
-        for r in order:
-            row, carry = _step(
-                static.post, tuple(u[r : r + 1] for u in a), tuple(u[r : r + 1] for u in x), carry
-            )
-            out = tuple(jnp.where(rows == r, v, o) for v, o in zip(row, out, strict=True))
+    def body(i, carry):  # one step: whole (rows, 128) vregs of features
+        t = bl - 1 - i if static.reverse else i
+        a = tuple(r[t].astype(jnp.float32) for r in a_refs)
+        x = tuple(r[t].astype(jnp.float32) for r in x_refs)
+        out, carry = _step(static.post, a, x, carry)
         for h_ref, o in zip(h_refs, out, strict=True):
-            h_ref[sl, :] = o.astype(h_ref.dtype)
+            h_ref[t] = o.astype(h_ref.dtype)
         return carry
 
     carry = tuple(r[...] for r in carry_refs)
-    carry = lax.fori_loop(0, groups, group, carry)
+    carry = lax.fori_loop(0, bl, body, carry, unroll=min(8, bl))
     for c_ref, c in zip(carry_refs, carry, strict=True):
         c_ref[...] = c
 
@@ -203,28 +204,34 @@ def _mosaic_kernel(*refs, static: Static, ncomp: int, sub: int):
 
 
 def _mosaic(static: Static, a, x, h0):
+    """Features as (D / 128, 128) vreg rows: arrays (B, L, D/128, 128), h0 (B, D/128, 128)."""
     ncomp = len(a)
     B, L, D = a[0].shape
-    bl, bd = static.block_l, static.block_d
-    nl, nd = L // bl, D // bd
-    sub = max(sublanes(u.dtype) for u in (*a, *x))
-    seq = (lambda b, d, j: (b, nl - 1 - j, d)) if static.reverse else (lambda b, d, j: (b, j, d))
-    tile = pl.BlockSpec((None, bl, bd), seq)
-    row = pl.BlockSpec((None, 1, bd), lambda b, d, j: (b, 0, d))
+    bl, rows = static.block_l, static.block_d // LANES
+    nl, nd = L // bl, D // static.block_d
+    tiles = lambda u: u.reshape(B, L, D // LANES, LANES)
+    seq = (
+        (lambda b, d, j: (b, nl - 1 - j, d, 0))
+        if static.reverse
+        else (lambda b, d, j: (b, j, d, 0))
+    )
+    tile = pl.BlockSpec((None, bl, rows, LANES), seq)
+    row = pl.BlockSpec((None, rows, LANES), lambda b, d, j: (b, d, 0))
     outs = pl.pallas_call(
-        functools.partial(_mosaic_kernel, static=static, ncomp=ncomp, sub=sub),
+        functools.partial(_mosaic_kernel, static=static, ncomp=ncomp),
         grid=(B, nd, nl),
         in_specs=[tile] * (2 * ncomp) + [row] * ncomp,
         out_specs=[tile] * ncomp + [row] * ncomp,
-        out_shape=[jax.ShapeDtypeStruct((B, L, D), x[0].dtype)] * ncomp
-        + [jax.ShapeDtypeStruct((B, 1, D), jnp.float32)] * ncomp,
-        scratch_shapes=[pltpu.VMEM((1, bd), jnp.float32)] * ncomp,
+        out_shape=[jax.ShapeDtypeStruct((B, L, D // LANES, LANES), x[0].dtype)] * ncomp
+        + [jax.ShapeDtypeStruct((B, D // LANES, LANES), jnp.float32)] * ncomp,
+        scratch_shapes=[pltpu.VMEM((rows, LANES), jnp.float32)] * ncomp,
         compiler_params=pltpu.CompilerParams(
             dimension_semantics=("parallel", "parallel", "arbitrary")
         ),
         interpret=static.interpret or False,
-    )(*a, *x, *h0)
-    return tuple(outs[:ncomp]), tuple(outs[ncomp:])
+    )(*map(tiles, a), *map(tiles, x), *(u.reshape(B, D // LANES, LANES) for u in h0))
+    h = tuple(u.reshape(B, L, D) for u in outs[:ncomp])
+    return h, tuple(u.reshape(B, 1, D) for u in outs[ncomp:])
 
 
 # --------------------------------------------------------------------------- Triton (GPU)

@@ -70,8 +70,9 @@ def linear_scan(
         a = jnp.where(reset.reshape(B, L, *([1] * len(rest))), jnp.zeros((), a.dtype), a)
     lowering = kernel.select_lowering(interpret)
     D = math.prod(rest)
-    bs = block_sizes or BlockSizes.default(lowering, B, L, D)
-    bs.validate(lowering)
+    part = jnp.float32 if jnp.issubdtype(dtype, jnp.complexfloating) else dtype
+    bs = block_sizes or BlockSizes.default(lowering, B, L, D, part)
+    bs.validate(lowering, D, part)
     static = kernel.Static(
         lowering, interpret, bs.block_l, bs.block_d, bs.num_warps, bool(reverse), post=False
     )

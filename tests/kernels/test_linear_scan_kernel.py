@@ -100,7 +100,8 @@ class LinearScanTestBase:
         self.check((2, 37, 3, 7))  # 21 features: two feature tiles of 16 in the generic mode
 
     @pytest.mark.slow
-    def test_long_two_feature_tiles(self):
+    def test_long_wide(self):
+        self.block_sizes = None  # the default heuristic
         self.check((1, 300, 130), complex_=True, reverse=True)
 
     def test_reverse(self):
@@ -136,6 +137,11 @@ class TestTpuInterpret(LinearScanTestBase):
 
     interpret = pltpu.InterpretParams()
     block_sizes = BlockSizes(16, 128)
+
+    @pytest.mark.slow
+    def test_three_feature_tiles_of_1024(self):
+        self.block_sizes = BlockSizes(8, 1024)
+        self.check((1, 20, 2100))
 
 
 @pytest.mark.gpu
@@ -191,6 +197,9 @@ def test_errors_name_the_argument():
         linear_scan(a, a, reset=jnp.zeros((1, 8), jnp.int32), interpret=True)
     with pytest.raises(ValueError, match="multiple of 128"):
         linear_scan(a, a, interpret=pltpu.InterpretParams(), block_sizes=BlockSizes(16, 64))
+    wide = jnp.zeros((1, 8, 2048))
+    with pytest.raises(ValueError, match="multiple of 1024"):
+        linear_scan(wide, wide, interpret=pltpu.InterpretParams(), block_sizes=BlockSizes(8, 512))
     with pytest.raises(ValueError, match="powers of two"):
         linear_scan(a, a, interpret=True, block_sizes=BlockSizes(16, 24))
     with pytest.raises(ValueError, match="BlockSizes.block_l"):
