@@ -182,6 +182,25 @@ def _sample(model, **kw):
 
 
 @needs_backbone
+def test_own_params_carry_logical_names():
+    from jaxar import sharding
+
+    model = _model("masked")
+    known = {name for name, _ in sharding.RULES}
+    for part in (model.token_proj, model.class_emb, model.mask_emb, model.pos_emb, model.head):
+        leaves = (
+            [part]
+            if isinstance(part, nnx.Variable)
+            else jax.tree.leaves(
+                nnx.state(part, nnx.Param), is_leaf=lambda x: isinstance(x, nnx.Variable)
+            )
+        )
+        for v in leaves:
+            names = v.get_metadata()["out_sharding"]
+            assert len(names) == v.ndim and set(names) - {None} <= known
+
+
+@needs_backbone
 def test_causal_kv_cache_equals_full_recompute():
     model = _model("causal")
     cached = _sample(model, use_cache=True)
