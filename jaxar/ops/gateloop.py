@@ -1,0 +1,208 @@
+"""GateLoop: data-controlled linear recurrence with a key-value state (REFERENCES.md s.2).
+
+    S_t = diag(a_t) S_{t-1} + k_t v_t^T,    y_t = Re(q_t^T S_t)
+
+Modes: ``recurrent`` (``lax.scan`` over t), ``parallel`` (associative scan over
+``(a_t, k_t v_t^T)``), ``attention`` (the O(L^2) surrogate form), ``chunked`` (attention form
+inside chunks of C, state carried across chunks) and ``pallas``.
+
+Stability: every relative decay ``prod_{r=s+1}^t a_r`` is formed as a product of at most
+C (chunked) or L (attention) factors with |a| <= 1, never as a ratio ``P_t / P_s``; so
+gates near 0 underflow to the exact limit 0 instead of overflowing, and nothing is
+divided.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from jax import lax
+
+from jaxar import dispatch
+from jaxar.ops.scan import linear_scan
+
+__all__ = ["gateloop"]
+
+
+def _validate(q, k, v, a, state0):
+    if q.ndim != 4:
+        raise ValueError(f"q must be (B, L, H, K), got shape {q.shape}")
+    if k.shape != q.shape:
+        raise ValueError(f"k must have q's shape {q.shape}, got {k.shape}")
+    if v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(f"v must be (B, L, H, E) with (B, L, H) = {q.shape[:3]}, got {v.shape}")
+    if a.shape != q.shape:
+        raise ValueError(f"a must have q's shape {q.shape}, got {a.shape}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not jnp.issubdtype(t.dtype, jnp.floating):
+            raise ValueError(f"{name} must be real floating, got dtype {t.dtype}")
+    if not jnp.issubdtype(a.dtype, jnp.inexact):
+        raise ValueError(f"a must be real or complex floating, got dtype {a.dtype}")
+    b, _, h, kk = q.shape
+    want = (b, h, kk, v.shape[-1])
+    if state0 is not None and state0.shape != want:
+        raise ValueError(f"state0 must be (B, H, K, E) = {want}, got {state0.shape}")
+
+
+def gateloop(q, k, v, a, *, state0=None, mode="auto", chunk_size=16):
+    """GateLoop outputs and final state.
+
+    Args:
+      q, k: (B, L, H, K) real queries / keys.
+      v: (B, L, H, E) real values.
+      a: (B, L, H, K) real or complex transitions, |a| <= 1.
+      state0: optional (B, H, K, E) initial state (real or complex).
+      mode: "auto" | "recurrent" | "parallel" | "attention" | "chunked" | "pallas".
+      chunk_size: C for "chunked" (and the Pallas kernel); 16 measured fastest on CPU.
+
+    Returns:
+      ``(y, state)``: y (B, L, H, E) in the dtype of q/k/v; state (B, H, K, E) float32
+      (complex64 for complex gates or state0).
+    """
+    q, k, v, a = (jnp.asarray(t) for t in (q, k, v, a))
+    _validate(q, k, v, a, state0)
+    mode = dispatch.resolve("gateloop", mode, arg="mode")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+    out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+    if mode == "pallas":
+        return dispatch.kernel("gateloop")(
+            q,
+            k,
+            v,
+            a,
+            state0=state0,
+            chunk_size=chunk_size,
+            interpret=dispatch.platform() == "cpu",
+        )
+    real = jnp.promote_types(out_dtype, jnp.float32)
+    cplx = jnp.issubdtype(a.dtype, jnp.complexfloating) or (
+        state0 is not None and jnp.issubdtype(state0.dtype, jnp.complexfloating)
+    )
+    gate = jnp.promote_types(real, jnp.complex64) if cplx else real
+    q, k, v = q.astype(real), k.astype(real), v.astype(real)
+    a = a.astype(gate)
+    b, length, h, kk = q.shape
+    e = v.shape[-1]
+    s0 = jnp.zeros((b, h, kk, e), gate) if state0 is None else state0.astype(gate)
+    if mode == "recurrent":
+        y, s = _recurrent(q, k, v, a, s0)
+    elif mode == "parallel":
+        y, s = _parallel(q, k, v, a, s0)
+    elif mode == "attention":
+        y, s = _attention(q, k, v, a, s0)
+    else:
+        y, s = _chunked(q, k, v, a, s0, min(chunk_size, length))
+    return y.astype(out_dtype), s
+
+
+def _recurrent(q, k, v, a, s0):
+    def step(s, inp):
+        qt, kt, vt, at = inp  # (B, H, K) / (B, H, E)
+        s = at[..., None] * s + kt[..., None] * vt[..., None, :]
+        y = jnp.einsum("bhk,bhke->bhe", qt, s.real if jnp.iscomplexobj(s) else s)
+        return s, y
+
+    xs = tuple(jnp.moveaxis(t, 1, 0) for t in (q, k, v, a))
+    s, y = lax.scan(step, s0, xs)
+    return jnp.moveaxis(y, 0, 1), s
+
+
+def _parallel(q, k, v, a, s0):
+    kv = (k[..., None] * v[..., None, :]).astype(a.dtype)  # (B, L, H, K, E)
+    s, s_last = linear_scan(a[..., None], kv, s0, impl="associative")
+    s_re = s.real if jnp.iscomplexobj(s) else s
+    return jnp.einsum("blhk,blhke->blhe", q, s_re), s_last
+
+
+LOG_FLOOR = -30.0  # log|a| is floored here: a gate below e^-30 acts as e^-30 (exact in f32)
+
+
+def _log_gate(a):
+    """``log a`` with |a| floored at ``exp(LOG_FLOOR)``; gradients stay finite at a = 0."""
+    if jnp.iscomplexobj(a):
+        abs2 = a.real * a.real + a.imag * a.imag
+        ok = abs2 > jnp.exp(2 * LOG_FLOOR)
+        safe_re = jnp.where(ok, a.real, 1.0)
+        safe_im = jnp.where(ok, a.imag, 0.0)
+        log_mag = 0.5 * jnp.log(jnp.where(ok, abs2, jnp.exp(2 * LOG_FLOOR)))
+        phase = jnp.where(ok, jnp.arctan2(safe_im, safe_re), 0.0)
+        return log_mag, phase
+    ok = a > jnp.exp(LOG_FLOOR)
+    return jnp.log(jnp.where(ok, a, jnp.exp(LOG_FLOOR))), None
+
+
+def _decays(log_mag, phase):
+    """``D[..., t, s, :] = prod_{r=s+1}^{t} a_r`` (real part) for s <= t, 0 for s > t, from
+    within-chunk cumulative logs: ``exp(Lc_t - Lc_s)`` masked before the exp, so every
+    exponent is <= 0 and nothing overflows."""
+    c = log_mag.shape[-2]
+    causal = (jnp.arange(c)[:, None] >= jnp.arange(c)[None, :])[..., None]  # (C, C, 1)
+    lc = jnp.cumsum(log_mag, axis=-2)
+    diff = lc[..., :, None, :] - lc[..., None, :, :]
+    diff = jnp.where(causal, diff, -jnp.inf)
+    mag = jnp.exp(diff)
+    if phase is None:
+        return mag, None
+    pc = jnp.cumsum(phase, axis=-2)
+    ang = pc[..., :, None, :] - pc[..., None, :, :]
+    return mag * jnp.cos(ang), mag * jnp.sin(ang)
+
+
+def _attention(q, k, v, a, s0):
+    """The surrogate attention form over the whole sequence (one chunk of length L)."""
+    y, s = _chunked(q, k, v, a, s0, q.shape[1])
+    return y, s
+
+
+def _chunked(q, k, v, a, s0, c):
+    b, length, h, kk = q.shape
+    e = v.shape[-1]
+    n = -(-length // c)
+    pad = n * c - length
+    if pad:
+        widths = [(0, 0), (0, pad), (0, 0), (0, 0)]
+        q, k, v = (jnp.pad(t, widths) for t in (q, k, v))
+        a = jnp.pad(a, widths, constant_values=1)
+
+    # (B, H, N, C, K)
+    def split(t):
+        return jnp.moveaxis(t.reshape((b, n, c, h, t.shape[-1])), 3, 1)
+
+    qc, kc, vc, ac = split(q), split(k), split(v), split(a)
+    log_mag, phase = _log_gate(ac)
+    dec_re, dec_im = _decays(log_mag, phase)  # (B, H, N, C, C, K): prod_{r=s+1}^t a_r
+    scores = jnp.einsum("bhntk,bhntsk->bhnts", qc, dec_re * kc[..., None, :, :])
+    y_intra = jnp.einsum("bhnts,bhnse->bhnte", scores, vc)
+    # chunk summaries: S_end = diag(P_C) S_in + sum_s diag(D[C, s]) k_s v_s^T
+    lc = jnp.cumsum(log_mag, axis=-2)
+    end = jnp.exp(lc[..., -1:, :] - lc)  # |D[C, s]|, exponent <= 0
+    if phase is None:
+        k_end = kc * end
+        p = jnp.exp(lc)
+    else:
+        pc = jnp.cumsum(phase, axis=-2)
+        k_end = kc * end * jnp.exp(1j * (pc[..., -1:, :] - pc))
+        p = jnp.exp(lc) * jnp.exp(1j * pc)
+    p = p.astype(ac.dtype)
+    u = jnp.einsum("bhnsk,bhnse->bhnke", k_end, vc.astype(k_end.dtype)).astype(ac.dtype)
+    g = p[..., -1, :]  # (B, H, N, K)
+    if n == 1:
+        s_in = s0[:, :, None]
+        s_last = g[:, :, 0, :, None] * s0 + u[:, :, 0]
+    else:
+        # state entering each chunk via a diagonal scan over the N chunk boundaries
+        s_all, s_last = linear_scan(
+            g.reshape(b * h, n, kk, 1),
+            u.reshape(b * h, n, kk, e),
+            s0.reshape(b * h, kk, e),
+            impl="sequential",
+        )
+        s_all = s_all.reshape(b, h, n, kk, e)
+        s_last = s_last.reshape(b, h, kk, e)
+        s_in = jnp.concatenate([s0[:, :, None], s_all[:, :, :-1]], axis=2)
+    qp = qc * p  # (B, H, N, C, K)
+    y_inter = jnp.einsum("bhntk,bhnke->bhnte", qp, s_in.astype(qp.dtype))
+    y_inter = y_inter.real if jnp.iscomplexobj(y_inter) else y_inter
+    y = y_intra + y_inter  # (B, H, N, C, E)
+    y = jnp.moveaxis(y, 1, 3).reshape(b, n * c, h, e)[:, :length]
+    return y, s_last
