@@ -24,7 +24,7 @@ AUTO: dict[str, dict[str, str]] = {
 CHOICES: dict[str, tuple[str, ...]] = {
     "linear_scan": ("sequential", "associative", "chunked", "pallas"),
     "gateloop": ("recurrent", "parallel", "attention", "chunked", "pallas"),
-    "attention": ("xla", "reference", "pallas"),
+    "attention": ("xla", "reference", "jax", "pallas"),
 }
 
 

@@ -18,6 +18,8 @@ _EXPORTS = {
     # attention (s.4, s.6)
     "dot_product_attention": "attention",
     "axial_attention": "attention",
+    "apply_rope": "attention",
+    "block_mask_for": "masks",
     "causal_mask": "masks",
     "local_mask": "masks",
     "chunk_mask": "masks",
