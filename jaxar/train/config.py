@@ -160,8 +160,11 @@ class TrainConfig:
             raise _err("async_checkpoints", self.async_checkpoints, "True or False")
 
     def to_dict(self) -> dict:
+        """A nested dict in the experiment-config layout (model options flattened), which
+        :func:`from_config_dict` turns back into an equal TrainConfig."""
         d = dataclasses.asdict(self)
-        d["model"]["options"] = dict(self.model.options)
+        d["model"] = {"family": self.model.family, "preset": self.model.preset}
+        d["model"].update(self.model.options)
         return d
 
 

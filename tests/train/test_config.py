@@ -55,3 +55,9 @@ def test_unknown_family():
 
     with pytest.raises(ValueError, match=r"model.family='gpt'.*accepted: \('lm'"):
         tasks.get("gpt")
+
+
+def test_to_dict_round_trips():
+    c = config_lib.apply_overrides(cli.quickstart_config(), ["model.mixer_options={'window': 8}"])
+    cfg = config_lib.from_config_dict(c)
+    assert config_lib.from_config_dict(cfg.to_dict()) == cfg
