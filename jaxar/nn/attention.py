@@ -183,7 +183,7 @@ class MultiHeadAttention(nnx.Module):
         vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, idx, 0, 0))
         qpos = idx + jnp.arange(T)[:, None]  # (T, 1) slot of each new token
         kpos = jnp.arange(M)[None, :]  # (1, M)
-        allowed = kpos < idx + T
+        allowed = jnp.broadcast_to(kpos < idx + T, (T, M))
         if cfg.causal and not bidirectional:
             allowed = allowed & (kpos <= qpos)
         if cfg.window is not None:
