@@ -211,6 +211,24 @@ def _diffusion_task(family: str) -> Task:
 
     def build(model_cfg, info, dtype, rngs):
         opts = model_cfg.kwargs
+        lm_keys = ("d_model", "num_layers", "num_heads", "mixer", "mixer_options")
+        lm_opts = {k: opts.pop(k) for k in lm_keys if k in opts}
+        if lm_opts:  # the backbone from LM-style options (bidirectional attention)
+            if lm_opts.get("mixer", "attention") != "attention":
+                raise ValueError(
+                    f"config.model.mixer={lm_opts['mixer']!r} is not supported for {family}; "
+                    "accepted: 'attention'"
+                )
+            size = model_cfg.preset if model_cfg.preset in LM_SIZES else "tiny"
+            extra = dict(opts.pop("lm_kwargs", {}) or {})
+            lm_cfg = lm_config(
+                ModelConfig("lm", size, tuple({**lm_opts, **extra}.items())),
+                info.vocab_size + 1,
+                dtype,
+                causal=False,
+            )
+            cfg = _call_with(cfg_cls, opts, f"{family} model", lm=lm_cfg)
+            return model_cls(cfg, rngs=rngs)
         lm_kwargs = dict(opts.pop("lm_kwargs", {}) or {})
         lm_kwargs.setdefault("dtype", dtype)
         cfg = _call_with(
