@@ -61,3 +61,26 @@ def test_to_dict_round_trips():
     c = config_lib.apply_overrides(cli.quickstart_config(), ["model.mixer_options={'window': 8}"])
     cfg = config_lib.from_config_dict(c)
     assert config_lib.from_config_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("family", ["lm", "mdlm", "bd3"])
+def test_families_build_from_quickstart_options(family):
+    pytest.importorskip(f"jaxar.models.{family}")
+    pytest.importorskip("jaxar.nn.attention")
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxar.data.sources import DataInfo
+    from jaxar.train import tasks
+
+    c = config_lib.apply_overrides(cli.quickstart_config(), [f"model.family={family}"])
+    cfg = config_lib.from_config_dict(c)
+    task = tasks.get(family)
+    with nnx.use_eager_sharding(False):
+        model = nnx.eval_shape(
+            lambda: task.build(cfg.model, DataInfo("text"), jnp.float32, nnx.Rngs(0))
+        )
+    assert model is not None
+    bad = config_lib.ModelConfig(family, "tiny", (("d_modle", 3),))
+    with pytest.raises(ValueError, match="d_modle"):
+        task.build(bad, DataInfo("text"), jnp.float32, nnx.Rngs(0))
