@@ -80,10 +80,11 @@ def test_bfloat16_inputs():
 def test_zero_gates_finite_gradients():
     q, k, v, a, s0 = _inputs(True, seed=2)
     a = a.at[:, 3].set(0.0)
-    g = jax.grad(
-        _loss(lambda *t: gateloop(*t[:4], state0=t[4], mode="chunked", chunk_size=4)),
-        argnums=(0, 3),
-    )(q, k, v, a, s0)
+
+    def fn(*t):
+        return gateloop(*t[:4], state0=t[4], mode="chunked", chunk_size=4)
+
+    g = jax.jit(jax.grad(_loss(fn), argnums=(0, 3)))(q, k, v, a, s0)
     assert all(np.isfinite(np.asarray(x)).all() for x in g)
 
 
