@@ -96,15 +96,11 @@ class BD3(mdlm.MDLM):
 
 def block_diffusion_mask(length: int, block_size: int) -> jax.Array:
     """(2L, 2L) bool mask over ``[x_t ; x_0]`` (True = may attend), REFERENCES.md s.6:
-    noisy b -> noisy b and clean < b; clean b -> clean <= b; clean never sees noisy."""
-    if length % block_size:
-        raise ValueError(f"length={length} must be a multiple of block_size={block_size}")
-    idx = jnp.arange(2 * length)
-    noisy = idx < length
-    blk = jnp.where(noisy, idx, idx - length) // block_size
-    qn, kn = noisy[:, None], noisy[None, :]
-    qb, kb = blk[:, None], blk[None, :]
-    return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+    noisy b -> noisy b and clean < b; clean b -> clean <= b; clean never sees noisy.
+    (:func:`jaxar.ops.block_diffusion_mask`; tests/models/test_bd3.py checks the rule.)"""
+    from jaxar.ops.masks import block_diffusion_mask as mask_fn
+
+    return jnp.asarray(mask_fn(length, block_size), bool)
 
 
 def bd3_inputs(clean_BxL, noisy_BxL, block_size: int, segment_ids=None):

@@ -93,7 +93,7 @@ def test_real_lm_presets_loss_and_sample():
     assert cfg.mask_id == 256 and cfg.lm.vocab_size == 257
     model = mdlm.MDLM(cfg, rngs=nnx.Rngs(0))
     x = jax.random.randint(jax.random.key(0), (2, 16), 0, 256)
-    value, metrics = mdlm.loss(model, {"tokens": x}, jax.random.key(1))
+    value, metrics = jax.jit(mdlm.loss)(model, {"tokens": x}, jax.random.key(1))
     assert np.isfinite(float(value)) and "perplexity_bound" in metrics
     out = mdlm.sample(model, jax.random.key(2), 2, length=16)
     assert np.asarray(out.tokens).max() < 256 and int(out.num_calls) == 16
