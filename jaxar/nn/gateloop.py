@@ -115,7 +115,7 @@ class GateLoop(nnx.Module):
         q = self.wq(x).reshape(shp)
         k = self.wk(x).reshape(shp) / math.sqrt(self.k)
         v = self.wv(x).reshape(shp)
-        m = self.wm(x).astype(jnp.float32) + self.bm[...].astype(jnp.float32)
+        m = self.wm(x).astype(jnp.float32) + self.bm[...].astype(jnp.float32)[None, None]
         a = jax.nn.sigmoid(m).reshape(shp)
         if self.wphi is not None:
             phi = self.wphi(x).astype(jnp.float32).reshape(shp)
