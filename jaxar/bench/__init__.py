@@ -6,4 +6,5 @@ BENCHMARKS: dict[str, str] = {
     "kernel_gateloop": "pallas_kernels.gateloop.bench",
     "diffusion": "jaxar.bench.diffusion",
     "heads": "jaxar.bench.heads",
+    "attention": "jaxar.bench.attention",
 }
