@@ -34,18 +34,22 @@ def gateloop(
     ``dL/dlog a_r = sum_{t>=r} (q_t dq_t - k_t dk_t)``, see the README).
 
     Args:
-      q, k: (B, L, H, K), real (float32 / bfloat16 / float16) or complex64.
+      q, k: (B, L, H, K), real (float32 / bfloat16 / float16) or complex64 (complex q, k
+        go beyond ``jaxar.ops.gateloop``, whose q, k are real).
       v: (B, L, H, E), real.
       a: (B, L, H, K) gates: real in (0, 1] or complex64 with 0 < |a| <= 1 (log|a| is
         floored at -80).
       state0: optional (B, H, K, E) initial state.
-      chunk_size: sequence rows per grid step (TPU tile); a multiple of 16.
+      chunk_size: sequence rows per grid step (the TPU tile), rounded up to a multiple of
+        the sub-chunk (16); it does not change the maths (``jaxar.ops.gateloop`` passes its
+        own default, 16).
       interpret: False (compiled: Mosaic on TPU, Triton on GPU), True (generic
         interpreter) or ``pltpu.InterpretParams()`` (the Mosaic kernel, TPU interpreter).
       block_sizes: overrides ``chunk_size`` and the sub-chunk size.
 
     Returns:
-      ``(y, state)``: y (B, L, H, E) in v's dtype; state (B, H, K, E) float32, or
+      ``(y, state)``: y (B, L, H, E) in the (real) result dtype of q, k, v, as
+      ``jaxar.ops.gateloop``; state (B, H, K, E) float32, or
       complex64 when q, k, a or state0 is complex.
     """
     q, k, v, a = map(jnp.asarray, (q, k, v, a))
@@ -65,8 +69,8 @@ def gateloop(
         raise ValueError(f"v has dtype {v.dtype}; accepted: {_REAL}")
     if state0 is not None and state0.shape != (B, H, K, E):
         raise ValueError(f"state0 has shape {state0.shape}; accepted: {(B, H, K, E)}")
-    if not isinstance(chunk_size, int) or chunk_size < 16 or chunk_size % 16:
-        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a multiple of 16")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
     lowering = kernel.select_lowering(interpret)
     cplx = any(jnp.iscomplexobj(u) for u in (q, k, a)) or (
         state0 is not None and jnp.iscomplexobj(state0)
@@ -140,7 +144,8 @@ def _forward(static: kernel.Static, q, k, v, a, S0):
     B, L, H, K = q.shape
     E = v.shape[-1]
     inputs, kp, ep = _layout(static, q, k, v, a)
-    y, St = kernel.forward(static, inputs, _state_in(static, S0, kp, ep), v.dtype)
+    y_dtype = jnp.result_type(*(jnp.finfo(u.dtype).dtype for u in (q, k, v)))
+    y, St = kernel.forward(static, inputs, _state_in(static, S0, kp, ep), y_dtype)
     return _seq_out(static, (y,), L, E), _state_out(static, St, K, E)
 
 

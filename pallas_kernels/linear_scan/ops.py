@@ -33,8 +33,9 @@ def linear_scan(
     (real, imag) float32 pairs. The VJP is the same kernel run the other way.
 
     Args:
-      a, x: (B, L, ...) of the same shape; float32, bfloat16, float16 or complex64 (each
-        may be real or complex; the result is their common dtype).
+      a, x: x (B, L, ...); a of the same rank, broadcasting to x (size-1 axes); float32,
+        bfloat16, float16 or complex64 (each may be real or complex; the result is their
+        common dtype).
       h0: optional (B, ...) initial state (default zeros).
       reverse: scan from the end.
       reset: optional bool (B, L).
@@ -44,20 +45,30 @@ def linear_scan(
       block_sizes: tiles; default ``BlockSizes.default`` for the chosen lowering.
 
     Returns:
-      ``(h, h_last)``: h (B, L, ...) and the final state (B, ...) (h_L, or h_1 when
-      reversed), both in the common dtype.
+      ``(h, h_last)``: h (B, L, ...) in the common dtype of a and x, and the final state
+      (B, ...) (h_L, or h_1 when reversed) in float32 / complex64 (as
+      ``jaxar.ops.linear_scan``).
     """
     a, x = jnp.asarray(a), jnp.asarray(x)
-    if a.shape != x.shape or a.ndim < 2:
+    try:
+        ok = a.ndim == x.ndim >= 2 and jnp.broadcast_shapes(a.shape, x.shape) == x.shape
+    except ValueError:
+        ok = False
+    if not ok:
         raise ValueError(
-            f"a and x have shapes {a.shape}, {x.shape}; accepted: equal shapes (B, L, ...)"
+            f"a and x have shapes {a.shape}, {x.shape}; accepted: x (B, L, ...) and a of the "
+            "same rank broadcasting to it"
         )
-    dtype = jnp.result_type(a, x) if h0 is None else jnp.result_type(a, x, h0)
+    dtype = jnp.result_type(a, x)
+    if h0 is not None and jnp.iscomplexobj(h0) and not jnp.iscomplexobj(x):
+        dtype = jnp.promote_types(dtype, jnp.complex64)
     if jnp.dtype(dtype).name not in _DTYPES:
         raise ValueError(
             f"a, x (and h0) have dtypes {a.dtype}, {x.dtype}; accepted: {_DTYPES} (one common "
             "dtype; use complex64 for complex values)"
         )
+    carry = jnp.complex64 if jnp.issubdtype(dtype, jnp.complexfloating) else jnp.float32
+    a = jnp.broadcast_to(a, x.shape)
     B, L, *rest = a.shape
     if h0 is not None and h0.shape != (B, *rest):
         raise ValueError(f"h0 has shape {h0.shape}; accepted: {(B, *rest)} (a without axis 1)")
@@ -78,7 +89,7 @@ def linear_scan(
     )
     a = a.astype(dtype).reshape(B, L, D)
     x = x.astype(dtype).reshape(B, L, D)
-    h0 = jnp.zeros((B, D), dtype) if h0 is None else h0.astype(dtype).reshape(B, D)
+    h0 = jnp.zeros((B, D), carry) if h0 is None else h0.astype(carry).reshape(B, D)
     h, last = _scan(static, a, x, h0)
     return h.reshape(B, L, *rest), last.reshape(B, *rest)
 
@@ -99,7 +110,8 @@ def _merge(parts, dtype):
 
 
 def _run(static: kernel.Static, a, x, init):
-    """The kernel on (B, L, D) arrays of one dtype: (out (B, L, D), final carry (B, D)).
+    """The kernel on (B, L, D) arrays of one dtype: out (B, L, D) in that dtype, final carry
+    (B, D) float32 / complex64.
 
     Pads L with (a=1, x=0) rows, which leave the carry unchanged in either direction and
     either form, and D with zeros.
@@ -118,7 +130,7 @@ def _run(static: kernel.Static, a, x, init):
     )
     out, last = kernel.scan(static, a_, x_, h0_)
     out = _merge(tuple(u[:, :L, :D] for u in out), dtype)
-    last = _merge(tuple(u[:, 0, :D] for u in last), dtype)
+    last = _merge(tuple(u[:, 0, :D] for u in last), init.dtype)
     return out, last
 
 
@@ -136,12 +148,12 @@ def _scan_bwd(static, res, cts):
     a, h, h0 = res
     dh, dlast = cts
     back = dataclasses.replace(static, reverse=not static.reverse, post=True)
-    g, dh0 = _run(back, a, dh.astype(h.dtype), dlast.astype(h.dtype))
+    g, dh0 = _run(back, a, dh.astype(h.dtype), dlast.astype(h0.dtype))
     # da_t = g_t * h_{t-1} (h_{t+1} when reversed), with h0 beyond the end.
     if static.reverse:
-        h_prev = jnp.concatenate([h[:, 1:], h0[:, None]], axis=1)
+        h_prev = jnp.concatenate([h[:, 1:], h0[:, None].astype(h.dtype)], axis=1)
     else:
-        h_prev = jnp.concatenate([h0[:, None], h[:, :-1]], axis=1)
+        h_prev = jnp.concatenate([h0[:, None].astype(h.dtype), h[:, :-1]], axis=1)
     da = g * h_prev
     return da.astype(a.dtype), g, dh0
 

@@ -13,33 +13,13 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxar import testing
+from jaxar import ops, testing
 from pallas_kernels.linear_scan import BlockSizes, kernel, linear_scan
 
 
 def _reference(a, x, h0, reverse=False, reset=None):
     """``jaxar.ops.linear_scan`` with the sequential (lax.scan) implementation."""
-    try:
-        from jaxar.ops import linear_scan as ref
-    except (ImportError, AttributeError):  # TEMPORARY until jaxar.ops.scan lands
-        return _private_reference(a, x, h0, reverse, reset)
-    return ref(a, x, h0, reverse=reverse, reset=reset, impl="sequential")
-
-
-def _private_reference(a, x, h0, reverse, reset):
-    if reset is not None:
-        a = jnp.where(reset.reshape(reset.shape + (1,) * (a.ndim - 2)), 0, a)
-    if h0 is None:
-        h0 = jnp.zeros(a.shape[:1] + a.shape[2:], jnp.result_type(a, x))
-
-    def step(h, ax):
-        h = ax[0] * h + ax[1]
-        return h, h
-
-    last, h = jax.lax.scan(
-        step, h0, (jnp.moveaxis(a, 1, 0), jnp.moveaxis(x, 1, 0)), reverse=reverse
-    )
-    return jnp.moveaxis(h, 0, 1), last
+    return ops.linear_scan(a, x, h0, reverse=reverse, reset=reset, impl="sequential")
 
 
 def _inputs(shape, dtype, complex_=False, seed=0):
@@ -71,9 +51,8 @@ class LinearScanTestBase:
         a, x, h0_, dh = _inputs(shape, dtype, complex_)
         dtype = a.dtype
         use_h0 = h0
-        dlast = (0.5 * h0_ if h0 else jnp.ones(dh.shape[:1] + dh.shape[2:], dh.dtype)).astype(
-            dh.dtype
-        )
+        carry = jnp.complex64 if complex_ else jnp.float32  # h_last is float32 / complex64
+        dlast = (0.5 * h0_ if h0 else jnp.ones(dh.shape[:1] + dh.shape[2:], dh.dtype)).astype(carry)
 
         def fwd_bwd(fn):
             def run(a, x, h0, dh, dlast, reset):
@@ -126,10 +105,29 @@ class TestInterpret(LinearScanTestBase):
     def test_complex_reverse_no_h0(self):
         self.check((1, 21, 4), complex_=True, reverse=True, h0=False)
 
-    def test_default_block_sizes(self):
-        a, x, h0, _ = _inputs((2, 37, 3, 5), jnp.float32)
-        got = jax.jit(lambda a, x, h0: linear_scan(a, x, h0, interpret=True))(a, x, h0)
-        testing.assert_allclose(got, testing.reference_x64(_reference, a, x, h0))
+    def test_broadcast_gates(self):
+        """a (B, L, 1, 1) broadcasts over the features, as in ``jaxar.ops.linear_scan``."""
+        a, x, h0, dh = _inputs((2, 37, 3, 7), jnp.float32)
+        a = a[:, :, :1, :1]
+
+        def fwd_bwd(fn):
+            def run(a, x, h0, dh):
+                out, vjp = jax.vjp(lambda a, x, h0: fn(a, x, h0), a, x, h0)
+                return out, vjp((dh, h0))
+
+            return run
+
+        got = jax.jit(fwd_bwd(self.call))(a, x, h0, dh)
+        want = testing.reference_x64(fwd_bwd(_reference), a, x, h0, dh)
+        testing.assert_allclose(got[0], want[0], kind="fwd")
+        testing.assert_allclose(got[1], want[1], kind="grad")
+
+    def test_pallas_impl_of_the_reference(self):
+        """``jaxar.ops.linear_scan(impl="pallas")`` reaches this kernel (interpret on CPU,
+        default block sizes)."""
+        a, x, h0, _ = _inputs((2, 21, 4), jnp.complex64, complex_=True)
+        got = ops.linear_scan(a, x, h0, reverse=True, impl="pallas")
+        testing.assert_allclose(got, testing.reference_x64(_reference, a, x, h0, True))
 
 
 class TestTpuInterpret(LinearScanTestBase):
@@ -189,7 +187,7 @@ def test_compiled_lowerings(platform, target, tpu_info_on_cpu):
 
 def test_errors_name_the_argument():
     a = jnp.zeros((1, 8, 4))
-    with pytest.raises(ValueError, match="equal shapes"):
+    with pytest.raises(ValueError, match="broadcasting"):
         linear_scan(a, a[:, :4], interpret=True)
     with pytest.raises(ValueError, match="h0 has shape"):
         linear_scan(a, a, jnp.zeros((1, 8)), interpret=True)
