@@ -14,41 +14,19 @@ import numpy as np
 import pytest
 from jax.experimental.pallas import tpu as pltpu
 
+from jaxar import ops as jaxar_ops
 from jaxar import testing
 from pallas_kernels.flash_attention import BlockSizes, flash_attention, kernel, masks, ops
 
 
-def _reference(q, k, v, mask):
-    """``jaxar.ops.dot_product_attention`` with a dense mask (the private formula below
-    stands in only while the attention reference is not in the tree)."""
-    try:
-        from jaxar.ops import dot_product_attention
-    except (ImportError, AttributeError):
-        return _private_reference(q, k, v, mask)
-    return dot_product_attention(q, k, v, mask=mask, impl="xla")
+def _reference(q, k, v, **kw):
+    """The attention reference: ``jaxar.ops.dot_product_attention`` (XLA form)."""
+    return jaxar_ops.dot_product_attention(q, k, v, impl="xla", **kw)
 
 
-def _private_reference(q, k, v, mask):
-    """softmax(q k^T / sqrt(K) masked) v with GQA; fully masked rows give 0."""
-    B, Lq, H, K = q.shape
-    G = k.shape[2]
-    k = jnp.repeat(k, H // G, axis=2)
-    v = jnp.repeat(v, H // G, axis=2)
-    s = jnp.einsum("bqhk,bphk->bhqp", q, k) * K**-0.5
-    s = jnp.where(mask, s, -jnp.inf)
-    m = s.max(-1, keepdims=True)
-    p = jnp.exp(s - jnp.where(jnp.isfinite(m), m, 0.0))
-    l = p.sum(-1, keepdims=True)
-    p = p / jnp.where(l > 0, l, 1.0)
-    return jnp.einsum("bhqp,bphe->bqhe", p, v)
-
-
-def _dense(spec, q_len, k_len, q_seg=None, k_seg=None, batch=1):
-    m = jnp.asarray(spec.dense(q_len, k_len))[None, None]
-    m = jnp.broadcast_to(m, (batch, 1, q_len, k_len))
-    if q_seg is not None:
-        m = m & (q_seg[:, None, :, None] == k_seg[:, None, None, :])
-    return m
+def _ops_mask(m):
+    """A jaxar.ops mask builder's (Lq, Lk) output as (1, 1, Lq, Lk)."""
+    return jnp.asarray(m)[None, None]
 
 
 def _inputs(B, Lq, Lk, H, G, K, E, dtype, seed=0):
@@ -72,19 +50,23 @@ class FlashAttentionTestBase:
         return flash_attention(q, k, v, interpret=self.interpret, block_sizes=bs, **kw)
 
     def check(self, spec, *, Lq, Lk, H=2, G=1, K=16, E=16, dtype=jnp.float32, seg=None,
-              grad=True, causal=False, block_mask=True, dense=None):  # fmt: skip
+              grad=True, causal=False, block_mask=True, dense=None, ref_mask=None,
+              reference=None):  # fmt: skip
+        """Kernel(spec, causal, seg, dense) vs jaxar.ops with ``ref_mask`` (a jaxar.ops
+        builder's mask for ``spec``, also checked equal to ``spec.dense``)."""
         B = 1 if seg is None else seg[0].shape[0]
         B = B if dense is None else dense.shape[0]
         q, k, v, do = _inputs(B, Lq, Lk, H, G, K, E, dtype)
         segment_ids = None if seg is None else (seg[0] if seg[0] is seg[1] else tuple(seg))
         kw = dict(block_mask=spec if block_mask else None, segment_ids=segment_ids, causal=causal)
-        full = spec & masks.mask(masks.Causal(Lk - Lq)) if causal else spec
-        mask = _dense(full, Lq, Lk, *(seg or (None, None)), batch=B)
+        if ref_mask is not None:
+            np.testing.assert_array_equal(spec.dense(Lq, Lk), np.asarray(ref_mask)[0, 0])
         if dense is not None:
             kw["block_mask"] = jnp.asarray(dense)
-            mask = mask & dense
+            ref_mask = dense if ref_mask is None else ref_mask & dense
+        ref_kw = dict(causal=causal, segment_ids=segment_ids, mask=ref_mask)
         f = lambda q, k, v: self.call(q, k, v, **kw)
-        r = lambda q, k, v: _reference(q, k, v, mask)
+        r = reference or (lambda q, k, v: _reference(q, k, v, **ref_kw))
         if not grad:
             out = jax.jit(f)(q, k, v)
             testing.assert_allclose(out, testing.reference_x64(r, q, k, v), dtype=dtype)
@@ -111,7 +93,9 @@ class FlashAttentionTestBase:
 
     def test_bfloat16(self):
         T = self.T
-        self.check(masks.mask(masks.Causal()), Lq=2 * T + 3, Lk=2 * T + 3, dtype=jnp.bfloat16)
+        L = 2 * T + 3
+        ref = _ops_mask(jaxar_ops.causal_mask(L))
+        self.check(masks.mask(masks.Causal()), Lq=L, Lk=L, dtype=jnp.bfloat16, ref_mask=ref)
 
     def test_no_mask_cross_lengths(self):
         T = self.T
@@ -123,7 +107,9 @@ class FlashAttentionTestBase:
 
     def test_block_diffusion(self):
         n = self.T + self.T // 2  # 2n = 3 tiles; blocks of T/2 straddle tiles
-        self.check(masks.mask(masks.BlockDiffusion(self.T // 2, n)), Lq=2 * n, Lk=2 * n)
+        ref = _ops_mask(jaxar_ops.block_diffusion_mask(n, self.T // 2))
+        spec = masks.mask(masks.BlockDiffusion(self.T // 2, n))
+        self.check(spec, Lq=2 * n, Lk=2 * n, ref_mask=ref)
 
     def test_segments_causal(self):
         T = self.T
@@ -136,26 +122,47 @@ class FlashAttentionTestBase:
         self.check(masks.BlockMask(), Lq=L, Lk=L, seg=(seg, seg), causal=True)
 
     @pytest.mark.parametrize(
-        "make",
-        [
-            lambda s: masks.Local(5 * s),
-            lambda s: masks.Local(5 * s, causal=False),
-            lambda s: masks.Chunk(8 * s),
-            lambda s: masks.BlockCausal(8 * s),
-            lambda s: masks.AxialRow(8 * s, causal=True),
-            lambda s: masks.AxialColumn(8 * s),
-        ],
-        ids=["local", "local_bidirectional", "chunk", "block_causal", "axial_row", "axial_col"],
+        "kind", ["local", "local_bidirectional", "chunk", "block_causal", "axial_row", "axial_col"]
     )
-    def test_mask_kinds_forward(self, make):
+    def test_mask_kinds_forward(self, kind):
         T = self.T
-        self.check(masks.mask(make(T // 16)), Lq=3 * T, Lk=3 * T, grad=False)
+        L, s = 3 * T, T // 16
+        W = 8 * s  # image width for the axial masks: L = 6 rows of W
+        terms = {
+            "local": (masks.Local(5 * s), lambda: jaxar_ops.local_mask(L, window=5 * s)),
+            "local_bidirectional": (
+                masks.Local(5 * s, causal=False),
+                lambda: jaxar_ops.local_mask(L, window=5 * s, causal=False),
+            ),
+            "chunk": (masks.Chunk(W), lambda: jaxar_ops.chunk_mask(L, W)),
+            "block_causal": (masks.BlockCausal(W), lambda: jaxar_ops.block_causal_mask(L, W)),
+            "axial_row": (masks.AxialRow(W, causal=True), None),
+            "axial_col": (masks.AxialColumn(W), None),
+        }
+        term, builder = terms[kind]
+        reference = None
+        if builder is None:  # axial: jaxar.ops.axial_attention on the (rows, W) image
+            axis, causal = (2, True) if kind == "axial_row" else (1, False)
+
+            def reference(q, k, v):
+                img = lambda x: x.reshape(x.shape[0], L // W, W, *x.shape[2:])
+                out = jaxar_ops.axial_attention(
+                    img(q), img(k), img(v), axis=axis, causal=causal, impl="xla"
+                )
+                return out.reshape(q.shape[0], L, *out.shape[3:])
+
+        ref = None if builder is None else _ops_mask(builder())
+        self.check(masks.mask(term), Lq=L, Lk=L, grad=False, ref_mask=ref, reference=reference)
 
     def test_local_and_axial_column_grads(self):
         T = self.T
         s = T // 16
-        spec = masks.mask(masks.Local(20 * s), masks.AxialColumn(4 * s, causal=True))
-        self.check(spec, Lq=3 * T, Lk=3 * T)
+        L, W = 3 * T, 4 * s
+        spec = masks.mask(masks.Local(20 * s), masks.AxialColumn(W, causal=True))
+        i = np.arange(L)
+        column = (i[:, None] % W == i[None, :] % W) & (i[None, :] <= i[:, None])
+        ref = _ops_mask(jaxar_ops.local_mask(L, window=20 * s)) & column[None, None]
+        self.check(spec, Lq=L, Lk=L, ref_mask=ref)
 
     def test_fully_masked_rows_are_zero(self):
         T = self.T
@@ -188,9 +195,7 @@ class FlashAttentionTestBase:
         f = lambda q, k, v: self.call(q, k, v, block_mask=spec)
         out, vjp = jax.vjp(f, q[:, :T], k_bad, v_bad)
         dq, dk, dv = vjp(do[:, :T])
-        want = testing.reference_x64(
-            lambda q, k, v: _reference(q, k, v, _dense(spec, T, T)), q[:, :T], k[:, :T], v[:, :T]
-        )
+        want = testing.reference_x64(_reference, q[:, :T], k[:, :T], v[:, :T])
         testing.assert_allclose(out, want, dtype=jnp.float32)
         assert np.isfinite(np.asarray(dq)).all()
         for g in (dk, dv):  # k tiles 1, 2 meet no q tile: never visited, zero gradient
