@@ -60,21 +60,11 @@ def _density(L: int, causal: bool, spec) -> float:
     return float(spec.dense(L, L).mean())
 
 
-def _xla_reference():
-    """``jaxar.ops.dot_product_attention`` (impl "xla") if present, else jax.nn's XLA path."""
-    try:
-        from jaxar.ops import dot_product_attention
-    except (ImportError, AttributeError):  # the reference not landed yet
-        dot_product_attention = None
+def _xla_reference(q, k, v, causal, mask):
+    """``jaxar.ops.dot_product_attention`` with impl "xla" (the in-run XLA baseline)."""
+    from jaxar.ops import dot_product_attention
 
-    def run(q, k, v, causal, mask):
-        if dot_product_attention is not None:
-            return dot_product_attention(q, k, v, mask=mask, causal=causal, impl="xla")
-        return jax.nn.dot_product_attention(
-            q, k, v, mask=mask, is_causal=causal, implementation="xla"
-        )
-
-    return run
+    return dot_product_attention(q, k, v, mask=mask, causal=causal, impl="xla")
 
 
 def run(quick: bool) -> list[harness.Result]:
@@ -87,7 +77,6 @@ def run(quick: bool) -> list[harness.Result]:
         return []
     lowering = select_lowering(False)
     peak = roofline.published_peak()
-    reference = _xla_reference()
     nn_impl = "cudnn" if platform in ("gpu", "cuda") else None
     rows: list[harness.Result] = []
     for name, B, L, H, G, K, causal, spec in _cases(quick):
@@ -101,7 +90,7 @@ def run(quick: bool) -> list[harness.Result]:
             f"pallas-{lowering}": functools.partial(
                 flash_attention, causal=causal, block_mask=spec
             ),
-            "xla-reference": lambda q, k, v, c=causal, m=dense: reference(q, k, v, c, m),
+            "xla-reference": lambda q, k, v, c=causal, m=dense: _xla_reference(q, k, v, c, m),
         }
         impls[f"jax.nn({nn_impl or 'xla'})"] = lambda q, k, v, c=causal, m=dense, i=nn_impl: (
             jax.nn.dot_product_attention(q, k, v, mask=m, is_causal=c, implementation=i)
