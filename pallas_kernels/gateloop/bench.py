@@ -3,7 +3,7 @@
 Baselines measured in the same run on the same arrays: the recurrent form (``lax.scan``
 over tokens), the parallel form (``lax.associative_scan`` over (a, k v^T) pairs; skipped
 above 2^24 state elements: it materialises a K x E state per token), and the chunked XLA
-form (``jaxar.ops.gateloop`` impls "recurrent", "parallel", "chunked" when present, else
+form (``jaxar.ops.gateloop`` modes "recurrent", "parallel", "chunked" when present, else
 the local equivalents). The kernel reads q, k, v, a and writes y, so the figure of merit
 is bytes/s against the published HBM bandwidth (REFERENCES.md s.8), with the matmul
 FLOP/s beside it (about 4 L K E per head for the state terms).
@@ -67,8 +67,8 @@ def _baselines(state_elems: int):
         }
     else:
         out = {
-            name: (lambda q, k, v, a, impl=impl: ref(q, k, v, a, impl=impl)[0])
-            for name, impl in (
+            name: (lambda q, k, v, a, mode=mode: ref(q, k, v, a, mode=mode)[0])
+            for name, mode in (
                 ("lax.scan", "recurrent"),
                 ("associative", "parallel"),
                 ("chunked-xla", "chunked"),
