@@ -101,8 +101,9 @@ def _xla(q, k, v, m, bias, scale):
     _, Lk, G, E = v.shape
     R = H // G
     cdt = _compute_dtype(q.dtype)
-    q_ = q.reshape(B, Lq, G, R, K)
-    s = jnp.einsum("bqgrk,bsgk->bgrqs", q_, k, preferred_element_type=cdt) * scale
+    q_ = q.reshape(B, Lq, G, R, K).transpose(0, 2, 3, 1, 4)  # (B, G, R, Lq, K)
+    k_ = k.transpose(0, 2, 1, 3)  # (B, G, Lk, K)
+    s = jnp.einsum("bgrqk,bgsk->bgrqs", q_, k_, preferred_element_type=cdt) * scale
     s = s.astype(cdt)
 
     def grouped(a):  # (B or 1, H or 1, Lq, Lk) -> (B or 1, G or 1, R or 1, Lq, Lk)
@@ -113,8 +114,9 @@ def _xla(q, k, v, m, bias, scale):
     if bias is not None:
         s = s + grouped(bias.astype(cdt))
     p = _masked_softmax(s, None if m is None else grouped(m))
-    o = jnp.einsum("bgrqs,bsge->bqgre", p.astype(v.dtype), v, preferred_element_type=cdt)
-    return o.reshape(B, Lq, H, E).astype(q.dtype)
+    v_ = v.transpose(0, 2, 1, 3)  # (B, G, Lk, E)
+    o = jnp.einsum("bgrqs,bgse->bgrqe", p.astype(v.dtype), v_, preferred_element_type=cdt)
+    return o.transpose(0, 3, 1, 2, 4).reshape(B, Lq, H, E).astype(q.dtype)
 
 
 def _reference(q, k, v, m, bias, scale):
