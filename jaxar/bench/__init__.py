@@ -6,5 +6,6 @@ BENCHMARKS: dict[str, str] = {
     "kernel_gateloop": "pallas_kernels.gateloop.bench",
     "diffusion": "jaxar.bench.diffusion",
     "heads": "jaxar.bench.heads",
+    "recurrence": "jaxar.bench.recurrence",
     "attention": "jaxar.bench.attention",
 }

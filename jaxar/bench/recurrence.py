@@ -1,0 +1,124 @@
+"""Linear recurrences: every implementation, forward + backward (REFERENCES.md s.1-2).
+
+``jaxar bench recurrence [--quick]``. Cases (B=4): GateLoop with H=4, K=E=32 (modes
+recurrent = the sequential baseline, parallel = the associative baseline, chunked with
+C=16) and the diagonal ``linear_scan`` with D=256 (sequential, associative, chunked with
+C=32); real and complex; L in {1024, 4096, 16384} (``--quick``: 1024, 4096). Time is
+``jax.grad`` of a scalar loss (fwd+bwd), jitted; ``compile_s`` is reported per row; rows
+carry ``extra["vs_associative"]`` and ``extra["vs_sequential"]`` (baseline median /
+this median, > 1 = faster, same run). Target (issue 3): chunked >= 3x associative and
+>= 1.5x sequential at L=4096.
+
+Skipped, with the reason in the row list: GateLoop "parallel" at L=16384 (its associative
+scan materialises the B*L*H*K*E = 268M-element state sequence several times: > the
+memory of the benchmark machine in the backward pass); the "attention" mode (O(L^2 K)
+memory; it is the chunked code with one chunk).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxar.bench import harness
+from jaxar.ops.gateloop import gateloop
+from jaxar.ops.scan import linear_scan
+
+B, H, K, E, D = 4, 4, 32, 32, 256
+GATELOOP_CHUNK = 16
+SCAN_CHUNK = 32
+
+
+def _gateloop_inputs(length, cplx):
+    ks = jax.random.split(jax.random.key(0), 5)
+    q = jax.random.normal(ks[0], (B, length, H, K))
+    k = jax.random.normal(ks[1], (B, length, H, K)) / K**0.5
+    v = jax.random.normal(ks[2], (B, length, H, E))
+    a = jax.nn.sigmoid(2.0 + jax.random.normal(ks[3], (B, length, H, K)))
+    if cplx:
+        a = a * jnp.exp(0.1j * jax.random.normal(ks[4], (B, length, H, K)))
+    return q, k, v, a
+
+
+def _scan_inputs(length, cplx):
+    ks = jax.random.split(jax.random.key(1), 3)
+    a = jax.random.uniform(ks[0], (B, length, D), minval=0.8, maxval=1.0)
+    x = jax.random.normal(ks[1], (B, length, D))
+    if cplx:
+        a = a * jnp.exp(0.1j * jax.random.normal(ks[2], (B, length, D)))
+        x = x.astype(jnp.complex64)
+    return a, x
+
+
+def _gateloop_fn(mode):
+    def loss(q, k, v, a):
+        y, s = gateloop(q, k, v, a, mode=mode, chunk_size=GATELOOP_CHUNK)
+        return jnp.sum(y * y) + jnp.sum(jnp.abs(s))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+
+def _scan_fn(impl):
+    def loss(a, x):
+        h, last = linear_scan(a, x, impl=impl, chunk_size=SCAN_CHUNK)
+        return jnp.sum(jnp.abs(h) ** 2) + jnp.sum(jnp.abs(last))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+
+def _ratios(rows, seq, assoc):
+    by = {r.impl: r.median_ms for r in rows}
+    for r in rows:
+        if seq in by:
+            r.extra["vs_sequential"] = round(by[seq] / r.median_ms, 3)
+        if assoc in by:
+            r.extra["vs_associative"] = round(by[assoc] / r.median_ms, 3)
+    return harness.with_ratios(rows, seq)
+
+
+def run(quick: bool) -> list[harness.Result]:
+    lengths = (1024, 4096) if quick else (1024, 4096, 16384)
+    results = []
+    for length in lengths:
+        repeats = 5 if length <= 4096 else 3
+        for cplx in (False, True):
+            dt = "complex64" if cplx else "float32"
+            # GateLoop, key-value state
+            case = f"gateloop B={B} L={length} H={H} K={K} E={E} fwd+bwd"
+            args = _gateloop_inputs(length, cplx)
+            rows = []
+            for mode in ("recurrent", "parallel", "chunked"):
+                if mode == "parallel" and length > 4096:
+                    continue
+                t = harness.timeit(_gateloop_fn(mode), *args, repeats=repeats)
+                rows.append(
+                    harness.Result(
+                        "recurrence",
+                        case,
+                        mode,
+                        dt,
+                        t.median_s * 1e3,
+                        t.compile_s,
+                        extra={"chunk": GATELOOP_CHUNK} if mode == "chunked" else {},
+                    )
+                )
+            results += _ratios(rows, "recurrent", "parallel")
+            # diagonal scan
+            case = f"linear_scan B={B} L={length} D={D} fwd+bwd"
+            args = _scan_inputs(length, cplx)
+            rows = []
+            for impl in ("sequential", "associative", "chunked"):
+                t = harness.timeit(_scan_fn(impl), *args, repeats=repeats)
+                rows.append(
+                    harness.Result(
+                        "recurrence",
+                        case,
+                        impl,
+                        dt,
+                        t.median_s * 1e3,
+                        t.compile_s,
+                        extra={"chunk": SCAN_CHUNK} if impl == "chunked" else {},
+                    )
+                )
+            results += _ratios(rows, "sequential", "associative")
+    return results
