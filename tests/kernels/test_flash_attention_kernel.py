@@ -237,6 +237,10 @@ class TestTpuInterpret(FlashAttentionTestBase):
     def test_causal_bottom_right_cross_lengths(self):
         super().test_causal_bottom_right_cross_lengths()
 
+    @pytest.mark.slow
+    def test_dense_mask_gqa(self):
+        super().test_dense_mask_gqa()
+
 
 @pytest.mark.gpu
 class TestGpu(FlashAttentionTestBase):
