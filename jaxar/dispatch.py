@@ -16,7 +16,7 @@ import jax
 # op -> {platform: implementation chosen by "auto"}; measured choices, see benchmarks/.
 AUTO: dict[str, dict[str, str]] = {
     "linear_scan": {"cpu": "sequential", "gpu": "chunked", "tpu": "chunked"},
-    "gateloop": {"cpu": "chunked", "gpu": "chunked", "tpu": "chunked"},
+    "gateloop": {"cpu": "recurrent", "gpu": "chunked", "tpu": "chunked"},
     "attention": {"cpu": "xla", "gpu": "xla", "tpu": "xla"},
 }
 

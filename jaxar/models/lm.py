@@ -112,10 +112,12 @@ class LMConfig:
 
     @classmethod
     def gss(cls, size: str = "tiny", *, vocab_size: int = 256, **overrides) -> LMConfig:
-        """GSS LM (GSS blocks have their own gated expansion: no separate MLP)."""
+        """GSS LM (GSS blocks have their own gated expansion: no separate MLP; a GSS block
+        has about half the parameters of a mixer + MLP block, so twice the layers)."""
         from jaxar.nn.gss import GSSConfig
 
         d, n, _ = _size(size)
+        n = 2 * n
         mixers = overrides.pop("mixers", (GSSConfig(),))
         overrides.setdefault("mlp_ratio", 0.0)
         return cls(vocab_size=vocab_size, d_model=d, num_layers=n, mixers=mixers, **overrides)
