@@ -14,6 +14,7 @@ divided.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -148,6 +149,14 @@ def _decays(log_mag, phase):
     return mag * jnp.cos(ang), mag * jnp.sin(ang)
 
 
+@jax.checkpoint
+def _intra_scores(q, k, log_mag, phase):
+    """``sum_k q_tk k_sk Re(prod_{r=s+1}^t a_rk)`` per chunk; rematerialised in the
+    backward pass instead of storing the (..., C, C, K) decay tensor."""
+    dec_re, _ = _decays(log_mag, phase)
+    return jnp.einsum("bhntk,bhntsk->bhnts", q, dec_re * k[..., None, :, :])
+
+
 def _attention(q, k, v, a, s0):
     """The surrogate attention form over the whole sequence (one chunk of length L)."""
     y, s = _chunked(q, k, v, a, s0, q.shape[1])
@@ -170,8 +179,7 @@ def _chunked(q, k, v, a, s0, c):
 
     qc, kc, vc, ac = split(q), split(k), split(v), split(a)
     log_mag, phase = _log_gate(ac)
-    dec_re, dec_im = _decays(log_mag, phase)  # (B, H, N, C, C, K): prod_{r=s+1}^t a_r
-    scores = jnp.einsum("bhntk,bhntsk->bhnts", qc, dec_re * kc[..., None, :, :])
+    scores = _intra_scores(qc, kc, log_mag, phase)
     y_intra = jnp.einsum("bhnts,bhnse->bhnte", scores, vc)
     # chunk summaries: S_end = diag(P_C) S_in + sum_s diag(D[C, s]) k_s v_s^T
     lc = jnp.cumsum(log_mag, axis=-2)
