@@ -52,8 +52,8 @@ def resolve(op: str, impl: str, *, arg: str = "impl") -> str:
 
 @functools.cache
 def kernel(name: str):
-    """The Pallas kernel ``pallas_kernels.<name>``, imported on first use."""
-    return getattr(importlib.import_module("pallas_kernels"), name)
+    """The Pallas kernel ``pallas_kernels.<name>.ops.<name>``, imported on first use."""
+    return getattr(importlib.import_module(f"pallas_kernels.{name}.ops"), name)
 
 
 def kernel_backends() -> dict[str, bool]:

@@ -2,27 +2,15 @@
 
 One folder per kernel: ``kernel.py`` (pallas_call + BlockSpecs per lowering), ``ops.py``
 (public wrapper, custom VJP, ``interpret`` flag), ``README.md`` (maths, shapes, dtypes,
-measured speed), ``bench.py``. Names resolve lazily.
+measured speed), ``bench.py``.
+
+The kernels are imported eagerly: each subpackage shares its kernel's name, and a lazy
+lookup would let ``import pallas_kernels.gateloop`` replace the function by the package.
+``import jaxar`` never imports this package; ``jaxar.dispatch.kernel`` does, on first use.
 """
 
-import importlib
+from pallas_kernels.flash_attention.ops import flash_attention
+from pallas_kernels.gateloop.ops import gateloop
+from pallas_kernels.linear_scan.ops import linear_scan
 
-_EXPORTS = {
-    "linear_scan": "pallas_kernels.linear_scan.ops",
-    "gateloop": "pallas_kernels.gateloop.ops",
-    "flash_attention": "pallas_kernels.flash_attention.ops",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'pallas_kernels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return __all__
+__all__ = ["flash_attention", "gateloop", "linear_scan"]

@@ -92,3 +92,16 @@ def test_assert_allclose_fails_outside_tolerance():
     testing.assert_allclose(jnp.ones(3), np.ones(3) + 1e-7)
     with pytest.raises(AssertionError):
         testing.assert_allclose(jnp.ones(3), np.ones(3) + 1e-3)
+
+
+def test_ops_names_survive_submodule_imports():
+    """``import jaxar.ops.gateloop`` must not replace the function by its module."""
+    import importlib
+
+    import jaxar.ops as ops
+
+    for name in ("gateloop", "categorical"):
+        importlib.import_module(f"jaxar.ops.{name}")
+        assert callable(getattr(ops, name)), name
+    for name in ops.__all__:
+        assert callable(getattr(ops, name)), name
