@@ -82,8 +82,10 @@ def parse_train_args(argv: list[str]):
         cfg_dict, name = quickstart_config(), "quickstart"
     else:
         cfg_dict = config_lib.load_config_file(args.config)
-        path = pathlib.Path(args.config)
+        path, variant = config_lib.split_config_arg(args.config)
         name = path.parent.name if path.stem == "config" else path.stem
+        if variant:
+            name = f"{name}_{variant}"
     config_lib.apply_overrides(cfg_dict, overrides)
     cfg = config_lib.from_config_dict(cfg_dict)
     workdir = args.workdir or str(pathlib.Path(DEFAULT_ROOT) / name)

@@ -216,9 +216,21 @@ def _to_dict(cfg) -> dict:
     return {k: (_to_dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
 
 
+def split_config_arg(arg: str) -> tuple[pathlib.Path, str | None]:
+    """``"path/config.py:variant"`` -> ``(path, "variant")``; no ``:`` -> ``(path, None)``."""
+    path, sep, variant = str(arg).partition(".py:")
+    if sep:
+        return pathlib.Path(path + ".py"), variant
+    return pathlib.Path(arg), None
+
+
 def load_config_file(path: str | pathlib.Path):
-    """``get_config()`` of an experiment file (an ``ml_collections.ConfigDict``)."""
-    path = pathlib.Path(path)
+    """``get_config()`` of an experiment file (an ``ml_collections.ConfigDict``).
+
+    ``"experiments/gss_lm/config.py:tiny"`` calls ``get_config("tiny")`` (the big_vision
+    convention for a config's variants).
+    """
+    path, variant = split_config_arg(path)
     if not path.is_file():
         raise ValueError(f"--config={str(path)!r}: no such file")
     spec = importlib.util.spec_from_file_location(f"_jaxar_config_{path.parent.name}", path)
@@ -226,7 +238,14 @@ def load_config_file(path: str | pathlib.Path):
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"--config={str(path)!r} defines no get_config()")
-    return module.get_config()
+    if variant is None:
+        return module.get_config()
+    try:
+        return module.get_config(variant)
+    except TypeError as e:
+        raise ValueError(
+            f"--config={str(path)}:{variant}: get_config() takes no variant argument ({e})"
+        ) from e
 
 
 def parse_value(text: str):

@@ -84,3 +84,22 @@ def test_families_build_from_quickstart_options(family):
     bad = config_lib.ModelConfig(family, "tiny", (("d_modle", 3),))
     with pytest.raises(ValueError, match="d_modle"):
         task.build(bad, DataInfo("text"), jnp.float32, nnx.Rngs(0))
+
+
+def test_config_variant_argument(tmp_path):
+    """``config.py:tiny`` calls ``get_config("tiny")``; the run is named after both."""
+    f = tmp_path / "exp" / "config.py"
+    f.parent.mkdir()
+    f.write_text(
+        "from jaxar.train.cli import quickstart_config\n"
+        "def get_config(variant='full'):\n"
+        "    c = quickstart_config()\n"
+        "    c.steps = 3 if variant == 'tiny' else 1000\n"
+        "    return c\n"
+    )
+    assert config_lib.load_config_file(f"{f}:tiny").steps == 3
+    assert config_lib.load_config_file(f).steps == 1000
+    cfg, workdir = cli.parse_train_args(["--config", f"{f}:tiny"])
+    assert cfg.steps == 3 and workdir.endswith("exp_tiny")
+    with pytest.raises(ValueError, match="no such file"):
+        config_lib.load_config_file(f"{tmp_path}/nope.py:tiny")
