@@ -3,7 +3,7 @@
 ``jaxar bench recurrence [--quick]``. Cases (B=4): GateLoop with H=4, K=E=32 (modes
 recurrent = the sequential baseline, parallel = the associative baseline, chunked with
 C=16) and the diagonal ``linear_scan`` with D=256 (sequential, associative, chunked with
-C=32); real and complex; L in {1024, 4096, 16384} (``--quick``: 1024, 4096). Time is
+C=32); real and complex; L in {1024, 4096, 16384} (``--quick``: 4096 only, 3 repeats). Time is
 ``jax.grad`` of a scalar loss (fwd+bwd), jitted; ``compile_s`` is reported per row; rows
 carry ``extra["vs_associative"]`` and ``extra["vs_sequential"]`` (baseline median /
 this median, > 1 = faster, same run). Target (issue 3): chunked >= 3x associative and
@@ -77,10 +77,10 @@ def _ratios(rows, seq, assoc):
 
 
 def run(quick: bool) -> list[harness.Result]:
-    lengths = (1024, 4096) if quick else (1024, 4096, 16384)
+    lengths = (4096,) if quick else (1024, 4096, 16384)
     results = []
     for length in lengths:
-        repeats = 5 if length <= 4096 else 3
+        repeats = 5 if length <= 4096 and not quick else 3
         for cplx in (False, True):
             dt = "complex64" if cplx else "float32"
             # GateLoop, key-value state
