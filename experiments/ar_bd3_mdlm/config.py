@@ -1,0 +1,107 @@
+"""AR vs BD3-LM (L' = 4, 16) vs MDLM at the same backbone and token budget.
+
+One bidirectional/causal transformer backbone for all four models; only the objective, the
+attention mask and the sampler differ (REFERENCES.md s.5-6): ``ar`` (the ``lm`` family,
+causal attention, next-byte NLL), ``bd3_l4`` / ``bd3_l16`` (block diffusion with blocks of
+4 / 16 tokens, NELBO bound), ``mdlm`` (masked diffusion over the whole row, NELBO bound).
+
+Variants (``experiments/ar_bd3_mdlm/config.py:<size>_<model>``), size ``tiny`` or
+``full``, model ``ar``, ``mdlm``, ``bd3_l4``, ``bd3_l16``; plain ``tiny`` / ``full`` are
+the BD3 L' = 4 member:
+  * ``tiny_*``: the embedded ``stdlib`` byte corpus (the Python standard library's source,
+    ~5% of files held out), width 128, 2 layers, 4 heads (~0.43M parameters, the
+    quickstart's backbone), rows of 128 bytes, batch 16, 300 steps = 614k training bytes
+    for every model.
+  * ``full_*``: the BD3-LM paper's OpenWebText comparison: 12 layers, width 768, 12 heads,
+    rows of 1024 tokens, batch 512, 1M steps (524B tokens) each, AdamW 3e-4, bfloat16.
+    Byte tokens instead of GPT-2 BPE; OpenWebText must be prepared offline as an
+    array_record tfds dataset ``openwebtext`` (``text`` feature) under
+    ``--config.data.data_dir``. Not run here (no network, no accelerator).
+
+Commands (from the repository root):
+
+    python experiments/ar_bd3_mdlm/run.py          # trains the 4 tiny models one after
+                                                   # another, evaluates, times sampling
+    jaxar train --config experiments/ar_bd3_mdlm/config.py:tiny_mdlm   # one member
+    jaxar sample --workdir jaxar_runs/ar_bd3_mdlm_tiny_mdlm
+    jaxar eval --workdir jaxar_runs/ar_bd3_mdlm_tiny_mdlm
+
+Hardware / time: ``run.py`` about 6-10 min on 2 shared CPU cores (README.md has the
+measured numbers); ``full_*`` are multi-week accelerator jobs.
+Expected (paper, OpenWebText perplexity): AR 17.54, BD3 <= 20.73 (L' = 4),
+<= 22.27 (L' = 16), MDLM <= 22.98: the bound loosens as blocks grow. The held-out number
+is an NLL for AR and a NELBO upper bound for the diffusion models.
+"""
+
+import ml_collections
+
+MODELS = ("ar", "mdlm", "bd3_l4", "bd3_l16")
+SIZES = ("tiny", "full")
+
+
+def _config(size: str, model: str) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    backbone = dict(preset="tiny", d_model=128, num_layers=2, num_heads=4)
+    if size == "full":
+        backbone = dict(preset="base", d_model=768, num_layers=12, num_heads=12)
+    if model == "ar":
+        c.model = ml_collections.ConfigDict(dict(family="lm", mixer="attention", **backbone))
+    else:
+        family = "mdlm" if model == "mdlm" else "bd3"
+        m = dict(family=family, **backbone, schedule="loglinear", t_low=0.0, t_high=1.0)
+        if family == "bd3":
+            m["block_size"] = int(model.split("_l")[1])
+        c.model = ml_collections.ConfigDict(m)
+    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=128, packing="concat"))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.steps = 300
+    c.batch_size = 16
+    c.seed = 0
+    c.learning_rate = 3e-3
+    c.warmup_steps = 30
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.1
+    c.grad_clip = 1.0
+    c.grad_accum = 1
+    c.ema_decay = 0.0
+    c.compute_dtype = "float32"
+    c.log_every = 25
+    c.eval_every = 300
+    c.eval_batches = 32
+    c.checkpoint_every = 300
+    c.keep_checkpoints = 1
+    c.async_checkpoints = True
+    c.nonfinite = "skip"
+    c.num_samples = 2
+    c.sample_length = 128
+    if size == "full":
+        c.data.update(dict(name="tfds:openwebtext", seq_len=1024))
+        c.data.train_split, c.data.eval_split = "train", "validation"
+        c.steps = 1_000_000
+        c.batch_size = 512
+        c.learning_rate = 3e-4
+        c.warmup_steps = 2500
+        c.min_lr_ratio = 1.0
+        c.weight_decay = 0.0
+        c.ema_decay = 0.9999
+        c.compute_dtype = "bfloat16"
+        c.log_every = 1000
+        c.eval_every = 50_000
+        c.eval_batches = 64
+        c.checkpoint_every = 10_000
+        c.keep_checkpoints = 3
+        c.num_samples = 4
+        c.sample_length = 1024
+    return c
+
+
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    """``<size>_<model>`` (size in ``SIZES``, model in ``MODELS``); ``tiny``/``full`` alone
+    mean ``<size>_bd3_l4``."""
+    if variant in SIZES:
+        variant = f"{variant}_bd3_l4"
+    size, _, model = variant.partition("_")
+    if size not in SIZES or model not in MODELS:
+        accepted = [f"{s}_{m}" for s in SIZES for m in MODELS] + list(SIZES)
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {accepted}")
+    return _config(size, model)
