@@ -25,12 +25,12 @@ import dataclasses
 import importlib
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import _common
+from pallas_kernels._common import pow2, round_up
 from pallas_kernels.flash_attention import masks
 
 LANES = 128
@@ -39,37 +39,8 @@ NEG_INF = float("-inf")
 
 
 def select_lowering(interpret: Any = False) -> str:
-    """The lowering for this call: the one place that looks at the platform.
-
-    ``interpret=True`` runs the generic ("triton") kernels in the Pallas interpreter;
-    a ``pltpu.InterpretParams`` runs the Mosaic kernels in the TPU interpreter.
-    """
-    if isinstance(interpret, pltpu.InterpretParams):
-        return "mosaic"
-    if interpret is True:
-        return "triton"
-    if interpret is not False:
-        raise ValueError(
-            f"interpret={interpret!r} is not supported; accepted: False, True or "
-            "jax.experimental.pallas.tpu.InterpretParams()"
-        )
-    backend = jax.default_backend()
-    if backend == "tpu":
-        return "mosaic"
-    if backend in ("gpu", "cuda", "rocm"):
-        return "triton"
-    raise ValueError(
-        f"flash_attention has no compiled lowering for platform {backend!r}; accepted: tpu, "
-        "gpu, or interpret=True / pltpu.InterpretParams() on CPU"
-    )
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+    """The lowering for this call (see ``pallas_kernels._common.select_lowering``)."""
+    return _common.select_lowering(interpret, "flash_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,9 +70,9 @@ class BlockSizes:
     def default(cls, lowering: str, q_len: int, k_len: int, head_dim: int) -> BlockSizes:
         """Heuristic defaults: 512 tiles on TPU (128 leaves v5e mostly idle), 64-128 on GPU."""
         if lowering == "mosaic":
-            return cls(min(512, _round_up(q_len, LANES)), min(512, _round_up(k_len, LANES)))
+            return cls(min(512, round_up(q_len, LANES)), min(512, round_up(k_len, LANES)))
         bq = 128 if head_dim <= 64 else 64
-        return cls(max(16, min(bq, _pow2(q_len))), max(16, min(64, _pow2(k_len))))
+        return cls(max(16, min(bq, pow2(q_len))), max(16, min(64, pow2(k_len))))
 
     def validate(self, lowering: str) -> None:
         if lowering == "mosaic":
@@ -114,7 +85,7 @@ class BlockSizes:
         elif lowering == "triton":
             for name in ("block_q", "block_k"):
                 value = getattr(self, name)
-                if value < 16 or value != _pow2(value):
+                if value < 16 or value != pow2(value):
                     raise ValueError(
                         f"BlockSizes.{name}={value} is not supported by the Triton (GPU) "
                         "lowering; accepted: powers of two >= 16"
@@ -166,7 +137,7 @@ def plan(static: Static, batch: int, q_seg=None, k_seg=None, dense=None):
     table = masks.block_table(static.spec, static.q_len, static.k_len, bq, bk)
     width, width_t = max(1, int((table > 0).sum(1).max())), max(1, int((table > 0).sum(0).max()))
     if static.lowering == "triton":
-        width, width_t = _pow2(width), _pow2(width_t)
+        width, width_t = pow2(width), pow2(width_t)
     if q_seg is None and dense is None:  # static: computed once in numpy, program constants
         d = np.broadcast_to(table.astype(np.int32)[None], (batch, *table.shape))
         return (*_compress(np, d, width), *_compress(np, d.transpose(0, 2, 1), width_t))

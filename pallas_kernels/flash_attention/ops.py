@@ -145,10 +145,10 @@ def flash_attention(
         has_segments=q_seg is not None,
         dense=None if dense is None else dense.shape[:2],
     )
-    lq, lk = kernel._round_up(Lq, bs.block_q), kernel._round_up(Lk, bs.block_k)
+    lq, lk = kernel.round_up(Lq, bs.block_q), kernel.round_up(Lk, bs.block_k)
     kp = ep = None
     if lowering == "triton":  # Triton tiles need power-of-two widths
-        kp, ep = max(16, kernel._pow2(K)), max(16, kernel._pow2(E))
+        kp, ep = max(16, kernel.pow2(K)), max(16, kernel.pow2(E))
     q_ = _pad(q.transpose(0, 2, 1, 3), lq, kp)
     k_ = _pad(k.transpose(0, 2, 1, 3), lk, kp)
     v_ = _pad(v.transpose(0, 2, 1, 3), lk, ep)
@@ -210,8 +210,8 @@ def visited_tiles(
         None if dense is None else dense.shape[:2],
     )  # fmt: skip
     lq, lk = (
-        kernel._round_up(q_len, block_sizes.block_q),
-        kernel._round_up(k_len, block_sizes.block_k),
+        kernel.round_up(q_len, block_sizes.block_q),
+        kernel.round_up(k_len, block_sizes.block_k),
     )
     if q_seg is not None:
         q_seg = jnp.pad(q_seg, ((0, 0), (0, lq - q_len)), mode="edge")

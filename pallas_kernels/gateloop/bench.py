@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxar.bench import harness, roofline
+from pallas_kernels import _common
 from pallas_kernels.gateloop.kernel import select_lowering
 from pallas_kernels.gateloop.ops import gateloop
 from pallas_kernels.gateloop.xla import gateloop_chunked
@@ -86,12 +87,8 @@ def _cases(quick: bool):
 
 
 def run(quick: bool) -> list[harness.Result]:
-    platform = jax.default_backend()
-    if platform not in ("gpu", "cuda", "rocm", "tpu"):
-        print(
-            f"[{BENCH}] skipped on {platform!r}: the kernel runs here only in interpret mode, "
-            "which is never timed; run on a GPU or TPU."
-        )
+    platform = _common.benchmark_platform(BENCH)
+    if platform is None:
         return []
     lowering = select_lowering(False)
     peak = roofline.published_peak()
@@ -145,14 +142,5 @@ def run(quick: bool) -> list[harness.Result]:
     return harness.with_ratios(rows, baseline="lax.scan")
 
 
-def _main(argv):
-    rows = run(quick="--quick" in argv)
-    for r in rows:
-        ratio = "" if r.ratio is None else f" x{r.ratio:.2f} vs {r.baseline}"
-        print(f"{r.case:55s} {r.impl:16s} {r.median_ms:9.3f} ms {r.extra}{ratio}")
-    print(f"device: {jax.devices()[0].device_kind}, jax {jax.__version__}")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(_main(sys.argv[1:]))
+    sys.exit(_common.bench_script("gateloop", sys.argv[1:]))

@@ -34,37 +34,15 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import _common
+from pallas_kernels._common import pow2, round_up
+
 LANES = 128
 
 
 def select_lowering(interpret: Any = False) -> str:
-    """The lowering for this call: the one place that looks at the platform."""
-    if isinstance(interpret, pltpu.InterpretParams):
-        return "mosaic"
-    if interpret is True:
-        return "triton"
-    if interpret is not False:
-        raise ValueError(
-            f"interpret={interpret!r} is not supported; accepted: False, True or "
-            "jax.experimental.pallas.tpu.InterpretParams()"
-        )
-    backend = jax.default_backend()
-    if backend == "tpu":
-        return "mosaic"
-    if backend in ("gpu", "cuda", "rocm"):
-        return "triton"
-    raise ValueError(
-        f"gateloop has no compiled lowering for platform {backend!r}; accepted: tpu, gpu, or "
-        "interpret=True / pltpu.InterpretParams() on CPU"
-    )
-
-
-def pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+    """The lowering for this call (see ``pallas_kernels._common.select_lowering``)."""
+    return _common.select_lowering(interpret, "gateloop")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,42 +32,16 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
+from pallas_kernels import _common
+from pallas_kernels._common import pow2, round_up
+
 LANES = 128
 LOWERINGS = ("mosaic", "triton")
 
 
 def select_lowering(interpret: Any = False) -> str:
-    """The lowering for this call: the one place that looks at the platform.
-
-    ``interpret=True`` runs the generic ("triton") kernel in the Pallas interpreter; a
-    ``pltpu.InterpretParams`` runs the Mosaic kernel in the TPU interpreter.
-    """
-    if isinstance(interpret, pltpu.InterpretParams):
-        return "mosaic"
-    if interpret is True:
-        return "triton"
-    if interpret is not False:
-        raise ValueError(
-            f"interpret={interpret!r} is not supported; accepted: False, True or "
-            "jax.experimental.pallas.tpu.InterpretParams()"
-        )
-    backend = jax.default_backend()
-    if backend == "tpu":
-        return "mosaic"
-    if backend in ("gpu", "cuda", "rocm"):
-        return "triton"
-    raise ValueError(
-        f"linear_scan has no compiled lowering for platform {backend!r}; accepted: tpu, gpu, "
-        "or interpret=True / pltpu.InterpretParams() on CPU"
-    )
-
-
-def _pow2(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
-def round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
+    """The lowering for this call (see ``pallas_kernels._common.select_lowering``)."""
+    return _common.select_lowering(interpret, "linear_scan")
 
 
 def sublanes(dtype) -> int:
@@ -108,7 +82,7 @@ class BlockSizes:
         if lowering == "mosaic":
             unit = LANES * sublanes(dtype)
             return cls(min(256, length), min(round_up(features, LANES), unit))
-        bd = min(256, max(16, _pow2(features)))
+        bd = min(256, max(16, pow2(features)))
         while bd > 32 and batch * (-(-features // bd)) < 264:
             bd //= 2
         return cls(16, bd, num_warps=4 if bd <= 128 else 8)
@@ -124,7 +98,7 @@ class BlockSizes:
                     f"a multiple of {LANES} that covers all features or is a multiple of "
                     f"{LANES * sublanes(dtype)}"
                 )
-        elif self.block_d < 16 or self.block_d != _pow2(self.block_d):
+        elif self.block_d < 16 or self.block_d != pow2(self.block_d):
             raise ValueError(
                 f"BlockSizes.block_d={self.block_d} is not supported by the Triton (GPU) "
                 "lowering; accepted: powers of two >= 16"

@@ -16,7 +16,7 @@ from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import ops as jaxar_ops
 from jaxar import testing
-from pallas_kernels.flash_attention import BlockSizes, flash_attention, kernel, masks, ops
+from pallas_kernels.flash_attention import BlockSizes, flash_attention, masks, ops
 
 
 def _reference(q, k, v, **kw):
@@ -280,7 +280,7 @@ def test_compiled_lowerings(platform, target, dense, tpu_info_on_cpu):
         kw = dict(block_mask=m, causal=True) if dense else dict(block_mask=spec, segment_ids=s)
         return flash_attention(q, k, v, **kw).astype(jnp.float32).sum()
 
-    with mock.patch.object(kernel.jax, "default_backend", lambda: platform):
+    with mock.patch.object(jax, "default_backend", lambda: platform):
         lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).trace(q, kv, kv, seg, m)
         text = lowered.lower(lowering_platforms=(platform,)).as_text()
     assert text.count(target) >= 3

@@ -14,7 +14,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import ops, testing
-from pallas_kernels.gateloop import BlockSizes, gateloop, gateloop_chunked, kernel
+from pallas_kernels.gateloop import BlockSizes, gateloop, gateloop_chunked
 
 
 def _reference(q, k, v, a, state0):
@@ -203,7 +203,7 @@ def test_compiled_lowerings(platform, target, tpu_info_on_cpu):
         return y.astype(jnp.float32).sum() + jnp.abs(S).sum()
 
     for a in (q, jax.ShapeDtypeStruct((2, 200, 4, 64), jnp.complex64)):
-        with mock.patch.object(kernel.jax, "default_backend", lambda: platform):
+        with mock.patch.object(jax, "default_backend", lambda: platform):
             lowered = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3))).trace(q, q, q, a)
             text = lowered.lower(lowering_platforms=(platform,)).as_text()
         assert text.count(target) >= 3

@@ -14,7 +14,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import ops, testing
-from pallas_kernels.linear_scan import BlockSizes, kernel, linear_scan
+from pallas_kernels.linear_scan import BlockSizes, linear_scan
 
 
 def _reference(a, x, h0, reverse=False, reset=None):
@@ -179,7 +179,7 @@ def test_compiled_lowerings(platform, target, tpu_info_on_cpu):
         return jnp.abs(h).astype(jnp.float32).sum() + jnp.abs(last).astype(jnp.float32).sum()
 
     for s in shapes:
-        with mock.patch.object(kernel.jax, "default_backend", lambda: platform):
+        with mock.patch.object(jax, "default_backend", lambda: platform):
             lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(s, s)
             text = lowered.lower(lowering_platforms=(platform,)).as_text()
         assert text.count(target) >= 2

@@ -1,0 +1,65 @@
+"""What the kernels share: the choice of lowering, tile arithmetic, the benchmark gate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.experimental.pallas import tpu as pltpu
+
+COMPILED_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
+
+
+def select_lowering(interpret: Any, kernel: str) -> str:
+    """The lowering for one call of ``kernel``: the one place that looks at the platform.
+
+    ``interpret=True`` runs the generic ("triton") kernel in the Pallas interpreter; a
+    ``pltpu.InterpretParams`` runs the Mosaic kernel in the TPU interpreter; ``False``
+    compiles for the default backend (Mosaic on TPU, Triton on GPU).
+    """
+    if isinstance(interpret, pltpu.InterpretParams):
+        return "mosaic"
+    if interpret is True:
+        return "triton"
+    if interpret is not False:
+        raise ValueError(
+            f"interpret={interpret!r} is not supported; accepted: False, True or "
+            "jax.experimental.pallas.tpu.InterpretParams()"
+        )
+    backend = jax.default_backend()
+    if backend == "tpu":
+        return "mosaic"
+    if backend in ("gpu", "cuda", "rocm"):
+        return "triton"
+    raise ValueError(
+        f"{kernel} has no compiled lowering for platform {backend!r}; accepted: tpu, gpu, "
+        "or interpret=True / pltpu.InterpretParams() on CPU"
+    )
+
+
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def benchmark_platform(bench: str) -> str | None:
+    """The backend when a compiled kernel can be timed here; else prints why not, None."""
+    platform = jax.default_backend()
+    if platform not in COMPILED_PLATFORMS:
+        print(
+            f"[{bench}] skipped on {platform!r}: the kernel runs here only in interpret mode, "
+            "which is never timed; run on a GPU or TPU."
+        )
+        return None
+    return platform
+
+
+def bench_script(name: str, argv: list[str]) -> int:
+    """``python -m pallas_kernels.<kernel>.bench [--quick]`` = ``jaxar bench kernel_<kernel>``."""
+    from jaxar.bench import cli
+
+    return cli.bench_main([f"kernel_{name}", *argv])
