@@ -13,7 +13,7 @@ import importlib
 
 import jax
 
-# op -> {platform: implementation chosen by "auto"}; measured choices, see benchmarks/.
+# op -> {platform: implementation chosen by "auto"}; measured choices, see jaxar/bench/README.md.
 AUTO: dict[str, dict[str, str]] = {
     "linear_scan": {"cpu": "sequential", "gpu": "chunked", "tpu": "chunked"},
     "gateloop": {"cpu": "recurrent", "gpu": "chunked", "tpu": "chunked"},
