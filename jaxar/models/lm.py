@@ -31,7 +31,7 @@ PRESET_SIZES: dict[str, tuple[int, int, int]] = {
     "medium": (512, 8, 8),
     "base": (768, 12, 12),  # ~125M with a 50k vocabulary; the papers' scale
 }
-PRESET_FAMILIES = ("gateloop", "gss", "gss_hybrid")
+PRESET_FAMILIES = ("gateloop", "gss", "gss_hybrid", "transformer")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +121,14 @@ class LMConfig:
         mixers = overrides.pop("mixers", (GSSConfig(),))
         overrides.setdefault("mlp_ratio", 0.0)
         return cls(vocab_size=vocab_size, d_model=d, num_layers=n, mixers=mixers, **overrides)
+
+    @classmethod
+    def transformer(cls, size: str = "tiny", *, vocab_size: int = 256, **overrides) -> LMConfig:
+        """Causal transformer baseline (RoPE attention + MLP blocks), the sizes of
+        :func:`jaxar.models.transformer.transformer_config`."""
+        from jaxar.models.transformer import transformer_config
+
+        return transformer_config(size, vocab_size=vocab_size, **overrides)
 
     @classmethod
     def gss_hybrid(

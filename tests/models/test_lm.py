@@ -109,6 +109,8 @@ def test_config_validation_and_presets():
     with pytest.raises(ValueError, match="preset"):
         LMConfig.preset("gateloop-huge")
     assert LMConfig.preset("gss-tiny").mixers == (GSSConfig(),)
+    tf = LMConfig.preset("transformer-small", vocab_size=300)
+    assert tf.mixers[0].causal and (tf.d_model, tf.num_layers, tf.vocab_size) == (256, 4, 300)
     # the paper-scale preset: ~125M parameters with a GPT-2 vocabulary (abstract init)
     cfg = LMConfig.preset("gateloop-base", vocab_size=50257)
     abstract = nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0)))
