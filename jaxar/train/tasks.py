@@ -111,6 +111,7 @@ def _mixer(name: str, num_heads: int, options: dict):
     if name == "gateloop":
         from jaxar.nn.gateloop import GateLoopConfig
 
+        options = {"num_heads": num_heads, **options}
         return _call_with(GateLoopConfig, options, "gateloop mixer")
     if name == "gss":
         from jaxar.nn.gss import GSSConfig
@@ -123,7 +124,9 @@ def _mixer(name: str, num_heads: int, options: dict):
 
 def lm_config(model_cfg: ModelConfig, vocab_size: int, dtype, *, causal: bool = True):
     """An ``LMConfig`` from a preset size and options: ``mixer`` ('attention' |
-    'gateloop' | 'gss'), ``mixer_options`` (dict), and any ``LMConfig`` field."""
+    'gateloop' | 'gss', or a sequence of them cycled over layers, e.g. ``("gss",
+    "attention")`` for GSS-Hybrid), ``mixer_options`` (a dict; with several mixers a dict
+    from mixer name to its options), ``num_heads``, and any ``LMConfig`` field."""
     lm = _module("lm")
     if model_cfg.preset not in LM_SIZES:
         raise ValueError(
@@ -137,7 +140,17 @@ def lm_config(model_cfg: ModelConfig, vocab_size: int, dtype, *, causal: bool = 
     heads = opts.pop("num_heads", heads)
     if mixer == "attention" and not causal:
         mixer_options.setdefault("causal", False)
-    fixed = dict(vocab_size=vocab_size, mixers=(_mixer(mixer, heads, mixer_options),))
+    if isinstance(mixer, str):
+        mixers = (_mixer(mixer, heads, mixer_options),)
+    else:
+        bad = sorted(set(mixer_options) - set(mixer))
+        if bad:
+            raise ValueError(
+                f"config.model.mixer_options keys {bad} name no mixer in config.model.mixer="
+                f"{tuple(mixer)}; with several mixers the options map a mixer name to a dict"
+            )
+        mixers = tuple(_mixer(m, heads, dict(mixer_options.get(m, {}) or {})) for m in mixer)
+    fixed = dict(vocab_size=vocab_size, mixers=mixers)
     fixed.setdefault("d_model", d)
     fixed.setdefault("num_layers", layers)
     for k in ("d_model", "num_layers"):

@@ -1,0 +1,104 @@
+"""GateLoop (Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence"): a
+byte-level LM whose mixer is the data-controlled linear recurrence
+``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``y_t = Re(q_t^T S_t)`` with complex gates
+``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (REFERENCES.md s.2),
+in pre-norm blocks with a GELU MLP.
+
+Variants (``experiments/gateloop_lm/config.py:<variant>``):
+  * ``full`` (default): WikiText-103 scale, the library's ``base`` size: width 768,
+    12 layers, 12 heads (head width 64), MLP 4x: 106.4M parameters with byte embeddings
+    (the paper's ~125M counts a ~50k-token BPE embedding). Rows of 2048 bytes (about
+    the 512-token context of WikiText-103 setups), batch 64, 40k steps (5.2B bytes,
+    ~10 epochs of WikiText-103's ~0.5 GB), AdamW 6e-4, bfloat16 compute. Data:
+    WikiText-103 is not in the TFDS catalog, so the default is ``tfds:wiki40b/en``
+    (Wikipedia, larger than WikiText-103; prepare it offline with ``tfds build
+    wiki40b/en --file_format=array_record`` and pass ``--config.data.data_dir=...``;
+    concat packing reads the split's text into host memory). With WikiText-103 prepared
+    as a TFDS dataset with a ``text`` feature, run ``--config.data.name=tfds:<name>``.
+    NOT run here (no network, no accelerator). Baseline: ``transformer_lm:full``.
+  * ``tiny``: runnable here on the embedded ``stdlib`` corpus: width 128, 2 layers,
+    4 heads, MLP 2.5x so that the model has the tiny transformer's parameter count
+    (427,136 vs 426,624), rows of 256 bytes, batch 8, 300 steps (614k training bytes).
+    On CPU the mixer's ``mode="auto"`` is the recurrent scan (``jaxar.dispatch``).
+
+Commands (from the repository root):
+
+    jaxar train --config experiments/gateloop_lm/config.py:tiny  # -> jaxar_runs/gateloop_lm_tiny
+    jaxar sample --workdir jaxar_runs/gateloop_lm_tiny
+    jaxar eval --workdir jaxar_runs/gateloop_lm_tiny               # held-out bits/byte
+
+Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
+``full`` a multi-day job on 8 accelerators.
+Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLoop model
+(REFERENCES.md s.2; per BPE token: bits/byte converts as
+``ppl = 2 ** (bits_per_byte * test_bytes / test_tokens)``). Tiny: README.md.
+"""
+
+import ml_collections
+
+VARIANTS = ("full", "tiny")
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        dict(
+            family="lm",
+            preset="tiny",
+            mixer="gateloop",
+            mixer_options=dict(complex_gates=True, mode="auto"),
+            d_model=128,
+            num_layers=2,
+            num_heads=4,
+            mlp_ratio=2.5,
+        )
+    )
+    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=256, packing="concat"))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.steps = 300
+    c.batch_size = 8
+    c.seed = 0
+    c.learning_rate = 3e-3
+    c.warmup_steps = 30
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.1
+    c.grad_clip = 1.0
+    c.grad_accum = 1
+    c.ema_decay = 0.0
+    c.compute_dtype = "float32"
+    c.log_every = 25
+    c.eval_every = 300
+    c.eval_batches = 64
+    c.checkpoint_every = 300
+    c.keep_checkpoints = 1
+    c.async_checkpoints = True
+    c.nonfinite = "skip"
+    c.num_samples = 2
+    c.sample_length = 128
+    return c
+
+
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    """``full`` (WikiText-103 scale) or ``tiny`` (embedded corpus, CPU)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
+    c = _tiny()
+    if variant == "tiny":
+        return c
+    c.model.preset = "base"
+    c.model.update(dict(d_model=768, num_layers=12, num_heads=12, mlp_ratio=4.0))
+    c.data.update(dict(name="tfds:wiki40b/en", seq_len=2048, packing="concat"))
+    c.data.train_split, c.data.eval_split = "train", "test"
+    c.steps = 40_000
+    c.batch_size = 64  # 131k bytes per step
+    c.learning_rate = 6e-4
+    c.warmup_steps = 2000
+    c.compute_dtype = "bfloat16"
+    c.log_every = 100
+    c.eval_every = 5000
+    c.eval_batches = 64
+    c.checkpoint_every = 2000
+    c.keep_checkpoints = 3
+    c.num_samples = 4
+    c.sample_length = 512
+    return c

@@ -1,0 +1,106 @@
+"""GSS (Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces"): a
+byte-level LM of Gated State Space layers (REFERENCES.md s.3: ``u = gelu(x W_u)``,
+``g = gelu(x W_g)``, ``y = DSS(u)``, ``out = ((y W_y) * g) W_o``; the layer carries its own
+gated expansion, so blocks have no separate MLP).
+
+Variants (``experiments/gss_lm/config.py:<variant>``):
+  * ``full`` (default): the paper's layer widths (D=1024, F=4096, H=256, N=64 DSS modes;
+    16 GSS layers, our choice of depth: 156.5M parameters) on byte-level code in rows of
+    4096 bytes, as in the paper's GitHub-code setting. Data: the paper's GitHub corpus is
+    not in the TFDS catalog, so the default is the embedded ``stdlib`` corpus (Python
+    source, 11.6 MB train / 0.54 MB held out), which is far smaller: 1000 steps of 32 x
+    4096 bytes are ~11 epochs of it. For a paper-scale run, prepare a large code corpus
+    as a TFDS dataset with a ``text`` or ``content`` feature (``tfds build ...
+    --file_format=array_record``) and run with ``--config.data.name=tfds:<name>
+    --config.data.data_dir=... --config.steps=100000``. NOT run here (no accelerator).
+    Baseline at the same size: ``experiments/transformer_lm/config.py:full_code``.
+  * ``tiny``: runnable here on ``stdlib``: width 128, 4 GSS layers (the library's GSS
+    presets use twice the layers of a transformer), F=304 so that the model has the
+    tiny transformer's parameter count (433,024 vs 426,624), rows of 256 bytes, batch 8,
+    300 steps (614k training bytes).
+
+Packed rows carry document boundaries (``segment_ids``); the GSS layer then runs its
+diagonal recurrence with resets instead of the FFT convolution (same outputs, O(L)
+sequential steps): this sets its training speed here.
+
+Commands (from the repository root):
+
+    jaxar train --config experiments/gss_lm/config.py:tiny   # -> jaxar_runs/gss_lm_tiny
+    jaxar sample --workdir jaxar_runs/gss_lm_tiny
+    jaxar eval --workdir jaxar_runs/gss_lm_tiny               # held-out bits/byte
+
+Hardware / time: ``tiny`` 3-6 min on 2 shared CPU cores (measured in README.md);
+``full`` on 8 accelerators, hours for the stdlib budget, days at paper scale.
+Expected: the paper reports GSS competitive with block-recurrent transformers on GitHub
+code at length 4096 and 2-3x faster training than DSS on TPU (REFERENCES.md s.3; its
+exact perplexities are not recorded there, and its corpus is not ours). Tiny: held-out
+about 2.5-3 bits/byte (README.md).
+"""
+
+import ml_collections
+
+VARIANTS = ("full", "tiny")
+
+
+def _tiny() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict(
+        dict(
+            family="lm",
+            preset="tiny",
+            mixer="gss",
+            mixer_options=dict(state_size=64, expand_dim=304),
+            d_model=128,
+            num_layers=4,
+            mlp_ratio=0.0,
+        )
+    )
+    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=256, packing="concat"))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    c.steps = 300
+    c.batch_size = 8
+    c.seed = 0
+    c.learning_rate = 3e-3
+    c.warmup_steps = 30
+    c.min_lr_ratio = 0.1
+    c.weight_decay = 0.1
+    c.grad_clip = 1.0
+    c.grad_accum = 1
+    c.ema_decay = 0.0
+    c.compute_dtype = "float32"
+    c.log_every = 25
+    c.eval_every = 300
+    c.eval_batches = 64
+    c.checkpoint_every = 300
+    c.keep_checkpoints = 1
+    c.async_checkpoints = True
+    c.nonfinite = "skip"
+    c.num_samples = 2
+    c.sample_length = 128
+    return c
+
+
+def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+    """``full`` (paper widths, 4096-byte code rows) or ``tiny`` (embedded corpus, CPU)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
+    c = _tiny()
+    if variant == "tiny":
+        return c
+    c.model.preset = "base"
+    c.model.update(dict(d_model=1024, num_layers=16))
+    c.model.mixer_options = dict(state_size=64, reduced_dim=256, expand_dim=4096)
+    c.data.update(dict(name="stdlib", seq_len=4096, packing="concat"))
+    c.steps = 1000  # ~11 epochs of stdlib; ~100k with a large code corpus
+    c.batch_size = 32  # 131k bytes per step
+    c.learning_rate = 6e-4
+    c.warmup_steps = 100
+    c.compute_dtype = "bfloat16"
+    c.log_every = 50
+    c.eval_every = 500
+    c.eval_batches = 16
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.num_samples = 4
+    c.sample_length = 512
+    return c
