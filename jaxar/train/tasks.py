@@ -255,9 +255,12 @@ def _diffusion_task(family: str) -> Task:
         return model_cls(cfg, rngs=rngs)
 
     def sample(model, key, num, info, length):
-        kw = {"length": length} if family == "mdlm" else {"max_len": length}
+        if family == "mdlm":
+            kw = {"length": length}
+        else:  # whole blocks, cut back to the asked length
+            kw = {"max_len": -(-length // model.config.block_size) * model.config.block_size}
         out = mod.sample(model, key, num, **kw)
-        return np.asarray(getattr(out, "tokens", out))
+        return np.asarray(getattr(out, "tokens", out))[:, :length]
 
     return Task("text", build, mod.loss, sample, ("bits_per_token", "loss"))
 
