@@ -23,10 +23,11 @@ Commands (from the repository root):
     jaxar sample --workdir jaxar_runs/mdlm_text8_tiny             # first-hitting sampler
     jaxar eval --workdir jaxar_runs/mdlm_text8_tiny               # held-out NELBO bits/byte
 
-Hardware / time: ``tiny`` about 1-2 min on 2 shared CPU cores (measured in README.md);
+Hardware / time: ``tiny`` 1-3 min on 2 shared CPU cores (194 s wall, 61 s CPU
+measured under load; README.md);
 ``full`` is a multi-day job on 8 accelerators.
 Expected: paper text8 <= 1.40 bits/char (MD4 <= 1.37, AR transformer 1.23).
-Tiny: a held-out NELBO bound of about 3.4 bits/byte after 300 steps (see README.md).
+Tiny: a held-out NELBO bound of about 3.6 bits/byte after 300 steps (see README.md).
 """
 
 import ml_collections
