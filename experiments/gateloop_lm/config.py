@@ -31,7 +31,8 @@ Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` a multi-day job on 8 accelerators.
 Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLoop model
 (REFERENCES.md s.2; per BPE token: bits/byte converts as
-``ppl = 2 ** (bits_per_byte * test_bytes / test_tokens)``). Tiny: README.md.
+``ppl = 2 ** (bits_per_byte * test_bytes / test_tokens)``). Tiny: held-out
+2.45 bits/byte after 300 steps (README.md).
 """
 
 import ml_collections

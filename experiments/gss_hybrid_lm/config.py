@@ -27,7 +27,8 @@ Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` on 8 accelerators.
 Expected: the paper reports GSS-Hybrid improving on GSS and competitive with
 block-recurrent transformers on PG-19, arXiv and GitHub code at length 4096
-(REFERENCES.md s.3; exact perplexities not recorded there). Tiny: README.md.
+(REFERENCES.md s.3; exact perplexities not recorded there). Tiny: held-out 2.58
+bits/byte after 300 steps (README.md).
 """
 
 import ml_collections

@@ -85,6 +85,37 @@ def run_one(name: str, root: pathlib.Path, overrides: list[str]) -> dict:
     return result
 
 
+def throughput(names, *, rounds: int = 5, steps: int = 10) -> dict[str, int]:
+    """Train-step tokens/s of each tiny model, timed round-robin (A, B, C, A, B, C, ...)
+    in one process so that other load on the machine hits every model alike; the median
+    over ``rounds`` rounds of ``steps`` steps on one fixed batch (compile excluded)."""
+    import jax
+
+    from jaxar.data import pipeline
+    from jaxar.train import config as config_lib
+    from jaxar.train import loop
+
+    runs = {}
+    for name in names:
+        cfg_dict = config_lib.load_config_file(ROOT / f"experiments/{name}/config.py:tiny")
+        run = loop.build(config_lib.from_config_dict(cfg_dict))
+        ds = pipeline.batched(run.train_source, run.cfg.batch_size, seed=0)
+        batch = run.put_batch(ds[0])
+        for _ in range(2):  # compile + one warm step
+            run.state, m = run.train_step(run.state, batch)
+        jax.block_until_ready(m)
+        runs[name] = (run, batch, run.cfg.batch_size * run.cfg.data.seq_len)
+    rates = {name: [] for name in names}
+    for _ in range(rounds):
+        for name, (run, batch, tokens) in runs.items():
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                run.state, m = run.train_step(run.state, batch)
+            jax.block_until_ready(m)
+            rates[name].append(steps * tokens / (time.perf_counter() - t0))
+    return {name: round(statistics.median(r)) for name, r in rates.items()}
+
+
 def table(results: list[dict]) -> str:
     rows = [
         "| model | params | train wall (s) | final train loss (nats/byte) | held-out bits/byte "
@@ -105,14 +136,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="*", default=list(MODELS), choices=MODELS)
     p.add_argument("--root", default="/tmp/jaxar_lm_comparison", help="run directories")
     p.add_argument("--steps", type=int, default=None, help="override config.steps")
+    p.add_argument("--seed", type=int, default=None, help="override config.seed")
     p.add_argument("--out", default=None, help="results JSON (default <root>/results.json)")
+    p.add_argument(
+        "--throughput",
+        action="store_true",
+        help="only time the train steps round-robin (no training runs)",
+    )
     args = p.parse_args(argv)
     root = pathlib.Path(args.root)
     root.mkdir(parents=True, exist_ok=True)
     overrides = [] if args.steps is None else [f"--config.steps={args.steps}"]
+    overrides += [] if args.seed is None else [f"--config.seed={args.seed}"]
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
+    if args.throughput:
+        rates = throughput(args.only)
+        out = pathlib.Path(args.out) if args.out else root / "throughput.json"
+        out.write_text(json.dumps(dict(commit=commit, tokens_per_sec=rates), indent=2) + "\n")
+        print(json.dumps(rates))
+        return 0
     results = [run_one(name, root, overrides) for name in args.only]
     out = pathlib.Path(args.out) if args.out else root / "results.json"
     out.write_text(json.dumps(dict(commit=commit, results=results), indent=2) + "\n")
