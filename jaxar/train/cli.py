@@ -17,35 +17,22 @@ EXIT_ERROR = 2
 
 def quickstart_config():
     """The quickstart's ConfigDict (the same as ``experiments/quickstart/config.py``)."""
-    import ml_collections
+    from jaxar.train.config import config_dict
 
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4)
+    return config_dict(
+        model=dict(
+            family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
+        ),
+        data=dict(name="stdlib", seq_len=128, packing="concat"),
+        steps=300,
+        batch_size=16,
+        warmup_steps=30,
+        log_every=25,
+        eval_every=150,
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        sample_length=200,
     )
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=128, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 16
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 150
-    c.eval_batches = 8
-    c.checkpoint_every = 100
-    c.keep_checkpoints = 2
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 4
-    c.sample_length = 200
-    return c
 
 
 def _setup() -> None:

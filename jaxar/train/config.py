@@ -168,6 +168,25 @@ class TrainConfig:
         return d
 
 
+def config_dict(
+    *, model: Mapping, data: Mapping | None = None, mesh: Mapping | None = None, **fields
+):
+    """An experiment's ``ml_collections.ConfigDict``: every :class:`TrainConfig` field at its
+    default, then ``model`` (``family``, ``preset`` and the family's options), ``data``,
+    ``mesh`` and top-level ``fields`` (e.g. ``steps=300``). Checked once by
+    :func:`from_config_dict`, so a misspelt field fails here, naming the accepted ones.
+    Every field is present, so ``--config.<field>=value`` can override any of them."""
+    import ml_collections
+
+    d = TrainConfig().to_dict()
+    d["model"] = dict(model)
+    for name, section in (("data", data), ("mesh", mesh)):
+        d[name].update(section or {})
+    d.update(fields)
+    from_config_dict(d)
+    return ml_collections.ConfigDict(d)
+
+
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "mesh": MeshConfig}
 
 
