@@ -34,69 +34,38 @@ is an NLL for AR and a NELBO upper bound for the diffusion models. Tiny, measure
 BD3 3.48 / 3.57 (L' = 4 / 16), MDLM 3.60 bits/byte on the whole held-out split.
 """
 
-import ml_collections
+from jaxar.train.config import config_dict
 
 MODELS = ("ar", "mdlm", "bd3_l4", "bd3_l16")
 SIZES = ("tiny", "full")
 
 
-def _config(size: str, model: str) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
+def _config(size: str, model: str):
     backbone = dict(preset="tiny", d_model=128, num_layers=2, num_heads=4)
     if size == "full":
         backbone = dict(preset="base", d_model=768, num_layers=12, num_heads=12)
     if model == "ar":
-        c.model = ml_collections.ConfigDict(dict(family="lm", mixer="attention", **backbone))
+        m = dict(family="lm", mixer="attention", **backbone)
     else:
         family = "mdlm" if model == "mdlm" else "bd3"
         m = dict(family=family, **backbone, schedule="loglinear", t_low=0.0, t_high=1.0)
         if family == "bd3":
             m["block_size"] = int(model.split("_l")[1])
-        c.model = ml_collections.ConfigDict(m)
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=128, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 16
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 300
-    c.eval_batches = 32
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 1
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 2
-    c.sample_length = 128
-    if size == "full":
-        c.data.update(dict(name="tfds:openwebtext", seq_len=1024))
-        c.data.train_split, c.data.eval_split = "train", "validation"
-        c.steps = 1_000_000
-        c.batch_size = 512
-        c.learning_rate = 3e-4
-        c.warmup_steps = 2500
-        c.min_lr_ratio = 1.0
-        c.weight_decay = 0.0
-        c.ema_decay = 0.9999
-        c.compute_dtype = "bfloat16"
-        c.log_every = 1000
-        c.eval_every = 50_000
-        c.eval_batches = 64
-        c.checkpoint_every = 10_000
-        c.keep_checkpoints = 3
-        c.num_samples = 4
-        c.sample_length = 1024
-    return c
+    if size == "tiny":
+        data = dict(name="stdlib", seq_len=128)
+        return config_dict(model=m, data=data, recipe="cpu_tiny", batch_size=16, eval_batches=32)
+    return config_dict(
+        model=m,
+        data=dict(
+            name="tfds:openwebtext", seq_len=1024, train_split="train", eval_split="validation"
+        ),
+        recipe="diffusion_paper",
+        steps=1_000_000,
+        sample_length=1024,
+    )
 
 
-def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+def get_config(variant: str = "full"):
     """``<size>_<model>`` (size in ``SIZES``, model in ``MODELS``); ``tiny``/``full`` alone
     mean ``<size>_bd3_l4``."""
     if variant in SIZES:

@@ -33,80 +33,12 @@ L' = 4 / 8 / 16 (MDLM <= 22.98, AR 17.54); smaller blocks are closer to AR and b
 Tiny: held-out NELBO bounds of 3.34 / 3.38 / 3.40 bits/byte for L' = 4 / 8 / 16 (README.md).
 """
 
-import ml_collections
+from jaxar.train.config import config_dict
 
 BLOCK_SIZES = (4, 8, 16)
 
 
-def _base(block_size: int) -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(
-            family="bd3",
-            preset="tiny",
-            d_model=128,
-            num_layers=2,
-            num_heads=4,
-            block_size=block_size,
-            schedule="loglinear",
-            t_low=0.0,
-            t_high=1.0,
-            antithetic=True,
-        )
-    )
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=128, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 16
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 300
-    c.eval_batches = 32
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 1
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 2
-    c.sample_length = 128
-    return c
-
-
-def _full(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    c.model.preset = "base"
-    c.model.d_model = 768
-    c.model.num_layers = 12
-    c.model.num_heads = 12
-    c.data.name = "tfds:openwebtext"
-    c.data.seq_len = 1024
-    c.data.train_split = "train"
-    c.data.eval_split = "validation"
-    c.steps = 1_000_000
-    c.batch_size = 512
-    c.learning_rate = 3e-4
-    c.warmup_steps = 2500
-    c.min_lr_ratio = 1.0  # constant after warmup, as the paper
-    c.weight_decay = 0.0
-    c.ema_decay = 0.9999
-    c.compute_dtype = "bfloat16"
-    c.log_every = 1000
-    c.eval_every = 50_000
-    c.eval_batches = 64
-    c.checkpoint_every = 10_000
-    c.keep_checkpoints = 3
-    c.num_samples = 4
-    c.sample_length = 1024
-    return c
-
-
-def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+def get_config(variant: str = "full"):
     """``tiny_l{4,8,16}`` / ``full_l{4,8,16}``; ``tiny`` and ``full`` use L' = 16."""
     names = [f"{s}_l{b}" for s in ("tiny", "full") for b in BLOCK_SIZES]
     aliases = {"tiny": "tiny_l16", "full": "full_l16"}
@@ -116,5 +48,30 @@ def get_config(variant: str = "full") -> ml_collections.ConfigDict:
             f"variant={variant!r} is not supported; accepted: {sorted(names + list(aliases))}"
         )
     size, _, block = name.partition("_l")
-    c = _base(int(block))
-    return _full(c) if size == "full" else c
+    model = dict(
+        family="bd3",
+        preset="tiny",
+        d_model=128,
+        num_layers=2,
+        num_heads=4,
+        block_size=int(block),
+        schedule="loglinear",
+        t_low=0.0,
+        t_high=1.0,
+        antithetic=True,
+    )
+    if size == "tiny":
+        data = dict(name="stdlib", seq_len=128)
+        return config_dict(
+            model=model, data=data, recipe="cpu_tiny", batch_size=16, eval_batches=32
+        )
+    model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
+    return config_dict(
+        model=model,
+        data=dict(
+            name="tfds:openwebtext", seq_len=1024, train_split="train", eval_split="validation"
+        ),
+        recipe="diffusion_paper",  # constant after warmup, as the paper
+        steps=1_000_000,
+        sample_length=1024,
+    )

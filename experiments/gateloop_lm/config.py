@@ -35,71 +35,38 @@ Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLo
 2.45 bits/byte after 300 steps (README.md).
 """
 
-import ml_collections
+from jaxar.train.config import config_dict
 
 VARIANTS = ("full", "tiny")
 
 
-def _tiny() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(
-            family="lm",
-            preset="tiny",
-            mixer="gateloop",
-            mixer_options=dict(complex_gates=True, mode="auto"),
-            d_model=128,
-            num_layers=2,
-            num_heads=4,
-            mlp_ratio=2.5,
-        )
-    )
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=256, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 8
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 300
-    c.eval_batches = 64
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 1
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 2
-    c.sample_length = 128
-    return c
-
-
-def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+def get_config(variant: str = "full"):
     """``full`` (WikiText-103 scale) or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    c = _tiny()
+    model = dict(
+        family="lm",
+        preset="tiny",
+        mixer="gateloop",
+        mixer_options=dict(complex_gates=True, mode="auto"),
+        d_model=128,
+        num_layers=2,
+        num_heads=4,
+        mlp_ratio=2.5,
+    )
     if variant == "tiny":
-        return c
-    c.model.preset = "base"
-    c.model.update(dict(d_model=768, num_layers=12, num_heads=12, mlp_ratio=4.0))
-    c.data.update(dict(name="tfds:wiki40b/en", seq_len=2048, packing="concat"))
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.steps = 40_000
-    c.batch_size = 64  # 131k bytes per step
-    c.learning_rate = 6e-4
-    c.warmup_steps = 2000
-    c.compute_dtype = "bfloat16"
-    c.log_every = 100
-    c.eval_every = 5000
-    c.eval_batches = 64
-    c.checkpoint_every = 2000
-    c.keep_checkpoints = 3
-    c.num_samples = 4
-    c.sample_length = 512
-    return c
+        data = dict(name="stdlib", seq_len=256)
+        return config_dict(model=model, data=data, recipe="cpu_tiny", batch_size=8, eval_batches=64)
+    model.update(preset="base", d_model=768, num_layers=12, num_heads=12, mlp_ratio=4.0)
+    return config_dict(
+        model=model,
+        data=dict(name="tfds:wiki40b/en", seq_len=2048, train_split="train", eval_split="test"),
+        recipe="lm_accelerator",
+        steps=40_000,
+        batch_size=64,  # 131k bytes per step
+        warmup_steps=2000,
+        log_every=100,
+        eval_every=5000,
+        eval_batches=64,
+        checkpoint_every=2000,
+    )

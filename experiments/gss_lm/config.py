@@ -37,70 +37,38 @@ exact perplexities are not recorded there, and its corpus is not ours). Tiny: he
 2.40 bits/byte after 300 steps (README.md).
 """
 
-import ml_collections
+from jaxar.train.config import config_dict
 
 VARIANTS = ("full", "tiny")
 
 
-def _tiny() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(
-            family="lm",
-            preset="tiny",
-            mixer="gss",
-            mixer_options=dict(state_size=64, expand_dim=304),
-            d_model=128,
-            num_layers=4,
-            mlp_ratio=0.0,
-        )
-    )
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=256, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 8
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 300
-    c.eval_batches = 64
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 1
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 2
-    c.sample_length = 128
-    return c
-
-
-def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+def get_config(variant: str = "full"):
     """``full`` (paper widths, 4096-byte code rows) or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    c = _tiny()
+    model = dict(
+        family="lm",
+        preset="tiny",
+        mixer="gss",
+        mixer_options=dict(state_size=64, expand_dim=304),
+        d_model=128,
+        num_layers=4,
+        mlp_ratio=0.0,
+    )
     if variant == "tiny":
-        return c
-    c.model.preset = "base"
-    c.model.update(dict(d_model=1024, num_layers=16))
-    c.model.mixer_options = dict(state_size=64, reduced_dim=256, expand_dim=4096)
-    c.data.update(dict(name="stdlib", seq_len=4096, packing="concat"))
-    c.steps = 1000  # ~11 epochs of stdlib; ~100k with a large code corpus
-    c.batch_size = 32  # 131k bytes per step
-    c.learning_rate = 6e-4
-    c.warmup_steps = 100
-    c.compute_dtype = "bfloat16"
-    c.log_every = 50
-    c.eval_every = 500
-    c.eval_batches = 16
-    c.checkpoint_every = 500
-    c.keep_checkpoints = 3
-    c.num_samples = 4
-    c.sample_length = 512
-    return c
+        data = dict(name="stdlib", seq_len=256)
+        return config_dict(model=model, data=data, recipe="cpu_tiny", batch_size=8, eval_batches=64)
+    model.update(preset="base", d_model=1024, num_layers=16)
+    model["mixer_options"] = dict(state_size=64, reduced_dim=256, expand_dim=4096)
+    return config_dict(
+        model=model,
+        data=dict(name="stdlib", seq_len=4096),
+        recipe="lm_accelerator",
+        steps=1000,  # ~11 epochs of stdlib; ~100k with a large code corpus
+        batch_size=32,  # 131k bytes per step
+        warmup_steps=100,
+        log_every=50,
+        eval_every=500,
+        eval_batches=16,
+        checkpoint_every=500,
+    )

@@ -31,75 +31,42 @@ Tiny: a held-out NELBO bound of about 3.4 bits/byte after 300 steps (README.md),
 0.9 bits/byte looser than the same backbone's AR NLL at the same budget.
 """
 
-import ml_collections
+from jaxar.train.config import config_dict
 
 VARIANTS = ("full", "tiny")
 
 
-def _tiny() -> ml_collections.ConfigDict:
-    c = ml_collections.ConfigDict()
-    c.model = ml_collections.ConfigDict(
-        dict(
-            family="mdlm",
-            preset="tiny",
-            d_model=128,
-            num_layers=2,
-            num_heads=4,
-            schedule="loglinear",
-            t_low=0.0,
-            t_high=1.0,
-            antithetic=True,
-        )
-    )
-    c.data = ml_collections.ConfigDict(dict(name="stdlib", seq_len=128, packing="concat"))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
-    c.steps = 300
-    c.batch_size = 16
-    c.seed = 0
-    c.learning_rate = 3e-3
-    c.warmup_steps = 30
-    c.min_lr_ratio = 0.1
-    c.weight_decay = 0.1
-    c.grad_clip = 1.0
-    c.grad_accum = 1
-    c.ema_decay = 0.0
-    c.compute_dtype = "float32"
-    c.log_every = 25
-    c.eval_every = 300
-    c.eval_batches = 32
-    c.checkpoint_every = 300
-    c.keep_checkpoints = 1
-    c.async_checkpoints = True
-    c.nonfinite = "skip"
-    c.num_samples = 2
-    c.sample_length = 128
-    return c
-
-
-def get_config(variant: str = "full") -> ml_collections.ConfigDict:
+def get_config(variant: str = "full"):
     """``full`` (LM1B, the paper's size) or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    c = _tiny()
+    model = dict(
+        family="mdlm",
+        preset="tiny",
+        d_model=128,
+        num_layers=2,
+        num_heads=4,
+        schedule="loglinear",
+        t_low=0.0,
+        t_high=1.0,
+        antithetic=True,
+    )
     if variant == "tiny":
-        return c
-    c.model.preset = "base"
-    c.model.update(dict(d_model=768, num_layers=12, num_heads=12))
-    c.data.update(dict(name="tfds:lm1b", seq_len=128, packing="pad"))
-    c.data.train_split, c.data.eval_split = "train", "test"
-    c.steps = 500_000
-    c.batch_size = 512
-    c.learning_rate = 3e-4
-    c.warmup_steps = 2500
-    c.min_lr_ratio = 1.0  # constant after warmup
-    c.weight_decay = 0.0
-    c.ema_decay = 0.9999
-    c.compute_dtype = "bfloat16"
-    c.log_every = 1000
-    c.eval_every = 50_000
-    c.eval_batches = 64
-    c.checkpoint_every = 10_000
-    c.keep_checkpoints = 3
-    c.num_samples = 4
-    c.sample_length = 128
-    return c
+        return config_dict(
+            model=model,
+            data=dict(name="stdlib", seq_len=128),
+            recipe="cpu_tiny",
+            batch_size=16,
+            eval_batches=32,
+            sample_length=128,
+        )
+    model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
+    return config_dict(
+        model=model,
+        data=dict(
+            name="tfds:lm1b", seq_len=128, packing="pad", train_split="train", eval_split="test"
+        ),
+        recipe="diffusion_paper",
+        steps=500_000,
+        sample_length=128,
+    )

@@ -168,16 +168,66 @@ class TrainConfig:
         return d
 
 
+# Run recipes shared by the experiment configs: ``config_dict(recipe=name, ...)`` starts
+# from the TrainConfig defaults, applies the recipe, then the config's own fields.
+RECIPES: dict[str, dict[str, Any]] = {
+    # the tiny variants: 300 steps on 2 CPU cores, one evaluation and checkpoint at the end
+    "cpu_tiny": dict(
+        steps=300,
+        warmup_steps=30,
+        log_every=25,
+        eval_every=300,
+        checkpoint_every=300,
+        keep_checkpoints=1,
+        num_samples=2,
+        sample_length=128,
+    ),
+    # accelerator-scale autoregressive LM training (GateLoop / GSS / transformer baselines)
+    "lm_accelerator": dict(
+        learning_rate=6e-4,
+        compute_dtype="bfloat16",
+        keep_checkpoints=3,
+        num_samples=4,
+        sample_length=512,
+    ),
+    # the MDLM / BD3-LM papers: AdamW 3e-4, 2.5k warmup then constant, EMA 0.9999, batch 512
+    "diffusion_paper": dict(
+        batch_size=512,
+        learning_rate=3e-4,
+        warmup_steps=2500,
+        min_lr_ratio=1.0,
+        weight_decay=0.0,
+        ema_decay=0.9999,
+        compute_dtype="bfloat16",
+        log_every=1000,
+        eval_every=50_000,
+        eval_batches=64,
+        checkpoint_every=10_000,
+        keep_checkpoints=3,
+        num_samples=4,
+    ),
+}
+
+
 def config_dict(
-    *, model: Mapping, data: Mapping | None = None, mesh: Mapping | None = None, **fields
+    *,
+    model: Mapping,
+    data: Mapping | None = None,
+    mesh: Mapping | None = None,
+    recipe: str | None = None,
+    **fields,
 ):
     """An experiment's ``ml_collections.ConfigDict``: every :class:`TrainConfig` field at its
-    default, then ``model`` (``family``, ``preset`` and the family's options), ``data``,
-    ``mesh`` and top-level ``fields`` (e.g. ``steps=300``). Checked once by
-    :func:`from_config_dict`, so a misspelt field fails here, naming the accepted ones.
-    Every field is present, so ``--config.<field>=value`` can override any of them."""
+    default, then the ``recipe`` (a name in ``RECIPES``), then ``model`` (``family``,
+    ``preset`` and the family's options), ``data``, ``mesh`` and top-level ``fields`` (e.g.
+    ``steps=300``). Checked once by :func:`from_config_dict`, so a misspelt field fails
+    here, naming the accepted ones. Every field is present, so ``--config.<field>=value``
+    can override any of them."""
     import ml_collections
 
+    if recipe is not None and recipe not in RECIPES:
+        raise ValueError(f"recipe={recipe!r} is not supported; accepted: {tuple(RECIPES)}")
+    fields = {**RECIPES.get(recipe, {}), **fields}
     d = TrainConfig().to_dict()
     d["model"] = dict(model)
     for name, section in (("data", data), ("mesh", mesh)):

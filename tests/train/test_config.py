@@ -103,3 +103,13 @@ def test_config_variant_argument(tmp_path):
     assert cfg.steps == 3 and workdir.endswith("exp_tiny")
     with pytest.raises(ValueError, match="no such file"):
         config_lib.load_config_file(f"{tmp_path}/nope.py:tiny")
+
+
+def test_config_dict_recipes_and_errors():
+    c = config_lib.config_dict(model=dict(family="lm"), recipe="cpu_tiny", batch_size=8)
+    cfg = config_lib.from_config_dict(c)
+    assert cfg.steps == 300 and cfg.batch_size == 8 and cfg.b2 == 0.95  # recipe, field, default
+    with pytest.raises(ValueError, match="recipe='nope'"):
+        config_lib.config_dict(model=dict(family="lm"), recipe="nope")
+    with pytest.raises(ValueError, match="stepz"):
+        config_lib.config_dict(model=dict(family="lm"), stepz=3)
