@@ -35,9 +35,16 @@ from jaxar.train.config import config_dict
 
 VARIANTS = ("full", "tiny")
 
+# the paper's LM1B data: word-piece sentences padded to 128 tokens (here bytes)
+LM1B = dict(name="tfds:lm1b", seq_len=128, packing="pad", train_split="train", eval_split="test")
 
-def get_config(variant: str = "full"):
-    """``full`` (LM1B, the paper's size) or ``tiny`` (embedded corpus, CPU)."""
+
+def mdlm_config(
+    variant: str, *, full_data: dict, full_steps: int, tiny_seq_len=128, tiny_eval_batches=32
+):
+    """The MDLM configs of this folder and ``mdlm_text8``: the bidirectional transformer
+    (tiny: width 128, 2 layers; full: the paper's 12 x 768) trained on the NELBO, with
+    the same tokens per step in every tiny run (``2048 / tiny_seq_len`` rows)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
     model = dict(
@@ -54,19 +61,22 @@ def get_config(variant: str = "full"):
     if variant == "tiny":
         return config_dict(
             model=model,
-            data=dict(name="stdlib", seq_len=128),
+            data=dict(name="stdlib", seq_len=tiny_seq_len),
             recipe="cpu_tiny",
-            batch_size=16,
-            eval_batches=32,
-            sample_length=128,
+            batch_size=2048 // tiny_seq_len,
+            eval_batches=tiny_eval_batches,
+            sample_length=tiny_seq_len,
         )
     model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
     return config_dict(
         model=model,
-        data=dict(
-            name="tfds:lm1b", seq_len=128, packing="pad", train_split="train", eval_split="test"
-        ),
+        data=full_data,
         recipe="diffusion_paper",
-        steps=500_000,
-        sample_length=128,
+        steps=full_steps,
+        sample_length=full_data["seq_len"],
     )
+
+
+def get_config(variant: str = "full"):
+    """``full`` (LM1B, the paper's size) or ``tiny`` (embedded corpus, CPU)."""
+    return mdlm_config(variant, full_data=LM1B, full_steps=500_000)

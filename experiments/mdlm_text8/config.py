@@ -30,40 +30,17 @@ Expected: paper text8 <= 1.40 bits/char (MD4 <= 1.37, AR transformer 1.23).
 Tiny: a held-out NELBO bound of about 3.6 bits/byte after 300 steps (see README.md).
 """
 
-from jaxar.train.config import config_dict
+import pathlib
+import runpy
 
-VARIANTS = ("full", "tiny")
+# the MDLM configs are written once, in experiments/mdlm_lm1b/config.py
+_MDLM = runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "mdlm_lm1b/config.py"))
+VARIANTS = _MDLM["VARIANTS"]
+TEXT8 = dict(name="tfds:text8", seq_len=256, train_split="train", eval_split="validation")
 
 
 def get_config(variant: str = "full"):
     """``full`` (text8, the paper's size) or ``tiny`` (embedded corpus, CPU)."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    model = dict(
-        family="mdlm",
-        preset="tiny",
-        d_model=128,
-        num_layers=2,
-        num_heads=4,
-        schedule="loglinear",
-        t_low=0.0,
-        t_high=1.0,
-        antithetic=True,
-    )
-    if variant == "tiny":
-        return config_dict(
-            model=model,
-            data=dict(name="stdlib", seq_len=256),
-            recipe="cpu_tiny",
-            batch_size=8,
-            eval_batches=64,
-            sample_length=256,
-        )
-    model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
-    return config_dict(
-        model=model,
-        data=dict(name="tfds:text8", seq_len=256, train_split="train", eval_split="validation"),
-        recipe="diffusion_paper",
-        steps=1_000_000,
-        sample_length=256,
+    return _MDLM["mdlm_config"](
+        variant, full_data=TEXT8, full_steps=1_000_000, tiny_seq_len=256, tiny_eval_batches=64
     )
