@@ -268,18 +268,22 @@ def _diffusion_task(family: str) -> Task:
 # ----------------------------------------------------------------------- axial, mar
 
 
+# image family -> its model class in jaxar.models.<family> (the config is "<class>Config")
+IMAGE_MODELS = {"axial": "AxialTransformer", "mar": "MAR"}
+
+
 def _image_task(family: str) -> Task:
-    """Image families: ``<Family>Config.preset(name, **options)`` and the model class of
-    the same name; image size and channels follow the data, ``dtype`` the compute dtype."""
+    """Image families: ``<Model>Config.preset(name, **options)`` and the model class;
+    image size and channels follow the data, ``dtype`` the compute dtype."""
     mod = _module(family)
-    cfg_cls = next(getattr(mod, n) for n in dir(mod) if n.lower() == f"{family}config")
-    model_cls = getattr(mod, cfg_cls.__name__[: -len("Config")])
+    model_cls = getattr(mod, IMAGE_MODELS[family])
+    cfg_cls = getattr(mod, f"{IMAGE_MODELS[family]}Config")
     fields = {f.name for f in dataclasses.fields(cfg_cls)}
 
     def build(model_cfg, info, dtype, rngs):
         opts = model_cfg.kwargs
         h, w, c = info.image_shape
-        defaults = {"dtype": dtype}
+        defaults = {"dtype": dtype, "height": h, "width": w}
         if h == w:
             defaults.update(image_size=h)
         defaults.update(channels=c, num_classes=info.num_classes)
