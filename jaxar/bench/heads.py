@@ -73,6 +73,7 @@ def _head_rows(preset: str, num_tokens: int, steps_list, repeats: int):
 
 def _mar_rows(image_size: int, iters, repeats: int, batch: int = 2):
     from jaxar.models import mar
+    from jaxar.sampling import mar as mar_sampling
 
     rows = []
     case = None
@@ -90,7 +91,7 @@ def _mar_rows(image_size: int, iters, repeats: int, batch: int = 2):
         )
         model = mar.MAR(cfg, rngs=nnx.Rngs(0))
         kw = dict(num_steps=25, num_iter=num_iter or 1, labels=jnp.zeros(batch, jnp.int32))
-        fn = lambda key, model=model, kw=kw: mar.sample_tokens(model, key, batch, **kw)
+        fn = lambda key, model=model, kw=kw: mar_sampling.sample_tokens(model, key, batch, **kw)
         t = harness.timeit(fn, jax.random.key(0), repeats=repeats)
         case = f"B={batch} L={cfg.seq_len} N={cfg.token_dim} D=128x4 head=128x2 ddpm-25"
         rows.append(

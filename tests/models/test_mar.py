@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxar.models import mar
+from jaxar.sampling import mar as mar_sampling
 from jaxar.testing import assert_allclose
 
 try:  # the generic backbone and attention config (other helpers' issues)
@@ -64,7 +65,7 @@ def test_config_validation_and_presets():
 
 @pytest.mark.parametrize("seq_len,num_iter", [(16, 4), (16, 16), (16, 40), (64, 7), (5, 1)])
 def test_reveal_schedule(seq_len, num_iter):
-    rem = mar.reveal_schedule(seq_len, num_iter)
+    rem = mar_sampling.reveal_schedule(seq_len, num_iter)
     before = np.concatenate([[seq_len], rem[:-1]])
     assert len(rem) == num_iter and rem[-1] == 0
     assert np.all(before - rem >= 0) and np.sum(before - rem) == seq_len
@@ -82,16 +83,16 @@ def test_masked_order_reveals_every_token_exactly_once():
         ok = jnp.all((z[..., 0] == 1.0) & (z[..., 1] == 0.0), axis=-1, keepdims=True)
         return jnp.broadcast_to(jnp.where(ok, prog + 1.0, -100.0)[..., None], (*z.shape[:2], N))
 
-    tokens, unknown = jax.jit(lambda k: mar.masked_order_generate(k, B, L, N, K, cond_fn, draw_fn))(
-        jax.random.key(0)
-    )
+    tokens, unknown = jax.jit(
+        lambda k: mar_sampling.masked_order_generate(k, B, L, N, K, cond_fn, draw_fn)
+    )(jax.random.key(0))
     unknown = np.asarray(unknown)
     assert unknown.shape == (K, B, L) and unknown[0].all()
     after = np.concatenate([unknown[1:], np.zeros((1, B, L), bool)])
     revealed = unknown & ~after  # (K, B, L): step at which each token is generated
     np.testing.assert_array_equal(revealed.sum(0), 1)
     assert np.all(unknown[1:] <= unknown[:-1])  # never re-masked
-    rem = mar.reveal_schedule(L, K)
+    rem = mar_sampling.reveal_schedule(L, K)
     np.testing.assert_array_equal(
         revealed.sum(-1), np.repeat((np.r_[L, rem[:-1]] - rem)[:, None], B, 1)
     )
@@ -179,7 +180,7 @@ def test_masked_positions_are_hidden_from_the_backbone():
 
 def _sample(model, **kw):
     opts = dict(num_iter=3, num_steps=8, labels=jnp.array([0, 2]))
-    return mar.sample_tokens(model, jax.random.key(11), 2, **{**opts, **kw})
+    return mar_sampling.sample_tokens(model, jax.random.key(11), 2, **{**opts, **kw})
 
 
 @needs_backbone
@@ -236,9 +237,11 @@ def test_sample_hook_images_and_temperature():
 
 
 def test_guidance_scale_schedules():
-    np.testing.assert_allclose(mar.guidance_scale(3.0, jnp.array([0.0, 0.5, 1.0])), [1.0, 2.0, 3.0])
     np.testing.assert_allclose(
-        mar.guidance_scale(3.0, jnp.array([0.0, 1.0]), "constant"), [3.0, 3.0]
+        mar_sampling.guidance_scale(3.0, jnp.array([0.0, 0.5, 1.0])), [1.0, 2.0, 3.0]
+    )
+    np.testing.assert_allclose(
+        mar_sampling.guidance_scale(3.0, jnp.array([0.0, 1.0]), "constant"), [3.0, 3.0]
     )
 
 
