@@ -17,7 +17,7 @@ Variants (``experiments/axial_imagenet32/config.py:<variant>``):
 Commands (from the repository root):
 
     jaxar train --config experiments/axial_imagenet32/config.py:tiny
-    jaxar sample --workdir jaxar_runs/axial_imagenet32_tiny   # PNG grid (semi-parallel sampling)
+    jaxar sample --workdir jaxar_runs/axial_imagenet32_tiny --num 16  # PNG grid (semi-parallel sampling)
     jaxar eval --workdir jaxar_runs/axial_imagenet32_tiny     # held-out bits/dim
 
 Hardware / time: ``tiny`` about a minute on 2 CPU cores (README.md); ``full`` days on 8

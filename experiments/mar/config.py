@@ -20,7 +20,7 @@ Variants (``experiments/mar/config.py:<variant>``):
 Commands (from the repository root):
 
     jaxar train --config experiments/mar/config.py:tiny_masked
-    jaxar sample --workdir jaxar_runs/mar_tiny_masked          # PNG grid of class-conditional samples
+    jaxar sample --workdir jaxar_runs/mar_tiny_masked --num 16  # PNG grid of class-conditional samples
     jaxar eval --workdir jaxar_runs/mar_tiny_masked            # held-out diffusion-head loss
 
 The metric: MAR has no tractable likelihood here; ``jaxar eval`` reports the head's
