@@ -46,6 +46,19 @@ def round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
 
+def check_block_sizes(blocks, names: tuple[str, ...]) -> None:
+    """Validates a ``BlockSizes``: each of ``names`` an int >= 1, ``num_warps`` None or a
+    power of two up to 16 (Triton's launch width)."""
+    for name in names:
+        value = getattr(blocks, name)
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"BlockSizes.{name}={value!r}; accepted: an int >= 1")
+    if blocks.num_warps is not None and blocks.num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(
+            f"BlockSizes.num_warps={blocks.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
+        )
+
+
 def benchmark_platform(bench: str) -> str | None:
     """The backend when a compiled kernel can be timed here; else prints why not, None."""
     platform = jax.default_backend()

@@ -44,25 +44,11 @@ def get_config(variant: str = "full"):
                 inner_layers=2,
             ),
             data=dict(name="digits"),
-            recipe="cpu_tiny",
-            steps=600,
-            batch_size=32,
-            eval_every=300,
-            eval_batches=9,  # the 297 held-out digits
-            checkpoint_every=300,
-            num_samples=16,
+            recipe="digits_tiny",
         )
     return config_dict(
         model=dict(family="axial", preset="imagenet32"),
         data=dict(name="tfds:imagenet_resized/32x32", train_split="train", eval_split="validation"),
-        recipe="lm_accelerator",
-        learning_rate=3e-4,
-        steps=200_000,
-        batch_size=256,
-        warmup_steps=4000,
-        log_every=500,
-        eval_every=10_000,
+        recipe="image_accelerator",
         eval_batches=196,  # the 50k validation images
-        checkpoint_every=5000,
-        num_samples=16,
     )

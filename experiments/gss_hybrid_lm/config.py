@@ -60,12 +60,5 @@ def get_config(variant: str = "full"):
     return config_dict(
         model=model,
         data=dict(name="stdlib", seq_len=4096),
-        recipe="lm_accelerator",
-        steps=1000,  # ~11 epochs of stdlib; ~100k with a large code corpus
-        batch_size=32,  # 131k bytes per step
-        warmup_steps=100,
-        log_every=50,
-        eval_every=500,
-        eval_batches=16,
-        checkpoint_every=500,
+        recipe="code_4096",
     )

@@ -48,27 +48,13 @@ def get_config(variant: str = "full"):
         return config_dict(
             model=dict(family="mar", preset="tiny", order=order),
             data=dict(name="digits"),
-            recipe="cpu_tiny",
-            steps=600,
-            batch_size=32,
-            eval_every=300,
-            eval_batches=9,  # the 297 held-out digits
-            checkpoint_every=300,
-            num_samples=16,
+            recipe="digits_tiny",
         )
     return config_dict(
         model=dict(
             family="mar", preset="mar_b", order=order, image_size=32, channels=3, patch_size=2
         ),
         data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
-        recipe="lm_accelerator",
-        learning_rate=3e-4,
-        steps=200_000,
-        batch_size=256,
-        warmup_steps=4000,
-        log_every=500,
-        eval_every=10_000,
+        recipe="image_accelerator",
         eval_batches=39,  # the 10k test images
-        checkpoint_every=5000,
-        num_samples=16,
     )

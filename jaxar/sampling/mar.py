@@ -73,16 +73,10 @@ def _draw_tokens(model, key, z_c, z_u, scale, opts):
         return out
 
     if cfg.head == "flow":
-        return dh.flow_sample(
-            key,
-            guided,
-            (z_c, z_u),
-            shape=shape,
-            num_steps=opts["num_steps"],
-            method=opts["method"],
-            temperature=opts["temperature"],
-        )
-    return dh.sample(
+        sampler = dh.flow_sample
+    else:
+        sampler = functools.partial(dh.sample, alphas_cumprod=alphas_cumprod(cfg))
+    return sampler(
         key,
         guided,
         (z_c, z_u),
@@ -90,7 +84,6 @@ def _draw_tokens(model, key, z_c, z_u, scale, opts):
         num_steps=opts["num_steps"],
         method=opts["method"],
         temperature=opts["temperature"],
-        alphas_cumprod=alphas_cumprod(cfg),
     )
 
 

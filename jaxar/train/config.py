@@ -190,6 +190,48 @@ RECIPES: dict[str, dict[str, Any]] = {
         num_samples=4,
         sample_length=512,
     ),
+    # the tiny image variants on the embedded digits: 600 steps, all 297 held-out digits
+    "digits_tiny": dict(
+        steps=600,
+        warmup_steps=30,
+        batch_size=32,
+        log_every=25,
+        eval_every=300,
+        eval_batches=9,
+        checkpoint_every=300,
+        keep_checkpoints=1,
+        num_samples=16,
+        sample_length=128,  # unused by image models (whole images are sampled)
+    ),
+    # accelerator-scale image models (Axial Transformer, MAR): batch 256, AdamW 3e-4, bf16
+    "image_accelerator": dict(
+        steps=200_000,
+        batch_size=256,
+        learning_rate=3e-4,
+        warmup_steps=4000,
+        compute_dtype="bfloat16",
+        log_every=500,
+        eval_every=10_000,
+        checkpoint_every=5000,
+        keep_checkpoints=3,
+        num_samples=16,
+        sample_length=512,  # unused by image models
+    ),
+    # accelerator-scale byte-level code LMs on 4096-byte rows (GSS, GSS-Hybrid)
+    "code_4096": dict(
+        steps=1000,  # ~11 epochs of the stdlib corpus; ~100k with a large code corpus
+        batch_size=32,  # 131k bytes per step
+        learning_rate=6e-4,
+        warmup_steps=100,
+        compute_dtype="bfloat16",
+        log_every=50,
+        eval_every=500,
+        eval_batches=16,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        num_samples=4,
+        sample_length=512,
+    ),
     # the MDLM / BD3-LM papers: AdamW 3e-4, 2.5k warmup then constant, EMA 0.9999, batch 512
     "diffusion_paper": dict(
         batch_size=512,

@@ -57,14 +57,7 @@ class BlockSizes:
     num_stages: int = 2
 
     def __post_init__(self):
-        for name in ("block_q", "block_k", "num_stages"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"BlockSizes.{name}={value!r}; accepted: an int >= 1")
-        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(
-                f"BlockSizes.num_warps={self.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
-            )
+        _common.check_block_sizes(self, ("block_q", "block_k", "num_stages"))
 
     @classmethod
     def default(cls, lowering: str, q_len: int, k_len: int, head_dim: int) -> BlockSizes:

@@ -62,10 +62,7 @@ class BlockSizes:
             raise ValueError(
                 f"BlockSizes.chunk={self.chunk!r}; accepted: a multiple of sub={self.sub}"
             )
-        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(
-                f"BlockSizes.num_warps={self.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
-            )
+        _common.check_block_sizes(self, ())
 
     @classmethod
     def default(

@@ -61,14 +61,7 @@ class BlockSizes:
     num_warps: int | None = None
 
     def __post_init__(self):
-        for name in ("block_l", "block_d"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"BlockSizes.{name}={value!r}; accepted: an int >= 1")
-        if self.num_warps is not None and self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(
-                f"BlockSizes.num_warps={self.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
-            )
+        _common.check_block_sizes(self, ("block_l", "block_d"))
 
     @classmethod
     def default(

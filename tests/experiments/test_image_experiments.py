@@ -45,6 +45,7 @@ def test_config_builds_for_its_data(name, variant, shape, classes):
     assert n > (1e7 if variant.startswith("full") else 1e4), n
 
 
+@pytest.mark.slow  # the models' losses are tested in tests/models; this is the configs' sizes end to end
 @pytest.mark.parametrize("name,variant", [(n, v) for n, v, *_ in CASES if v.startswith("tiny")])
 def test_tiny_variant_loss_on_digits(name, variant):
     """The tiny model, built for real, gives a finite loss on two held-out digits; the axial
