@@ -177,37 +177,8 @@ def _lm_sample(model, key, num, info, length):
 
     lm = _module("lm")
     prompt = jnp.full((num, 1), ord("\n"), jnp.int32)
-    try:
-        out = lm.sample(model, key, num, max_new_tokens=length - 1, prompt=prompt)
-    except ModuleNotFoundError as e:  # no cached generation in this version
-        if e.name != "jaxar.sampling.generate":
-            raise
-        out = _sample_full_forward(model, key, prompt, length)
+    out = lm.sample(model, key, num, max_new_tokens=length - 1, prompt=prompt)
     return np.asarray(getattr(out, "tokens", out))
-
-
-def _sample_full_forward(model, key, prompt_BxP, length: int):
-    """Ancestral sampling by re-running the full causal forward each step (no cache)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    graphdef, state = nnx.split(model)
-    b, p = prompt_BxP.shape
-
-    @jax.jit
-    def run(state, key, prompt):
-        m = nnx.merge(graphdef, state)
-        buf = jnp.zeros((b, length), jnp.int32).at[:, :p].set(prompt)
-
-        def body(i, buf):
-            logits = m(buf)[:, i - 1]
-            tok = jax.random.categorical(jax.random.fold_in(key, i), logits)
-            return buf.at[:, i].set(tok.astype(jnp.int32))
-
-        return jax.lax.fori_loop(p, length, body, buf)
-
-    return run(state, key, prompt_BxP)
 
 
 def _lm_task() -> Task:
