@@ -13,9 +13,11 @@ respaced to ``S = num_steps`` steps at indices ``tau_i = round(i (T - 1) / (S - 
   posterior variance ignores the uncertainty of ``x0_hat``, so few steps sample slightly
   too narrow: with the exact eps of N(1.5, 0.7^2), 100 of 1000 cosine steps give a
   standard deviation ~2.7 % low, 1000 steps ~0.1 % (MAR learns the variance instead);
-* ``"ddim"`` (eta = 0): ``x <- sqrt(abar'_{i-1}) x0_hat + sqrt(1 - abar'_{i-1}) eps`` with
-  ``x0_hat = (x - sqrt(1 - abar'_i) eps) / sqrt(abar'_i)``; deterministic, so the
-  temperature scales the initial noise instead.
+* ``"ddim"``: ``x <- sqrt(abar'_{i-1}) x0_hat + sqrt(1 - abar'_{i-1} - s_i^2) eps + T s_i z``
+  with ``x0_hat = (x - sqrt(1 - abar'_i) eps) / sqrt(abar'_i)`` and
+  ``s_i = eta sigma_i`` (Song et al. 2021): ``eta = 0`` (default) is deterministic, so
+  the temperature scales the initial noise instead; ``eta = 1`` is DDPM's update (the
+  same draws as ``"ddpm"`` at temperature 1).
 
 Flow (:func:`flow_sample`): integrates ``dx/ds = v(x, s, cond)`` from noise ``x(0) = T z``
 to data at ``s = 1`` on a uniform grid with Euler or Heun steps.
@@ -56,7 +58,7 @@ def respace(alphas_cumprod, num_steps: int):
     return tau, abar[tau]
 
 
-def _step_coefficients(abar_s, method):
+def _step_coefficients(abar_s, method, eta=0.0):
     """Per-step ``(a, c, sigma)`` with ``x_prev = a x + c eps + temperature sigma z``."""
     abar_prev = np.concatenate([[1.0], abar_s[:-1]])
     alpha = abar_s / abar_prev
@@ -66,8 +68,8 @@ def _step_coefficients(abar_s, method):
         c = -beta / np.sqrt(1.0 - abar_s) / np.sqrt(alpha)
         sigma = np.sqrt(beta * (1.0 - abar_prev) / (1.0 - abar_s))
     else:
-        c = np.sqrt(1.0 - abar_prev) - a * np.sqrt(1.0 - abar_s)
-        sigma = np.zeros_like(a)
+        sigma = eta * np.sqrt(beta * (1.0 - abar_prev) / (1.0 - abar_s))
+        c = np.sqrt(np.maximum(1.0 - abar_prev - sigma**2, 0.0)) - a * np.sqrt(1.0 - abar_s)
     return a, c, sigma
 
 
@@ -94,6 +96,7 @@ def sample(
     method: str = "ddpm",
     temperature=1.0,
     alphas_cumprod=None,
+    eta: float = 0.0,
 ):
     """Draws tokens from an eps-predicting diffusion head by DDPM or DDIM.
 
@@ -107,17 +110,23 @@ def sample(
       method: ``"ddpm"`` or ``"ddim"``.
       temperature: scales the injected noise (DDPM) or the initial noise (DDIM).
       alphas_cumprod: the training schedule; default ``diffusion_schedule("cosine", 1000)``.
+      eta: DDIM's stochasticity in [0, 1] (``"ddim"`` only): 0 deterministic, 1 = DDPM.
 
     Returns:
       float32 tokens of ``shape``.
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; accepted: {METHODS}")
+    if isinstance(eta, bool) or not isinstance(eta, int | float) or not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta={eta!r} is not supported; accepted: a number in [0, 1]")
+    if method == "ddpm" and eta != 0.0:
+        raise ValueError(f"eta={eta!r} applies to method='ddim' only; got method='ddpm'")
     shape = _check_shape(shape, cond)
     if alphas_cumprod is None:
         alphas_cumprod = gd.diffusion_schedule("cosine", 1000)
     tau, abar_s = respace(alphas_cumprod, num_steps)
-    a, c, sigma = _step_coefficients(abar_s, method)
+    a, c, sigma = _step_coefficients(abar_s, method, float(eta))
+    stochastic = method == "ddpm" or eta > 0.0
     temperature = jnp.asarray(temperature, jnp.float32)
 
     k0, k_steps = jax.random.split(key)
@@ -138,7 +147,7 @@ def sample(
         t_arr = jnp.full(shape[:-1], t, jnp.int32)
         eps = eps_fn(x, t_arr, cond).astype(jnp.float32)
         x = a_i * x + c_i * eps
-        if method == "ddpm":
+        if stochastic:
             x = x + (temperature * sigma_i) * jax.random.normal(k, shape, jnp.float32)
         return x, None
 

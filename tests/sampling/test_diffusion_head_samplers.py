@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxar import ops
+from jaxar import ops, testing
 from jaxar.sampling import diffusion_head as dh
 
 N_SAMPLES = 20000
@@ -155,3 +155,23 @@ def test_sampler_cond_is_passed_and_errors():
         dh.sample(jax.random.key(0), eps_fn, cond, shape=(5, 3), num_steps=5)
     with pytest.raises(ValueError, match="method='ddpm'"):
         dh.flow_sample(jax.random.key(0), eps_fn, cond, shape=(4, 3), num_steps=5, method="ddpm")
+
+
+def test_ddim_eta_one_is_ddpm_and_eta_between_is_exact():
+    """DDIM with eta = 1 takes DDPM's steps (same draws at temperature 1); eta = 0.5 still
+    samples the data distribution (moments of the Gaussian oracle)."""
+    eps_fn = mixture_eps_fn(*GAUSS)
+    kw = dict(shape=(N_SAMPLES, 1), num_steps=200, alphas_cumprod=ACP)
+
+    @functools.partial(jax.jit, static_argnames=("method", "eta"))
+    def draw(key, method, eta):
+        return dh.sample(key, eps_fn, None, method=method, eta=eta, **kw)
+
+    key = jax.random.key(3)
+    ddpm, ddim1 = draw(key, "ddpm", 0.0), draw(key, "ddim", 1.0)
+    testing.assert_allclose(ddim1, ddpm, kind="long")  # 200 float32 steps, two formulas
+    check_moments(draw(key, "ddim", 0.5), *GAUSS)
+    with pytest.raises(ValueError, match="eta=1.5"):
+        dh.sample(key, eps_fn, None, method="ddim", eta=1.5, **kw)
+    with pytest.raises(ValueError, match="method='ddim' only"):
+        dh.sample(key, eps_fn, None, method="ddpm", eta=0.5, **kw)
