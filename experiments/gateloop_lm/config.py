@@ -55,18 +55,10 @@ def get_config(variant: str = "full"):
         mlp_ratio=2.5,
     )
     if variant == "tiny":
-        data = dict(name="stdlib", seq_len=256)
-        return config_dict(model=model, data=data, recipe="cpu_tiny", batch_size=8, eval_batches=64)
+        return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
     model.update(preset="base", d_model=768, num_layers=12, num_heads=12, mlp_ratio=4.0)
     return config_dict(
         model=model,
         data=dict(name="tfds:wiki40b/en", seq_len=2048, train_split="train", eval_split="test"),
-        recipe="lm_accelerator",
-        steps=40_000,
-        batch_size=64,  # 131k bytes per step
-        warmup_steps=2000,
-        log_every=100,
-        eval_every=5000,
-        eval_batches=64,
-        checkpoint_every=2000,
+        recipe="lm_wikitext",
     )

@@ -51,8 +51,7 @@ def get_config(variant: str = "full"):
         mlp_ratio=2.5,
     )
     if variant == "tiny":
-        data = dict(name="stdlib", seq_len=256)
-        return config_dict(model=model, data=data, recipe="cpu_tiny", batch_size=8, eval_batches=64)
+        return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
     model.update(preset="base", d_model=1024, num_layers=12, num_heads=16, mlp_ratio=4.0)
     model["mixer_options"] = dict(
         gss=dict(state_size=64, reduced_dim=256, expand_dim=4096), attention=dict(window=512)

@@ -46,21 +46,13 @@ def get_config(variant: str = "full"):
         family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
     )
     if variant == "tiny":
-        data = dict(name="stdlib", seq_len=256)
-        return config_dict(model=model, data=data, recipe="cpu_tiny", batch_size=8, eval_batches=64)
+        return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
     if variant == "full":  # the accelerator-scale schedule shared with gateloop_lm:full
         model.update(preset="base", d_model=768, num_layers=15, num_heads=12)
         return config_dict(
             model=model,
             data=dict(name="tfds:wiki40b/en", seq_len=2048, train_split="train", eval_split="test"),
-            recipe="lm_accelerator",
-            steps=40_000,
-            batch_size=64,  # 131k bytes per step; 5.2B bytes in all
-            warmup_steps=2000,
-            log_every=100,
-            eval_every=5000,
-            eval_batches=64,
-            checkpoint_every=2000,
+            recipe="lm_wikitext",
         )
     model.update(preset="base", d_model=1024, num_layers=12, num_heads=16)
     return config_dict(

@@ -182,10 +182,40 @@ RECIPES: dict[str, dict[str, Any]] = {
         num_samples=2,
         sample_length=128,
     ),
+    # the LM comparison's tiny budget (rows of 256 bytes): one definition, so that the
+    # transformer / GateLoop / GSS / GSS-Hybrid tiny runs see the same tokens
+    "lm_tiny_256": dict(
+        steps=300,
+        batch_size=8,
+        warmup_steps=30,
+        log_every=25,
+        eval_every=300,
+        eval_batches=64,
+        checkpoint_every=300,
+        keep_checkpoints=1,
+        num_samples=2,
+        sample_length=128,
+    ),
     # accelerator-scale autoregressive LM training (GateLoop / GSS / transformer baselines)
     "lm_accelerator": dict(
         learning_rate=6e-4,
         compute_dtype="bfloat16",
+        keep_checkpoints=3,
+        num_samples=4,
+        sample_length=512,
+    ),
+    # the WikiText-103-scale schedule shared by gateloop_lm:full and its transformer
+    # baseline (rows of 2048 bytes, 64 rows = 131k bytes per step, 5.2B bytes in all)
+    "lm_wikitext": dict(
+        steps=40_000,
+        batch_size=64,
+        learning_rate=6e-4,
+        warmup_steps=2000,
+        compute_dtype="bfloat16",
+        log_every=100,
+        eval_every=5000,
+        eval_batches=64,
+        checkpoint_every=2000,
         keep_checkpoints=3,
         num_samples=4,
         sample_length=512,
