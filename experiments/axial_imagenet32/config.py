@@ -3,7 +3,7 @@
 decoder (unmasked row + masked column attention over previous rows), an inner decoder
 (masked row attention within the row) and a channel decoder; bits/dim on the held-out set.
 
-Variants (``experiments/axial_imagenet32/config.py:<variant>``):
+Variants (``axial_imagenet32:<variant>``):
   * ``full`` (default): the ``imagenet32`` preset (D=1024, 16 heads, 8 + 8 layers, about
     the paper's scale; its exact widths are not recorded in REFERENCES.md) on
     ``tfds:imagenet_resized/32x32`` (1.28M train / 50k validation images), batch 256,
@@ -14,9 +14,9 @@ Variants (``experiments/axial_imagenet32/config.py:<variant>``):
     images; 1500 train / 297 held out), D=64, 4 heads, 2 + 2 layers (0.23M params),
     batch 32, 600 steps.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/axial_imagenet32/config.py:tiny
+    jaxar train --config axial_imagenet32:tiny
     jaxar sample --workdir jaxar_runs/axial_imagenet32_tiny --num 16  # PNG grid (semi-parallel sampling)
     jaxar eval --workdir jaxar_runs/axial_imagenet32_tiny     # held-out bits/dim
 
@@ -24,7 +24,7 @@ Hardware / time: ``tiny`` about a minute on 2 CPU cores (README.md); ``full`` da
 accelerators. Expected: paper ImageNet 32x32 3.76 bits/dim. Tiny: see README.md.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

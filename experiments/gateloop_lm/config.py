@@ -4,7 +4,7 @@ byte-level LM whose mixer is the data-controlled linear recurrence
 ``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (REFERENCES.md s.2),
 in pre-norm blocks with a GELU MLP.
 
-Variants (``experiments/gateloop_lm/config.py:<variant>``):
+Variants (``gateloop_lm:<variant>``):
   * ``full`` (default): WikiText-103 scale, the library's ``base`` size: width 768,
     12 layers, 12 heads (head width 64), MLP 4x: 106.4M parameters with byte embeddings
     (the paper's ~125M counts a ~50k-token BPE embedding). Rows of 2048 bytes (about
@@ -21,9 +21,9 @@ Variants (``experiments/gateloop_lm/config.py:<variant>``):
     (427,136 vs 426,624), rows of 256 bytes, batch 8, 300 steps (614k training bytes).
     On CPU the mixer's ``mode="auto"`` is the recurrent scan (``jaxar.dispatch``).
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/gateloop_lm/config.py:tiny  # -> jaxar_runs/gateloop_lm_tiny
+    jaxar train --config gateloop_lm:tiny  # -> jaxar_runs/gateloop_lm_tiny
     jaxar sample --workdir jaxar_runs/gateloop_lm_tiny
     jaxar eval --workdir jaxar_runs/gateloop_lm_tiny               # held-out bits/byte
 
@@ -35,7 +35,7 @@ Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLo
 2.45 bits/byte after 300 steps (README.md).
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

@@ -3,7 +3,7 @@ byte-level LM of Gated State Space layers (REFERENCES.md s.3: ``u = gelu(x W_u)`
 ``g = gelu(x W_g)``, ``y = DSS(u)``, ``out = ((y W_y) * g) W_o``; the layer carries its own
 gated expansion, so blocks have no separate MLP).
 
-Variants (``experiments/gss_lm/config.py:<variant>``):
+Variants (``gss_lm:<variant>``):
   * ``full`` (default): the paper's layer widths (D=1024, F=4096, H=256, N=64 DSS modes;
     16 GSS layers, our choice of depth: 156.5M parameters) on byte-level code in rows of
     4096 bytes, as in the paper's GitHub-code setting. Data: the paper's GitHub corpus is
@@ -23,9 +23,9 @@ Packed rows carry document boundaries (``segment_ids``); the GSS layer then runs
 diagonal recurrence with resets instead of the FFT convolution (same outputs, O(L)
 sequential steps): this sets its training speed here.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/gss_lm/config.py:tiny   # -> jaxar_runs/gss_lm_tiny
+    jaxar train --config gss_lm:tiny   # -> jaxar_runs/gss_lm_tiny
     jaxar sample --workdir jaxar_runs/gss_lm_tiny
     jaxar eval --workdir jaxar_runs/gss_lm_tiny               # held-out bits/byte
 
@@ -37,7 +37,7 @@ exact perplexities are not recorded there, and its corpus is not ours). Tiny: he
 2.40 bits/byte after 300 steps (README.md).
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

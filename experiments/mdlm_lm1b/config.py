@@ -2,7 +2,7 @@
 log-linear schedule, SUBS parametrisation, time-agnostic bidirectional transformer),
 trained on the NELBO (REFERENCES.md s.5).
 
-Variants (``experiments/mdlm_lm1b/config.py:<variant>``):
+Variants (``mdlm_lm1b:<variant>``):
   * ``full`` (default): the paper's LM1B setting: a 12-layer, width-768, 12-head
     bidirectional transformer (``base``, the DiT-sized backbone), rows of 128 tokens,
     batch 512, AdamW 3e-4 with 2.5k warmup steps then constant, EMA 0.9999, bfloat16
@@ -18,9 +18,9 @@ Variants (``experiments/mdlm_lm1b/config.py:<variant>``):
     parameters, the quickstart's backbone made bidirectional), rows of 128 bytes,
     batch 16, 300 steps.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/mdlm_lm1b/config.py:tiny   # -> jaxar_runs/mdlm_lm1b_tiny
+    jaxar train --config mdlm_lm1b:tiny   # -> jaxar_runs/mdlm_lm1b_tiny
     jaxar sample --workdir jaxar_runs/mdlm_lm1b_tiny             # first-hitting sampler
     jaxar eval --workdir jaxar_runs/mdlm_lm1b_tiny               # held-out NELBO bits/byte
 
@@ -31,7 +31,7 @@ Tiny: a held-out NELBO bound of about 3.4 bits/byte after 300 steps (README.md),
 0.9 bits/byte looser than the same backbone's AR NLL at the same budget.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 
