@@ -78,6 +78,7 @@ def test_wheel_ships_every_experiment_under_jaxar(wheel):
     for name in EXPERIMENTS:
         assert f"jaxar/experiments/{name}/config.py" in names, name
     assert {"jaxar/experiments/__init__.py", "jaxar/experiments/common.py"} <= names
+    assert "jaxar/MATHS.md" in names  # what the docstrings cite
     top = {n.split("/", 1)[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"jaxar", "pallas_kernels"}
     # every package of the checkout is in the wheel

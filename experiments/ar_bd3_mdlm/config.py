@@ -1,7 +1,7 @@
 """AR vs BD3-LM (L' = 4, 16) vs MDLM at the same backbone and token budget.
 
 One bidirectional/causal transformer backbone for all four models; only the objective, the
-attention mask and the sampler differ (REFERENCES.md s.5-6): ``ar`` (the ``lm`` family,
+attention mask and the sampler differ (jaxar/MATHS.md s.5-6): ``ar`` (the ``lm`` family,
 causal attention, next-byte NLL), ``bd3_l4`` / ``bd3_l16`` (block diffusion with blocks of
 4 / 16 tokens, NELBO bound), ``mdlm`` (masked diffusion over the whole row, NELBO bound).
 
@@ -32,6 +32,15 @@ Expected (paper, OpenWebText perplexity): AR 17.54, BD3 <= 20.73 (L' = 4),
 <= 22.27 (L' = 16), MDLM <= 22.98: the bound loosens as blocks grow. The held-out number
 is an NLL for AR and a NELBO upper bound for the diffusion models. Tiny, measured: AR 2.67,
 BD3 3.48 / 3.57 (L' = 4 / 16), MDLM 3.60 bits/byte on the whole held-out split.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from jaxar.experiments.common import config_dict

@@ -1,5 +1,5 @@
 """BD3-LM (Arriola et al. 2025): block diffusion, autoregressive over blocks of L' tokens and
-masked diffusion inside each block (REFERENCES.md s.6), at block sizes L' = 4, 8, 16.
+masked diffusion inside each block (jaxar/MATHS.md s.6), at block sizes L' = 4, 8, 16.
 
 Variants (``bd3lm:<variant>``):
   * ``full_l4``, ``full_l8``, ``full_l16`` (``full`` = ``full_l16``): the paper's
@@ -31,6 +31,10 @@ on 8+ A100s) and were not run.
 Expected: paper (OpenWebText, GPT-2 tokens) perplexity bounds <= 20.73 / 21.68 / 22.27 for
 L' = 4 / 8 / 16 (MDLM <= 22.98, AR 17.54); smaller blocks are closer to AR and better.
 Tiny: held-out NELBO bounds of 3.34 / 3.38 / 3.40 bits/byte for L' = 4 / 8 / 16 (README.md).
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from jaxar.experiments.common import config_dict

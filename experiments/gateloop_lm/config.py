@@ -1,7 +1,7 @@
 """GateLoop (Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence"): a
 byte-level LM whose mixer is the data-controlled linear recurrence
 ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``y_t = Re(q_t^T S_t)`` with complex gates
-``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (REFERENCES.md s.2),
+``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (jaxar/MATHS.md s.2),
 in pre-norm blocks with a GELU MLP.
 
 Variants (``gateloop_lm:<variant>``):
@@ -30,9 +30,13 @@ Commands:
 Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` a multi-day job on 8 accelerators.
 Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLoop model
-(REFERENCES.md s.2; per BPE token: bits/byte converts as
+(jaxar/MATHS.md s.2; per BPE token: bits/byte converts as
 ``ppl = 2 ** (bits_per_byte * test_bytes / test_tokens)``). Tiny: held-out
 2.45 bits/byte after 300 steps (README.md).
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
 from jaxar.experiments.common import config_dict

@@ -1,5 +1,5 @@
 """GSS-Hybrid (Mehta et al. 2022): GSS layers interleaved with attention restricted to a
-local window (REFERENCES.md s.3: 512-token chunks in the paper), byte-level.
+local window (jaxar/MATHS.md s.3: 512-token chunks in the paper), byte-level.
 
 ``model.mixer = ("gss", "attention")`` cycles the two over the layers (GSS first), with
 ``mixer_options`` per mixer name; every block has an MLP (``mlp_ratio``), as in the
@@ -27,8 +27,13 @@ Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` on 8 accelerators.
 Expected: the paper reports GSS-Hybrid improving on GSS and competitive with
 block-recurrent transformers on PG-19, arXiv and GitHub code at length 4096
-(REFERENCES.md s.3; exact perplexities not recorded there). Tiny: held-out 2.58
+(jaxar/MATHS.md s.3; exact perplexities not recorded there). Tiny: held-out 2.58
 bits/byte after 300 steps (README.md).
+
+References:
+  Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
+  Gupta et al. 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+    arXiv:2203.14343.
 """
 
 from jaxar.experiments.common import config_dict

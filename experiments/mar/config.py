@@ -1,5 +1,5 @@
 """MAR (Li et al. 2024): autoregressive image generation without vector quantization
-(REFERENCES.md s.7). Pixel patches are continuous tokens; a transformer backbone gives
+(jaxar/MATHS.md s.7). Pixel patches are continuous tokens; a transformer backbone gives
 each position a condition z, and a small per-token diffusion head (residual MLP with
 adaptive norm on z and t) models the token: masked order (bidirectional backbone,
 random order, tokens revealed over ``num_iter`` steps on a cosine schedule) or causal
@@ -30,6 +30,10 @@ of the same head objective only, not bits/dim. Sample quality is judged by the g
 
 Hardware / time: ``tiny_*`` about a minute each on 2 CPU cores (README.md); ``full_*``
 days on 8 accelerators.
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from jaxar.experiments.common import config_dict

@@ -1,6 +1,6 @@
 """MDLM (Sahoo et al. 2024) on text8: character-level masked diffusion (absorbing [MASK]
 state, log-linear schedule, SUBS parametrisation, time-agnostic bidirectional
-transformer) trained on the NELBO (REFERENCES.md s.5). text8 characters are bytes, so
+transformer) trained on the NELBO (jaxar/MATHS.md s.5). text8 characters are bytes, so
 our bits/byte is the paper's bits/character.
 
 Variants (``mdlm_text8:<variant>``):
@@ -28,6 +28,13 @@ measured under load; README.md);
 ``full`` is a multi-day job on 8 accelerators.
 Expected: paper text8 <= 1.40 bits/char (MD4 <= 1.37, AR transformer 1.23).
 Tiny: a held-out NELBO bound of about 3.6 bits/byte after 300 steps (see README.md).
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
 from jaxar.experiments.mdlm_lm1b import config as mdlm_lm1b  # the MDLM configs, written once

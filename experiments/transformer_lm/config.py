@@ -28,8 +28,12 @@ Commands (from the repository root):
 Hardware / time: ``tiny`` about 2 min on 2 shared CPU cores (measured in README.md); the full
 variants are multi-day jobs on 8 accelerators (bfloat16 compute).
 Expected: no published figure for this exact baseline; the GateLoop paper reports 13.4
-WikiText-103 test perplexity for its ~125M GateLoop model (REFERENCES.md s.2, BPE tokens,
+WikiText-103 test perplexity for its ~125M GateLoop model (jaxar/MATHS.md s.2, BPE tokens,
 not comparable with bits/byte). Tiny: held-out 2.70 bits/byte after 300 steps (README.md).
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
 from jaxar.experiments.common import config_dict
