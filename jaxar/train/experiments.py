@@ -47,11 +47,10 @@ def package() -> types.ModuleType:
     """
     if PACKAGE in sys.modules:
         return sys.modules[PACKAGE]
-    import jaxar
-
-    root = pathlib.Path(jaxar.__file__).resolve().parents[1]
+    here = pathlib.Path(__file__).resolve().parents[1]  # the jaxar package folder
+    root = here.parent
     init = root / "experiments" / "__init__.py"
-    inside = pathlib.Path(jaxar.__file__).resolve().parent / "experiments"
+    inside = here / "experiments"
     if not inside.is_dir() and init.is_file() and (root / "pyproject.toml").is_file():
         spec = importlib.util.spec_from_file_location(
             PACKAGE, init, submodule_search_locations=[str(init.parent)]
