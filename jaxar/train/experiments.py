@@ -62,6 +62,7 @@ def package() -> types.ModuleType:
         except BaseException:
             del sys.modules[PACKAGE]
             raise
+        sys.modules["jaxar"].experiments = module  # as an ordinary import of a subpackage
         return module
     try:
         return importlib.import_module(PACKAGE)

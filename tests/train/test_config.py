@@ -146,8 +146,12 @@ def test_bad_config_arguments_are_one_line_errors(arg, match, capsys):
 
 
 def test_config_dict_recipes_and_errors():
-    experiments.package()  # in a source checkout: the repository's experiments/ folder
+    import jaxar
+
+    package = experiments.package()  # in a source checkout: the repository's experiments/
     from jaxar.experiments.common import config_dict
+
+    assert jaxar.experiments is package
 
     c = config_dict(model=dict(family="lm"), recipe="cpu_tiny", batch_size=8)
     cfg = config_lib.from_config_dict(c)
