@@ -20,13 +20,18 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "eval": ("jaxar.train.cli", "eval_main", "held-out NLL of a trained workdir"),
     "bench": ("jaxar.bench.cli", "bench_main", "benchmarks against in-run baselines"),
-    "info": ("jaxar.cli", "info_main", "versions, backend, devices, usable kernel backends"),
+    "info": (
+        "jaxar.cli",
+        "info_main",
+        "versions, backend, devices, kernel backends, experiments and their variants",
+    ),
 }
 NOT_AVAILABLE = 2
 
 
 def info_main(argv: list[str]) -> int:
-    """Prints versions, the backend, the devices and the usable kernel backends."""
+    """Prints versions, the backend, the devices, the usable kernel backends and the
+    experiments (``jaxar train --config NAME[:variant]``) with their variants."""
     argparse.ArgumentParser(prog="jaxar info", description=SUBCOMMANDS["info"][2]).parse_args(argv)
     import flax
     import jax
@@ -34,6 +39,7 @@ def info_main(argv: list[str]) -> int:
 
     import jaxar
     from jaxar import dispatch
+    from jaxar.train import experiments
 
     print(f"jaxar    {jaxar.__version__}")
     print(f"python   {sys.version.split()[0]}")
@@ -52,6 +58,22 @@ def info_main(argv: list[str]) -> int:
     print("auto implementations here:")
     for op in dispatch.AUTO:
         print(f"  - {op}: {dispatch.resolve(op, 'auto')}")
+    print("experiments (jaxar train --config NAME[:variant]):")
+    try:
+        names = experiments.names()
+    except ValueError as e:
+        print(f"  none: {e}")
+        names = ()
+    for name in names:
+        try:
+            default = experiments.default_variant(name)
+            variants = ", ".join(
+                f"{v} (default)" if v == default else v for v in experiments.variants(name)
+            )
+            variants = variants or "(no variants)"
+        except Exception as e:  # one broken config must not hide the others
+            variants = f"cannot load: {type(e).__name__}: {e}"
+        print(f"  - {name}: {variants}")
     return 0
 
 

@@ -16,7 +16,7 @@ import pytest  # noqa: E402
 # Must run before any backend is initialised: the sharding tests need 8 devices.
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_rank_promotion", "raise")
-# grain's worker processes read absl flags (ENVIRONMENT_NOTES.md).
+# grain's worker processes read absl flags.
 absl.flags.FLAGS.mark_as_parsed()
 
 from jaxar import testing  # noqa: E402

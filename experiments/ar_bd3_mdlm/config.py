@@ -1,11 +1,11 @@
 """AR vs BD3-LM (L' = 4, 16) vs MDLM at the same backbone and token budget.
 
 One bidirectional/causal transformer backbone for all four models; only the objective, the
-attention mask and the sampler differ (REFERENCES.md s.5-6): ``ar`` (the ``lm`` family,
+attention mask and the sampler differ (jaxar/MATHS.md s.5-6): ``ar`` (the ``lm`` family,
 causal attention, next-byte NLL), ``bd3_l4`` / ``bd3_l16`` (block diffusion with blocks of
 4 / 16 tokens, NELBO bound), ``mdlm`` (masked diffusion over the whole row, NELBO bound).
 
-Variants (``experiments/ar_bd3_mdlm/config.py:<size>_<model>``), size ``tiny`` or
+Variants (``ar_bd3_mdlm:<size>_<model>``), size ``tiny`` or
 ``full``, model ``ar``, ``mdlm``, ``bd3_l4``, ``bd3_l16``; plain ``tiny`` / ``full`` are
 the BD3 L' = 4 member:
   * ``tiny_*``: the embedded ``stdlib`` byte corpus (the Python standard library's source,
@@ -22,7 +22,7 @@ Commands (from the repository root):
 
     python experiments/ar_bd3_mdlm/run.py          # trains the 4 tiny models one after
                                                    # another, evaluates, times sampling
-    jaxar train --config experiments/ar_bd3_mdlm/config.py:tiny_mdlm   # one member
+    jaxar train --config ar_bd3_mdlm:tiny_mdlm   # one member
     jaxar sample --workdir jaxar_runs/ar_bd3_mdlm_tiny_mdlm
     jaxar eval --workdir jaxar_runs/ar_bd3_mdlm_tiny_mdlm
 
@@ -32,12 +32,22 @@ Expected (paper, OpenWebText perplexity): AR 17.54, BD3 <= 20.73 (L' = 4),
 <= 22.27 (L' = 16), MDLM <= 22.98: the bound loosens as blocks grow. The held-out number
 is an NLL for AR and a NELBO upper bound for the diffusion models. Tiny, measured: AR 2.67,
 BD3 3.48 / 3.57 (L' = 4 / 16), MDLM 3.60 bits/byte on the whole held-out split.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 MODELS = ("ar", "mdlm", "bd3_l4", "bd3_l16")
 SIZES = ("tiny", "full")
+VARIANTS = tuple(f"{s}_{m}" for s in SIZES for m in MODELS) + SIZES
 
 
 def _config(size: str, model: str):
@@ -72,6 +82,5 @@ def get_config(variant: str = "full"):
         variant = f"{variant}_bd3_l4"
     size, _, model = variant.partition("_")
     if size not in SIZES or model not in MODELS:
-        accepted = [f"{s}_{m}" for s in SIZES for m in MODELS] + list(SIZES)
-        raise ValueError(f"variant={variant!r} is not supported; accepted: {accepted}")
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
     return _config(size, model)

@@ -65,10 +65,11 @@ def measure(name: str, size: str, root: pathlib.Path, args) -> dict:
 
     from jaxar.models.mdlm import unigram_entropy
     from jaxar.train import loop
-    from jaxar.train.config import from_config_dict, load_config_file
+    from jaxar.train.config import from_config_dict
+    from jaxar.train.experiments import load_config
 
     variant = f"{size}_{name}"
-    cfg = from_config_dict(load_config_file(f"{HERE / 'config.py'}:{variant}"))
+    cfg = from_config_dict(load_config(f"ar_bd3_mdlm:{variant}"))
     workdir = root / variant
     t0 = time.time()
     summary = loop.train(cfg, workdir)

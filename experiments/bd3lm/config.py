@@ -1,7 +1,7 @@
 """BD3-LM (Arriola et al. 2025): block diffusion, autoregressive over blocks of L' tokens and
-masked diffusion inside each block (REFERENCES.md s.6), at block sizes L' = 4, 8, 16.
+masked diffusion inside each block (jaxar/MATHS.md s.6), at block sizes L' = 4, 8, 16.
 
-Variants (``experiments/bd3lm/config.py:<variant>``):
+Variants (``bd3lm:<variant>``):
   * ``full_l4``, ``full_l8``, ``full_l16`` (``full`` = ``full_l16``): the paper's
     OpenWebText setting: a 12-layer, width-768, 12-head bidirectional transformer
     (``base``), length 1024, batch 512, 1M steps (524B tokens), AdamW 3e-4.
@@ -19,9 +19,9 @@ Variants (``experiments/bd3lm/config.py:<variant>``):
     embedded ``stdlib`` byte corpus (the Python standard library's source): width 128, 2
     layers, 4 heads, length 128, batch 16, 300 steps.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/bd3lm/config.py:tiny_l4   # -> jaxar_runs/bd3lm_tiny_l4
+    jaxar train --config bd3lm:tiny_l4   # -> jaxar_runs/bd3lm_tiny_l4
     jaxar sample --workdir jaxar_runs/bd3lm_tiny_l4 --length 128
     jaxar eval --workdir jaxar_runs/bd3lm_tiny_l4              # held-out NELBO bits/byte
 
@@ -31,22 +31,24 @@ on 8+ A100s) and were not run.
 Expected: paper (OpenWebText, GPT-2 tokens) perplexity bounds <= 20.73 / 21.68 / 22.27 for
 L' = 4 / 8 / 16 (MDLM <= 22.98, AR 17.54); smaller blocks are closer to AR and better.
 Tiny: held-out NELBO bounds of 3.34 / 3.38 / 3.40 bits/byte for L' = 4 / 8 / 16 (README.md).
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 BLOCK_SIZES = (4, 8, 16)
+ALIASES = {"tiny": "tiny_l16", "full": "full_l16"}
+VARIANTS = tuple(f"{s}_l{b}" for s in ("tiny", "full") for b in BLOCK_SIZES) + tuple(ALIASES)
 
 
 def get_config(variant: str = "full"):
     """``tiny_l{4,8,16}`` / ``full_l{4,8,16}``; ``tiny`` and ``full`` use L' = 16."""
-    names = [f"{s}_l{b}" for s in ("tiny", "full") for b in BLOCK_SIZES]
-    aliases = {"tiny": "tiny_l16", "full": "full_l16"}
-    name = aliases.get(variant, variant)
-    if name not in names:
-        raise ValueError(
-            f"variant={variant!r} is not supported; accepted: {sorted(names + list(aliases))}"
-        )
+    if variant not in VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
+    name = ALIASES.get(variant, variant)
     size, _, block = name.partition("_l")
     model = dict(
         family="bd3",

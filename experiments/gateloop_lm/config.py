@@ -1,10 +1,10 @@
 """GateLoop (Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence"): a
 byte-level LM whose mixer is the data-controlled linear recurrence
 ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``, ``y_t = Re(q_t^T S_t)`` with complex gates
-``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (REFERENCES.md s.2),
+``a_t = sigmoid(m_t) exp(i phi_t)``, head norm and a SiLU output gate (jaxar/MATHS.md s.2),
 in pre-norm blocks with a GELU MLP.
 
-Variants (``experiments/gateloop_lm/config.py:<variant>``):
+Variants (``gateloop_lm:<variant>``):
   * ``full`` (default): WikiText-103 scale, the library's ``base`` size: width 768,
     12 layers, 12 heads (head width 64), MLP 4x: 106.4M parameters with byte embeddings
     (the paper's ~125M counts a ~50k-token BPE embedding). Rows of 2048 bytes (about
@@ -21,21 +21,25 @@ Variants (``experiments/gateloop_lm/config.py:<variant>``):
     (427,136 vs 426,624), rows of 256 bytes, batch 8, 300 steps (614k training bytes).
     On CPU the mixer's ``mode="auto"`` is the recurrent scan (``jaxar.dispatch``).
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/gateloop_lm/config.py:tiny  # -> jaxar_runs/gateloop_lm_tiny
+    jaxar train --config gateloop_lm:tiny  # -> jaxar_runs/gateloop_lm_tiny
     jaxar sample --workdir jaxar_runs/gateloop_lm_tiny
     jaxar eval --workdir jaxar_runs/gateloop_lm_tiny               # held-out bits/byte
 
 Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` a multi-day job on 8 accelerators.
 Expected: the paper reports 13.4 WikiText-103 test perplexity for a ~125M GateLoop model
-(REFERENCES.md s.2; per BPE token: bits/byte converts as
+(jaxar/MATHS.md s.2; per BPE token: bits/byte converts as
 ``ppl = 2 ** (bits_per_byte * test_bytes / test_tokens)``). Tiny: held-out
 2.45 bits/byte after 300 steps (README.md).
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

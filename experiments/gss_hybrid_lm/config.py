@@ -1,11 +1,11 @@
 """GSS-Hybrid (Mehta et al. 2022): GSS layers interleaved with attention restricted to a
-local window (REFERENCES.md s.3: 512-token chunks in the paper), byte-level.
+local window (jaxar/MATHS.md s.3: 512-token chunks in the paper), byte-level.
 
 ``model.mixer = ("gss", "attention")`` cycles the two over the layers (GSS first), with
 ``mixer_options`` per mixer name; every block has an MLP (``mlp_ratio``), as in the
 library's ``LMConfig.gss_hybrid`` preset.
 
-Variants (``experiments/gss_hybrid_lm/config.py:<variant>``):
+Variants (``gss_hybrid_lm:<variant>``):
   * ``full`` (default): the paper's GSS widths (D=1024, F=4096, H=256, N=64) alternating
     with 16-head attention over a causal window of 512, 12 layers (6 + 6), MLP 4x (184.7M
     parameters), byte-level code in rows of 4096 bytes as in the paper's GitHub-code
@@ -17,9 +17,9 @@ Variants (``experiments/gss_hybrid_lm/config.py:<variant>``):
     the model has the tiny transformer's parameter count (422,592 vs 426,624), batch 8,
     300 steps (614k training bytes).
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/gss_hybrid_lm/config.py:tiny  # jaxar_runs/gss_hybrid_lm_tiny
+    jaxar train --config gss_hybrid_lm:tiny  # jaxar_runs/gss_hybrid_lm_tiny
     jaxar sample --workdir jaxar_runs/gss_hybrid_lm_tiny
     jaxar eval --workdir jaxar_runs/gss_hybrid_lm_tiny               # held-out bits/byte
 
@@ -27,11 +27,16 @@ Hardware / time: ``tiny`` 2-5 min on 2 shared CPU cores (measured in README.md);
 ``full`` on 8 accelerators.
 Expected: the paper reports GSS-Hybrid improving on GSS and competitive with
 block-recurrent transformers on PG-19, arXiv and GitHub code at length 4096
-(REFERENCES.md s.3; exact perplexities not recorded there). Tiny: held-out 2.58
+(jaxar/MATHS.md s.3; exact perplexities not recorded there). Tiny: held-out 2.58
 bits/byte after 300 steps (README.md).
+
+References:
+  Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
+  Gupta et al. 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+    arXiv:2203.14343.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

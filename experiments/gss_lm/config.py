@@ -1,9 +1,9 @@
 """GSS (Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces"): a
-byte-level LM of Gated State Space layers (REFERENCES.md s.3: ``u = gelu(x W_u)``,
+byte-level LM of Gated State Space layers (jaxar/MATHS.md s.3: ``u = gelu(x W_u)``,
 ``g = gelu(x W_g)``, ``y = DSS(u)``, ``out = ((y W_y) * g) W_o``; the layer carries its own
 gated expansion, so blocks have no separate MLP).
 
-Variants (``experiments/gss_lm/config.py:<variant>``):
+Variants (``gss_lm:<variant>``):
   * ``full`` (default): the paper's layer widths (D=1024, F=4096, H=256, N=64 DSS modes;
     16 GSS layers, our choice of depth: 156.5M parameters) on byte-level code in rows of
     4096 bytes, as in the paper's GitHub-code setting. Data: the paper's GitHub corpus is
@@ -23,21 +23,26 @@ Packed rows carry document boundaries (``segment_ids``); the GSS layer then runs
 diagonal recurrence with resets instead of the FFT convolution (same outputs, O(L)
 sequential steps): this sets its training speed here.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/gss_lm/config.py:tiny   # -> jaxar_runs/gss_lm_tiny
+    jaxar train --config gss_lm:tiny   # -> jaxar_runs/gss_lm_tiny
     jaxar sample --workdir jaxar_runs/gss_lm_tiny
     jaxar eval --workdir jaxar_runs/gss_lm_tiny               # held-out bits/byte
 
 Hardware / time: ``tiny`` 3-6 min on 2 shared CPU cores (measured in README.md);
 ``full`` on 8 accelerators, hours for the stdlib budget, days at paper scale.
 Expected: the paper reports GSS competitive with block-recurrent transformers on GitHub
-code at length 4096 and 2-3x faster training than DSS on TPU (REFERENCES.md s.3; its
+code at length 4096 and 2-3x faster training than DSS on TPU (jaxar/MATHS.md s.3; its
 exact perplexities are not recorded there, and its corpus is not ours). Tiny: held-out
 2.40 bits/byte after 300 steps (README.md).
+
+References:
+  Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
+  Gupta et al. 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+    arXiv:2203.14343.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

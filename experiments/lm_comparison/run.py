@@ -36,9 +36,9 @@ def param_count(name: str) -> int:
 
     from jaxar.models import lm
     from jaxar.train import config as config_lib
-    from jaxar.train import tasks
+    from jaxar.train import experiments, tasks
 
-    cfg_dict = config_lib.load_config_file(ROOT / f"experiments/{name}/config.py:tiny")
+    cfg_dict = experiments.load_config(f"{name}:tiny")
     cfg = config_lib.from_config_dict(cfg_dict)
     lm_cfg = tasks.lm_config(cfg.model, 256, jnp.float32)
     model = nnx.eval_shape(lambda: lm.LM(lm_cfg, rngs=nnx.Rngs(0)))
@@ -93,11 +93,11 @@ def throughput(names, *, rounds: int = 5, steps: int = 10) -> dict[str, int]:
 
     from jaxar.data import pipeline
     from jaxar.train import config as config_lib
-    from jaxar.train import loop
+    from jaxar.train import experiments, loop
 
     runs = {}
     for name in names:
-        cfg_dict = config_lib.load_config_file(ROOT / f"experiments/{name}/config.py:tiny")
+        cfg_dict = experiments.load_config(f"{name}:tiny")
         run = loop.build(config_lib.from_config_dict(cfg_dict))
         ds = pipeline.batched(run.train_source, run.cfg.batch_size, seed=0)
         batch = run.put_batch(ds[0])

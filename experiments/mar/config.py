@@ -1,11 +1,11 @@
 """MAR (Li et al. 2024): autoregressive image generation without vector quantization
-(REFERENCES.md s.7). Pixel patches are continuous tokens; a transformer backbone gives
+(jaxar/MATHS.md s.7). Pixel patches are continuous tokens; a transformer backbone gives
 each position a condition z, and a small per-token diffusion head (residual MLP with
 adaptive norm on z and t) models the token: masked order (bidirectional backbone,
 random order, tokens revealed over ``num_iter`` steps on a cosine schedule) or causal
 raster order (KV cache). Class-conditional with classifier-free guidance.
 
-Variants (``experiments/mar/config.py:<variant>``):
+Variants (``mar:<variant>``):
   * ``full_masked`` (default, ``full`` = it) / ``full_causal``: the ``mar_b`` sizes
     (backbone D=768, 24 layers, 12 heads; head width per the preset) on CIFAR-10 pixels
     (``tfds:cifar10``, 32x32x3, 2x2 patches -> 256 tokens of 12 values), batch 256,
@@ -17,9 +17,9 @@ Variants (``experiments/mar/config.py:<variant>``):
     digits: the ``tiny`` preset (2x2 patches -> 16 tokens of 4 values, backbone D=64,
     2 layers, head width 64), batch 32, 600 steps.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/mar/config.py:tiny_masked
+    jaxar train --config mar:tiny_masked
     jaxar sample --workdir jaxar_runs/mar_tiny_masked --num 16  # PNG grid of class-conditional samples
     jaxar eval --workdir jaxar_runs/mar_tiny_masked            # held-out diffusion-head loss
 
@@ -30,9 +30,13 @@ of the same head objective only, not bits/dim. Sample quality is judged by the g
 
 Hardware / time: ``tiny_*`` about a minute each on 2 CPU cores (README.md); ``full_*``
 days on 8 accelerators.
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 ORDERS = ("masked", "causal")
 VARIANTS = ("full", "tiny") + tuple(f"{s}_{o}" for s in ("full", "tiny") for o in ORDERS)

@@ -1,8 +1,8 @@
 """MDLM (Sahoo et al. 2024) on LM1B: a masked-diffusion LM (absorbing [MASK] state,
 log-linear schedule, SUBS parametrisation, time-agnostic bidirectional transformer),
-trained on the NELBO (REFERENCES.md s.5).
+trained on the NELBO (jaxar/MATHS.md s.5).
 
-Variants (``experiments/mdlm_lm1b/config.py:<variant>``):
+Variants (``mdlm_lm1b:<variant>``):
   * ``full`` (default): the paper's LM1B setting: a 12-layer, width-768, 12-head
     bidirectional transformer (``base``, the DiT-sized backbone), rows of 128 tokens,
     batch 512, AdamW 3e-4 with 2.5k warmup steps then constant, EMA 0.9999, bfloat16
@@ -18,9 +18,9 @@ Variants (``experiments/mdlm_lm1b/config.py:<variant>``):
     parameters, the quickstart's backbone made bidirectional), rows of 128 bytes,
     batch 16, 300 steps.
 
-Commands (from the repository root):
+Commands:
 
-    jaxar train --config experiments/mdlm_lm1b/config.py:tiny   # -> jaxar_runs/mdlm_lm1b_tiny
+    jaxar train --config mdlm_lm1b:tiny   # -> jaxar_runs/mdlm_lm1b_tiny
     jaxar sample --workdir jaxar_runs/mdlm_lm1b_tiny             # first-hitting sampler
     jaxar eval --workdir jaxar_runs/mdlm_lm1b_tiny               # held-out NELBO bits/byte
 
@@ -29,9 +29,16 @@ Hardware / time: ``tiny`` about 1-2 min on 2 shared CPU cores (71 s measured) (m
 Expected: paper LM1B perplexity bound <= 27.04 (33B tokens, WordPiece tokens).
 Tiny: a held-out NELBO bound of about 3.4 bits/byte after 300 steps (README.md), about
 0.9 bits/byte looser than the same backbone's AR NLL at the same budget.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "tiny")
 

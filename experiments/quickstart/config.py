@@ -1,9 +1,9 @@
 """Quickstart: a tiny byte-level causal transformer LM on the Python standard library's source.
 
-Run (from the repository root; no download, the corpus ships with Python):
+Run (no download, the corpus ships with Python):
 
     jaxar train                                   # this config, workdir jaxar_runs/quickstart
-    jaxar train --config experiments/quickstart/config.py --workdir /tmp/qs --config.steps=100
+    jaxar train --config quickstart --workdir /tmp/qs --config.steps=100
     jaxar sample --workdir jaxar_runs/quickstart  # prints Python-looking text
     jaxar eval --workdir jaxar_runs/quickstart    # held-out bits/token
 
@@ -11,10 +11,24 @@ Hardware / time: 2 CPU cores, about 1-2 minutes (see README.md for measured numb
 Expected: training loss from ~5.5 nats to ~2 nats per byte; held-out ~3 bits/token.
 """
 
-from jaxar.train.cli import quickstart_config
+from jaxar.experiments.common import config_dict
+
+VARIANTS = ()  # get_config() takes none
 
 
 def get_config():
-    """The quickstart (defined once in ``jaxar.train.cli`` so that a plain ``pip install``
-    without this folder still trains it)."""
-    return quickstart_config()
+    """The quickstart's ConfigDict (what ``jaxar train`` runs without ``--config``)."""
+    return config_dict(
+        model=dict(
+            family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
+        ),
+        data=dict(name="stdlib", seq_len=128, packing="concat"),
+        steps=300,
+        batch_size=16,
+        warmup_steps=30,
+        log_every=25,
+        eval_every=150,
+        checkpoint_every=100,
+        keep_checkpoints=2,
+        sample_length=200,
+    )

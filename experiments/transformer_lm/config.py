@@ -2,7 +2,7 @@
 (pre-norm blocks: RoPE multi-head attention + GELU MLP, tied embeddings) at the sizes of
 the GateLoop and GSS experiments.
 
-Variants (``experiments/transformer_lm/config.py:<variant>``):
+Variants (``transformer_lm:<variant>``):
   * ``full`` (default): the baseline for ``gateloop_lm:full`` (WikiText-103 scale): width
     768, 12 heads, 15 layers, so that it has the GateLoop model's parameter count (106.4M
     vs 106.4M with byte embeddings: a GateLoop block has 15 D^2 weights, a transformer
@@ -21,18 +21,22 @@ Variants (``experiments/transformer_lm/config.py:<variant>``):
 
 Commands (from the repository root):
 
-    jaxar train --config experiments/transformer_lm/config.py:tiny  # jaxar_runs/transformer_lm_tiny
+    jaxar train --config transformer_lm:tiny  # jaxar_runs/transformer_lm_tiny
     jaxar sample --workdir jaxar_runs/transformer_lm_tiny
     jaxar eval --workdir jaxar_runs/transformer_lm_tiny               # held-out bits/byte
 
 Hardware / time: ``tiny`` about 2 min on 2 shared CPU cores (measured in README.md); the full
 variants are multi-day jobs on 8 accelerators (bfloat16 compute).
 Expected: no published figure for this exact baseline; the GateLoop paper reports 13.4
-WikiText-103 test perplexity for its ~125M GateLoop model (REFERENCES.md s.2, BPE tokens,
+WikiText-103 test perplexity for its ~125M GateLoop model (jaxar/MATHS.md s.2, BPE tokens,
 not comparable with bits/byte). Tiny: held-out 2.70 bits/byte after 300 steps (README.md).
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
-from jaxar.train.config import config_dict
+from jaxar.experiments.common import config_dict
 
 VARIANTS = ("full", "full_code", "tiny")
 

@@ -1,4 +1,4 @@
-"""Attention benchmarks (REFERENCES.md s.4): axial vs full, sampling, ours vs jax.nn.
+"""Attention benchmarks (jaxar/MATHS.md s.4): axial vs full, sampling, ours vs jax.nn.
 
 ``jaxar bench attention [--quick]``. Three groups, each with in-run ratios (baseline
 median / row median; > 1: the row is faster):
@@ -12,6 +12,9 @@ median / row median; > 1: the row is faster):
   tiny 8x8x1 model, 4 images per call.
 
 ``--quick``: grids 32x32 (fwd, fwd+bwd) and 64x64 (fwd); full: also 64x64 fwd+bwd.
+
+References:
+  Ho et al. 2019, "Axial Attention in Multidimensional Transformers", arXiv:1912.12180.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""Masked-diffusion samplers: first-hitting vs ancestral vs cached (REFERENCES.md s.5).
+"""Masked-diffusion samplers: first-hitting vs ancestral vs cached (jaxar/MATHS.md s.5).
 
 ``jaxar bench diffusion [--quick]``. One sequence (B=1) of L tokens from scratch with a
 small network (embedding + one global-mixing residual MLP layer + output head, D=64;
 logits over V + 1 with the [MASK] row), ``num_steps = L`` for the ancestral samplers.
 Rows: wall time of the whole sampler (median), denoiser calls, ratio = ancestral / method
-(> 1: faster) measured in the same run. Target (REFERENCES.md s.5, Zheng et al.):
+(> 1: faster) measured in the same run. Target (jaxar/MATHS.md s.5, Zheng et al.):
 first-hitting >= 10x faster than ancestral at L=1024, V=50257.
 
 Cases whose full run would take minutes on a CPU (``L * V >= 2**22``) are timed on a run
@@ -14,6 +14,13 @@ likewise; first-hitting: a prompt leaving ``_PARTIAL`` masked tokens) and scaled
 the cached sampler's skipped steps, which the partial run samples too); those rows say
 ``extrapolated_from_steps`` in ``extra``. ``--quick`` runs only L=128 with V=256 and
 V=50257.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-token diffusion heads and MAR generation orders (REFERENCES.md s.7).
+"""Per-token diffusion heads and MAR generation orders (jaxar/MATHS.md s.7).
 
 ``jaxar bench heads [--quick]``. Two groups of rows, each with in-run ratios
 (baseline median / row median; > 1: the row is faster):
@@ -15,6 +15,10 @@
 
 ``--quick``: heads tiny/small with M=64 and 25/50 steps; MAR with L=64, num_iter 16/64.
 Full: heads tiny/small/mar_b/mar_l/mar_h with M=256; MAR with L=256 (slow on a CPU).
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

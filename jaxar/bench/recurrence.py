@@ -1,4 +1,4 @@
-"""Linear recurrences: every implementation, forward + backward (REFERENCES.md s.1-2).
+"""Linear recurrences: every implementation, forward + backward (jaxar/MATHS.md s.1-2).
 
 ``jaxar bench recurrence [--quick]``. Cases (B=4): GateLoop with H=4, K=E=32 (modes
 recurrent = the sequential baseline, parallel = the associative baseline, chunked with
@@ -13,6 +13,12 @@ Skipped, with the reason in the row list: GateLoop "parallel" at L=16384 (its as
 scan materialises the B*L*H*K*E = 268M-element state sequence several times: > the
 memory of the benchmark machine in the backward pass); the "attention" mode (O(L^2 K)
 memory; it is the chunked code with one chunk).
+
+References:
+  Martin and Cundy 2018, "Parallelizing Linear Recurrent Neural Nets Over Sequence Length",
+    arXiv:1709.04057.
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 
 from jaxar.bench.harness import Result, timeit
 
-# Published dense bf16 peaks and HBM bandwidths (REFERENCES.md s.8), by device kind.
+# Published dense bf16 peaks and HBM bandwidths (jaxar/MATHS.md s.8), by device kind.
 PUBLISHED = {
     "H100": (989e12, 3.35e12),
     "H200": (989e12, 4.8e12),

@@ -1,4 +1,4 @@
-"""Axial Transformer (Ho et al. 2019) for discrete images (H, W, C), REFERENCES.md s.4.
+"""Axial Transformer (Ho et al. 2019) for discrete images (H, W, C), jaxar/MATHS.md s.4.
 
 Raster-order autoregression over pixels, channels in order inside a pixel:
 ``p(x) = prod_{r, c, ch} p(x[r, c, ch] | x[< (r, c)], x[r, c, < ch])``.
@@ -22,6 +22,9 @@ reference); ``"semi_parallel"`` runs the outer decoder once per row and the inne
 one pixel at a time against a per-row KV cache. Both draw the value of dimension
 ``i = (r W + c) C + ch`` as ``argmax(logits + Gumbel(fold_in(key, i)))``, so they give
 identical images from the same key.
+
+References:
+  Ho et al. 2019, "Axial Attention in Multidimensional Transformers", arXiv:1912.12180.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""BD3-LM: block diffusion on the generic LM backbone (REFERENCES.md s.6).
+"""BD3-LM: block diffusion on the generic LM backbone (jaxar/MATHS.md s.6).
 
 Blocks of ``block_size`` (L') tokens: autoregressive across blocks, masked diffusion inside.
 Training runs the network once on the 2L input ``[x_t ; x_0]`` with positions
@@ -15,6 +15,10 @@ prefix in the key/value cache, first-hitting inside each block, stop at ``eos_id
 low-entropy block (:mod:`jaxar.sampling.block_diffusion`).
 
 Presets: ``BD3Config.preset(name, vocab_size=256, block_size=16)`` with the MDLM sizes.
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from __future__ import annotations
@@ -95,7 +99,7 @@ class BD3(mdlm.MDLM):
 
 
 def block_diffusion_mask(length: int, block_size: int) -> jax.Array:
-    """(2L, 2L) bool mask over ``[x_t ; x_0]`` (True = may attend), REFERENCES.md s.6:
+    """(2L, 2L) bool mask over ``[x_t ; x_0]`` (True = may attend), jaxar/MATHS.md s.6:
     noisy b -> noisy b and clean < b; clean b -> clean <= b; clean never sees noisy.
     (:func:`jaxar.ops.block_diffusion_mask`; tests/models/test_bd3.py checks the rule.)"""
     from jaxar.ops.masks import block_diffusion_mask as mask_fn

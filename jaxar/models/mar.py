@@ -1,5 +1,5 @@
 """MAR: autoregressive generation of continuous tokens with a per-token diffusion head
-(REFERENCES.md s.7; Li et al. 2024).
+(jaxar/MATHS.md s.7; Li et al. 2024).
 
 Images become continuous patch tokens (:func:`patchify`: ``uint8 (B, H, W, C)`` ->
 ``[-1, 1]`` -> ``(B, L, N)`` with ``L = (H/p)(W/p)``, ``N = p p C``), or bring any
@@ -32,6 +32,10 @@ Presets (``MARConfig.preset``): ``tiny`` (8x8x1 digits, 2x2 patches), and ``mar_
 head sizes (6/8/12 blocks of width 1024/1280/1536). The published MAR splits the backbone
 into an MAE-style encoder/decoder; here one backbone of the same total depth sees all
 positions (masked ones as [MASK]).
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MDLM: a masked-diffusion language model on the generic LM backbone (REFERENCES.md s.5).
+"""MDLM: a masked-diffusion language model on the generic LM backbone (jaxar/MATHS.md s.5).
 
 The network is a :class:`jaxar.models.lm.LM` whose attention is bidirectional
 (``AttentionConfig(causal=False)``) and whose vocabulary has one extra id, [MASK]:
@@ -12,11 +12,18 @@ Training hook: ``loss(model, batch, key) -> (loss, metrics)`` with
 padding: neither noised into the loss nor counted). Sampling: ``sample(model, key, num,
 length=..., method="first_hitting")``; report :func:`unigram_entropy` of the samples next to
 any generative perplexity (a low-temperature sampler fakes good perplexity with repetitive
-text; REFERENCES.md s.5 "Precision").
+text; jaxar/MATHS.md s.5 "Precision").
 
 Presets (``MDLMConfig.preset(name, vocab_size=256)``), bidirectional attention blocks:
 ``tiny`` d=64 x 2 layers, ``small`` d=256 x 4, ``medium`` d=512 x 8, ``base`` d=768 x 12
 (the MDLM paper's size: ~85M parameters with bytes, ~125M with a 50k vocabulary).
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""Axial attention layer: multi-head attention along one spatial axis (REFERENCES.md s.4).
+"""Axial attention layer: multi-head attention along one spatial axis (jaxar/MATHS.md s.4).
 
 On ``x (B, d_1, ..., d_n, D)`` the layer projects q, k, v per position, attends along array
 axis ``axis`` with every other spatial axis folded into the batch
 (:func:`jaxar.ops.axial_attention`), and projects back. ``decode`` treats the attended axis
 as a sequence with a KV cache (one line of the grid at a time, e.g. a row of an image
 being sampled pixel by pixel).
+
+References:
+  Ho et al. 2019, "Axial Attention in Multidimensional Transformers", arXiv:1912.12180.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-token denoising head: residual MLP blocks with adaptive LayerNorm (REFERENCES.md s.7).
+"""Per-token denoising head: residual MLP blocks with adaptive LayerNorm (jaxar/MATHS.md s.7).
 
 For a noisy token ``x (N)``, a time ``t`` (a step index, or a flow time scaled by the
 caller) and a condition ``z (C)`` from the backbone:
@@ -12,6 +12,10 @@ caller) and a condition ``z (C)`` from the backbone:
 (LN has affine parameters, LN' has none; all adaLN projections and ``W_out`` start at
 zero, so a fresh head outputs 0.) Sizes: MAR-B/L/H heads are 6/8/12 blocks of width
 1024/1280/1536.
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-"""GateLoop sequence mixer (REFERENCES.md s.2) for :class:`jaxar.models.lm.LM`.
+"""GateLoop sequence mixer (jaxar/MATHS.md s.2) for :class:`jaxar.models.lm.LM`.
 
 q, k, v = x W_q, x W_k / sqrt(K), x W_v;   a = sigmoid(x W_m + b_m) * exp(i x W_phi)
 y = gateloop(q, k, v, a);   out = (headnorm(y) * silu(x W_g)) W_o
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
 from __future__ import annotations

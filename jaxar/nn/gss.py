@@ -1,4 +1,4 @@
-"""Gated State Space mixer (REFERENCES.md s.3) for :class:`jaxar.models.lm.LM`.
+"""Gated State Space mixer (jaxar/MATHS.md s.3) for :class:`jaxar.models.lm.LM`.
 
     u = gelu(x W_u) (L x H);  g = gelu(x W_g) (L x F);  y = DSS(u) + skip * u
     out = ((y W_y) * g) W_o
@@ -7,6 +7,11 @@
 FFT convolution with the DSS kernel; ``decode`` runs the equivalent diagonal recurrence
 with a (B, H, N) complex state. Packed sequences (``segment_ids``) use the recurrence with
 resets. GSS-Hybrid: ``LMConfig(mixers=(GSSConfig(), AttentionConfig(window=...)))``.
+
+References:
+  Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
+  Gupta et al. 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+    arXiv:2203.14343.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Exact softmax attention, axial attention and rotary position embeddings (REFERENCES.md s.4).
+"""Exact softmax attention, axial attention and rotary position embeddings (jaxar/MATHS.md s.4).
 
 ``out[b, i, h] = sum_j softmax_j(scale <q[b,i,h], k[b,j,g]> + bias) v[b,j,g]`` over the keys j
 allowed by the masks, with kv head ``g = h // (H // G)`` (MHA: G = H, GQA, MQA: G = 1).
@@ -10,6 +10,9 @@ Implementations (``impl``, resolved by :func:`jaxar.dispatch.resolve`):
   ``"reference"`` the naive formula with kv heads repeated (the float64 test reference).
   ``"jax"``       ``jax.nn.dot_product_attention`` (cuDNN on GPU where it applies).
   ``"pallas"``    ``pallas_kernels.flash_attention`` (block-sparse flash attention).
+
+References:
+  Ho et al. 2019, "Axial Attention in Multidimensional Transformers", arXiv:1912.12180.
 """
 
 from __future__ import annotations

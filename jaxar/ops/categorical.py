@@ -1,4 +1,4 @@
-"""Categorical sampling that is faithful in float32 (REFERENCES.md s.5, "Precision").
+"""Categorical sampling that is faithful in float32 (jaxar/MATHS.md s.5, "Precision").
 
 Gumbel-max draws ``argmax_i (logit_i + g_i)`` with ``g_i = -log E_i`` and ``E_i ~ Exp(1)``;
 equivalently the winner of the exponential race ``argmin_i E_i / p_i``. A low-probability
@@ -19,6 +19,13 @@ only departure from the exact race is the event ``W < 2^-41``; the total-variati
 a draw is at most ``V * 2^-41`` (``2.3e-8`` at ``V = 50257``), below the float32 rounding
 of the logits themselves. tests/ops/test_categorical.py checks tail mass and entropy at
 ``V = 50257`` against the exact distribution and shows the naive sampler's bias.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GateLoop: data-controlled linear recurrence with a key-value state (REFERENCES.md s.2).
+"""GateLoop: data-controlled linear recurrence with a key-value state (jaxar/MATHS.md s.2).
 
     S_t = diag(a_t) S_{t-1} + k_t v_t^T,    y_t = Re(q_t^T S_t)
 
@@ -10,6 +10,10 @@ Stability: every relative decay ``prod_{r=s+1}^t a_r`` is formed as a product of
 C (chunked) or L (attention) factors with |a| <= 1, never as a ratio ``P_t / P_s``; so
 gates near 0 underflow to the exact limit 0 instead of overflowing, and nothing is
 divided.
+
+References:
+  Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
+    arXiv:2311.01927.
 """
 
 from __future__ import annotations

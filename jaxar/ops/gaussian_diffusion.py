@@ -1,4 +1,4 @@
-"""Per-token Gaussian diffusion and flow matching (REFERENCES.md s.7).
+"""Per-token Gaussian diffusion and flow matching (jaxar/MATHS.md s.7).
 
 Discrete-time Gaussian diffusion with ``T`` training steps indexed ``t = 0 .. T - 1``
 (step index ``t`` is the paper's step ``t + 1``); ``abar_t = alphas_cumprod[t]``:
@@ -15,6 +15,10 @@ Flow matching on the linear path from noise (``s = 0``) to data (``s = 1``):
     x_s = s x_1 + (1 - s) x_0,   x_0 ~ N(0, I),   target velocity  x_1 - x_0,
 
 with ``s ~ U[0, 1)`` (a float time, not a step index).
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Masked ("absorbing state") diffusion over tokens: schedules, noising, NELBO (REFERENCES.md
+"""Masked ("absorbing state") diffusion over tokens: schedules, noising, NELBO (jaxar/MATHS.md
 s.5, s.6).
 
 Continuous time ``t`` in [0, 1]; ``alpha_t`` is the probability that a token is still clean.
@@ -13,6 +13,15 @@ Schedules (``alpha_t``, ``alpha'_t``, weight ``-alpha'_t / (1 - alpha_t)``):
   * ``"cosine"``: ``cos(pi t / 2)``, ``-pi/2 sin(pi t / 2)``,
     ``pi/2 sin(pi t/2) / (1 - cos(pi t/2))``.
 The network never sees ``t`` (time-agnostic), so the sampler's time grid is free.
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from __future__ import annotations

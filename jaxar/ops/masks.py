@@ -9,6 +9,10 @@ query positions are aligned with the *last* keys (query i sits at key position
 ``block_mask_for`` describes a mask per tile (empty / partial / full) for block-sparse
 kernels: tiles that are all-False need not be loaded or computed, all-True tiles need no
 per-element masking.
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from __future__ import annotations
@@ -92,7 +96,7 @@ def block_causal_mask(length: int, block_size: int):
 
 
 def block_diffusion_mask(length: int, block_size: int):
-    """``(2L, 2L)`` BD3 training mask on ``[x_t ; x_0]`` (REFERENCES.md s.6).
+    """``(2L, 2L)`` BD3 training mask on ``[x_t ; x_0]`` (jaxar/MATHS.md s.6).
 
     Noisy block b sees noisy block b and clean blocks < b; clean block b sees clean
     blocks <= b. ``length`` is L (one copy); it must be a multiple of ``block_size``.

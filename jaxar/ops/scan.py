@@ -1,9 +1,13 @@
-"""First-order linear recurrence ``h_t = a_t * h_{t-1} + x_t`` (REFERENCES.md s.1).
+"""First-order linear recurrence ``h_t = a_t * h_{t-1} + x_t`` (jaxar/MATHS.md s.1).
 
 One entry point, :func:`linear_scan`, with implementations ``sequential`` (``lax.scan``,
 the reference), ``associative`` (``lax.associative_scan``), ``chunked`` (cumulative
 products inside chunks of C steps, state carried across chunks) and ``pallas``.
 Carries are float32 (complex64) for low-precision inputs.
+
+References:
+  Martin and Cundy 2018, "Parallelizing Linear Recurrent Neural Nets Over Sequence Length",
+    arXiv:1709.04057.
 """
 
 from __future__ import annotations

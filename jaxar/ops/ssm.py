@@ -1,10 +1,15 @@
-"""Long convolutions and the diagonal state space (DSS) kernel (REFERENCES.md s.3).
+"""Long convolutions and the diagonal state space (DSS) kernel (jaxar/MATHS.md s.3).
 
 DSS-exp per channel c with N complex modes ``lambda_{c,n}`` (Re < 0), step
 ``delta_c = exp(log_step_c)`` and output weights ``w_{c,n}``:
 
     K[l, c] = Re( sum_n w_{c,n} exp(lambda_{c,n} delta_c l) ),   l = 0..L-1
     y = causal_conv(u, K)  ==  Re( sum_n w_{c,n} h_{t,c,n} ),  h_t = exp(lambda delta) h_{t-1} + u_t
+
+References:
+  Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
+  Gupta et al. 2022, "Diagonal State Spaces are as Effective as Structured State Spaces",
+    arXiv:2203.14343.
 """
 
 from __future__ import annotations

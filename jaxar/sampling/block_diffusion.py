@@ -1,5 +1,5 @@
 """Block-diffusion (BD3-LM) sampling: autoregressive over blocks, masked diffusion inside
-(REFERENCES.md s.6).
+(jaxar/MATHS.md s.6).
 
 Block ``b`` (``block_size`` tokens) starts fully masked and is denoised with the
 first-hitting sampler of :mod:`jaxar.sampling.masked_diffusion` (one network call per
@@ -21,6 +21,10 @@ Stop rule (variable length), checked after every block, per sequence:
 The model is anything with ``__call__(tokens, *, positions, mask) -> logits``,
 ``init_state(batch_size, max_len)`` and ``decode(tokens, state, *, positions,
 bidirectional) -> (logits, state)`` (``jaxar.models.lm.LM`` with non-causal attention).
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Samplers for per-token diffusion and flow heads (REFERENCES.md s.7).
+"""Samplers for per-token diffusion and flow heads (jaxar/MATHS.md s.7).
 
 Diffusion (:func:`sample`): the training schedule ``alphas_cumprod`` (``T`` steps) is
 respaced to ``S = num_steps`` steps at indices ``tau_i = round(i (T - 1) / (S - 1))``
@@ -24,6 +24,10 @@ to data at ``s = 1`` on a uniform grid with Euler or Heun steps.
 
 Both are traceable (``lax.scan`` over steps) and can run under the caller's ``jit``;
 ``alphas_cumprod`` must be concrete (a numpy or jax array, not a tracer).
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

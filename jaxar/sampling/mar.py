@@ -1,8 +1,12 @@
-"""MAR generation (REFERENCES.md s.7): masked-order decoding that reveals tokens over
+"""MAR generation (jaxar/MATHS.md s.7): masked-order decoding that reveals tokens over
 ``num_iter`` steps on a cosine schedule (:func:`reveal_schedule`), causal raster-order
 decoding against a KV cache, classifier-free guidance with a constant or linear scale
 (:func:`guidance_scale`) and a temperature on the head sampler's noise. Models and the
 training loss are in :mod:`jaxar.models.mar`.
+
+References:
+  Li et al. 2024, "Autoregressive Image Generation without Vector Quantization",
+    arXiv:2406.11838.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Masked-diffusion samplers on any denoiser callable (REFERENCES.md s.5).
+"""Masked-diffusion samplers on any denoiser callable (jaxar/MATHS.md s.5).
 
 ``denoise_fn(tokens_BxL) -> logits_BxLxV`` is the (time-agnostic) SUBS network: logits for
 every position of the partially masked input; its ``mask_id`` logit, if present, is ignored.
@@ -27,6 +27,13 @@ Methods:
 
 Returns :class:`Samples` ``(tokens, num_calls)``: int32 ``(B, L)`` tokens and the int32
 number of denoiser calls made (a scalar for the whole batch).
+
+References:
+  Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
+  Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
+    arXiv:2406.04329.
+  Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
+    Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``jaxar train | sample | eval``: argument parsing and the run directory.
 
-``jaxar train [--config PATH] [--workdir DIR] [--config.field=value ...]``: with no
-``--config`` the quickstart (``experiments/quickstart/config.py``, also shipped as
-:func:`quickstart_config`) trains a tiny byte-level LM on the embedded stdlib corpus.
+``jaxar train [--config NAME[:variant] | PATH[:variant]] [--workdir DIR]
+[--config.field=value ...]``: an experiment by name (``jaxar info`` lists them) or a config
+file; with no ``--config`` the ``quickstart`` experiment trains a tiny byte-level LM on the
+embedded stdlib corpus.
 """
 
 from __future__ import annotations
@@ -16,23 +17,10 @@ EXIT_ERROR = 2
 
 
 def quickstart_config():
-    """The quickstart's ConfigDict (the same as ``experiments/quickstart/config.py``)."""
-    from jaxar.train.config import config_dict
+    """The quickstart's ConfigDict (``get_config()`` of the ``quickstart`` experiment)."""
+    from jaxar.train import experiments
 
-    return config_dict(
-        model=dict(
-            family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
-        ),
-        data=dict(name="stdlib", seq_len=128, packing="concat"),
-        steps=300,
-        batch_size=16,
-        warmup_steps=30,
-        log_every=25,
-        eval_every=150,
-        checkpoint_every=100,
-        keep_checkpoints=2,
-        sample_length=200,
-    )
+    return experiments.load_config("quickstart")
 
 
 def _setup() -> None:
@@ -50,6 +38,7 @@ def _error(cmd: str, e: Exception) -> int:
 def parse_train_args(argv: list[str]):
     """``(TrainConfig, workdir)`` from ``jaxar train`` arguments."""
     from jaxar.train import config as config_lib
+    from jaxar.train import experiments
 
     p = argparse.ArgumentParser(
         prog="jaxar train",
@@ -57,7 +46,12 @@ def parse_train_args(argv: list[str]):
         epilog="Override any field with --config.<field>=<value>, e.g. --config.steps=100 "
         "--config.model.d_model=256.",
     )
-    p.add_argument("--config", default=None, help="experiment config file with get_config()")
+    p.add_argument(
+        "--config",
+        default="quickstart",
+        help="an experiment NAME[:variant] (see 'jaxar info') or a config file "
+        "PATH[:variant] with get_config() (default: quickstart)",
+    )
     p.add_argument("--workdir", default=None, help=f"run directory (default {DEFAULT_ROOT}/<name>)")
     args, rest = p.parse_known_args(argv)
     overrides = []
@@ -65,17 +59,11 @@ def parse_train_args(argv: list[str]):
         if not item.startswith("--config."):
             p.error(f"unrecognized argument {item!r} (overrides look like --config.steps=100)")
         overrides.append(item[len("--config.") :])
-    if args.config is None:
-        cfg_dict, name = quickstart_config(), "quickstart"
-    else:
-        cfg_dict = config_lib.load_config_file(args.config)
-        path, variant = config_lib.split_config_arg(args.config)
-        name = path.parent.name if path.stem == "config" else path.stem
-        if variant:
-            name = f"{name}_{variant}"
+    ref = experiments.resolve(args.config)
+    cfg_dict = experiments.load_config(ref)
     config_lib.apply_overrides(cfg_dict, overrides)
     cfg = config_lib.from_config_dict(cfg_dict)
-    workdir = args.workdir or str(pathlib.Path(DEFAULT_ROOT) / name)
+    workdir = args.workdir or str(pathlib.Path(DEFAULT_ROOT) / ref.run_name)
     return cfg, workdir
 
 

@@ -1,17 +1,17 @@
 """The trainer's validated, frozen configuration, and its conversion from ``ml_collections``.
 
-Experiment files (``experiments/<name>/config.py``) return an ``ml_collections.ConfigDict``
-from ``get_config()``; :func:`from_config_dict` converts it once into :class:`TrainConfig`
-(errors name the field, the value and what is accepted); :func:`apply_overrides` applies
-``--config.a.b=value`` command-line overrides to the ConfigDict first.
+Experiment configs (``get_config()`` in ``jaxar.experiments.<name>.config``, found by
+:mod:`jaxar.train.experiments`) return an ``ml_collections.ConfigDict``;
+:func:`from_config_dict` converts it once into :class:`TrainConfig` (errors name the field,
+the value and what is accepted); :func:`apply_overrides` applies ``--config.a.b=value``
+command-line overrides to the ConfigDict first. Run recipes live with the experiments
+(``jaxar.experiments.common``), not here.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
-import importlib.util
-import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -168,147 +168,6 @@ class TrainConfig:
         return d
 
 
-# Run recipes shared by the experiment configs: ``config_dict(recipe=name, ...)`` starts
-# from the TrainConfig defaults, applies the recipe, then the config's own fields.
-RECIPES: dict[str, dict[str, Any]] = {
-    # the tiny variants: 300 steps on 2 CPU cores, one evaluation and checkpoint at the end
-    "cpu_tiny": dict(
-        steps=300,
-        warmup_steps=30,
-        log_every=25,
-        eval_every=300,
-        checkpoint_every=300,
-        keep_checkpoints=1,
-        num_samples=2,
-        sample_length=128,
-    ),
-    # the LM comparison's tiny budget (rows of 256 bytes): one definition, so that the
-    # transformer / GateLoop / GSS / GSS-Hybrid tiny runs see the same tokens
-    "lm_tiny_256": dict(
-        steps=300,
-        batch_size=8,
-        warmup_steps=30,
-        log_every=25,
-        eval_every=300,
-        eval_batches=64,
-        checkpoint_every=300,
-        keep_checkpoints=1,
-        num_samples=2,
-        sample_length=128,
-    ),
-    # accelerator-scale autoregressive LM training (GateLoop / GSS / transformer baselines)
-    "lm_accelerator": dict(
-        learning_rate=6e-4,
-        compute_dtype="bfloat16",
-        keep_checkpoints=3,
-        num_samples=4,
-        sample_length=512,
-    ),
-    # the WikiText-103-scale schedule shared by gateloop_lm:full and its transformer
-    # baseline (rows of 2048 bytes, 64 rows = 131k bytes per step, 5.2B bytes in all)
-    "lm_wikitext": dict(
-        steps=40_000,
-        batch_size=64,
-        learning_rate=6e-4,
-        warmup_steps=2000,
-        compute_dtype="bfloat16",
-        log_every=100,
-        eval_every=5000,
-        eval_batches=64,
-        checkpoint_every=2000,
-        keep_checkpoints=3,
-        num_samples=4,
-        sample_length=512,
-    ),
-    # the tiny image variants on the embedded digits: 600 steps, all 297 held-out digits
-    "digits_tiny": dict(
-        steps=600,
-        warmup_steps=30,
-        batch_size=32,
-        log_every=25,
-        eval_every=300,
-        eval_batches=9,
-        checkpoint_every=300,
-        keep_checkpoints=1,
-        num_samples=16,
-        sample_length=128,  # unused by image models (whole images are sampled)
-    ),
-    # accelerator-scale image models (Axial Transformer, MAR): batch 256, AdamW 3e-4, bf16
-    "image_accelerator": dict(
-        steps=200_000,
-        batch_size=256,
-        learning_rate=3e-4,
-        warmup_steps=4000,
-        compute_dtype="bfloat16",
-        log_every=500,
-        eval_every=10_000,
-        checkpoint_every=5000,
-        keep_checkpoints=3,
-        num_samples=16,
-        sample_length=512,  # unused by image models
-    ),
-    # accelerator-scale byte-level code LMs on 4096-byte rows (GSS, GSS-Hybrid)
-    "code_4096": dict(
-        steps=1000,  # ~11 epochs of the stdlib corpus; ~100k with a large code corpus
-        batch_size=32,  # 131k bytes per step
-        learning_rate=6e-4,
-        warmup_steps=100,
-        compute_dtype="bfloat16",
-        log_every=50,
-        eval_every=500,
-        eval_batches=16,
-        checkpoint_every=500,
-        keep_checkpoints=3,
-        num_samples=4,
-        sample_length=512,
-    ),
-    # the MDLM / BD3-LM papers: AdamW 3e-4, 2.5k warmup then constant, EMA 0.9999, batch 512
-    "diffusion_paper": dict(
-        batch_size=512,
-        learning_rate=3e-4,
-        warmup_steps=2500,
-        min_lr_ratio=1.0,
-        weight_decay=0.0,
-        ema_decay=0.9999,
-        compute_dtype="bfloat16",
-        log_every=1000,
-        eval_every=50_000,
-        eval_batches=64,
-        checkpoint_every=10_000,
-        keep_checkpoints=3,
-        num_samples=4,
-    ),
-}
-
-
-def config_dict(
-    *,
-    model: Mapping,
-    data: Mapping | None = None,
-    mesh: Mapping | None = None,
-    recipe: str | None = None,
-    **fields,
-):
-    """An experiment's ``ml_collections.ConfigDict``: every :class:`TrainConfig` field at its
-    default, then the ``recipe`` (a name in ``RECIPES``), then ``model`` (``family``,
-    ``preset`` and the family's options), ``data``, ``mesh`` and top-level ``fields`` (e.g.
-    ``steps=300``). Checked once by :func:`from_config_dict`, so a misspelt field fails
-    here, naming the accepted ones. Every field is present, so ``--config.<field>=value``
-    can override any of them."""
-    import ml_collections
-
-    if recipe is not None and recipe not in RECIPES:
-        raise ValueError(f"recipe={recipe!r} is not supported; accepted: {tuple(RECIPES)}")
-    fields = {**RECIPES.get(recipe, {}), **fields}
-    d = TrainConfig().to_dict()
-    d["model"] = dict(model)
-    for name, section in (("data", data), ("mesh", mesh)):
-        d[name].update(section or {})
-    d.update(fields)
-    from_config_dict(d)
-    return ml_collections.ConfigDict(d)
-
-
 _SECTIONS = {"model": ModelConfig, "data": DataConfig, "mesh": MeshConfig}
 
 
@@ -355,38 +214,6 @@ def _to_dict(cfg) -> dict:
     if hasattr(cfg, "to_dict"):
         return cfg.to_dict()
     return {k: (_to_dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items()}
-
-
-def split_config_arg(arg: str) -> tuple[pathlib.Path, str | None]:
-    """``"path/config.py:variant"`` -> ``(path, "variant")``; no ``:`` -> ``(path, None)``."""
-    path, sep, variant = str(arg).partition(".py:")
-    if sep:
-        return pathlib.Path(path + ".py"), variant
-    return pathlib.Path(arg), None
-
-
-def load_config_file(path: str | pathlib.Path):
-    """``get_config()`` of an experiment file (an ``ml_collections.ConfigDict``).
-
-    ``"experiments/gss_lm/config.py:tiny"`` calls ``get_config("tiny")`` (the big_vision
-    convention for a config's variants).
-    """
-    path, variant = split_config_arg(path)
-    if not path.is_file():
-        raise ValueError(f"--config={str(path)!r}: no such file")
-    spec = importlib.util.spec_from_file_location(f"_jaxar_config_{path.parent.name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"--config={str(path)!r} defines no get_config()")
-    if variant is None:
-        return module.get_config()
-    try:
-        return module.get_config(variant)
-    except TypeError as e:
-        raise ValueError(
-            f"--config={str(path)}:{variant}: get_config() takes no variant argument ({e})"
-        ) from e
 
 
 def parse_value(text: str):

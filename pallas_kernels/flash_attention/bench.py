@@ -3,7 +3,7 @@
 Baselines measured in the same run: ``jax.nn.dot_product_attention`` (cuDNN on GPU,
 XLA elsewhere) and the XLA reference (``jaxar.ops.dot_product_attention``, impl "xla").
 Reports forward and forward+backward time and FLOP/s against the published bf16 peak
-(REFERENCES.md s.8): forward 4*B*H*Lq*Lk*K, halved when causal (and scaled by the mask's
+(jaxar/MATHS.md s.8): forward 4*B*H*Lq*Lk*K, halved when causal (and scaled by the mask's
 density for block-sparse masks); backward about 2.5x forward.
 
 Interpret-mode Pallas is never timed: on CPU ``run`` prints a note and returns [].

@@ -8,7 +8,7 @@ and the key position ``k`` (integers; ``True`` = may attend):
 ``Local(window)``      ``q - window < k <= q`` (or ``|q - k| < window`` if not causal)
 ``Chunk(size)``        ``q // size == k // size`` (bidirectional inside a chunk)
 ``BlockCausal(size)``  ``k // size <= q // size``
-``BlockDiffusion(n)``  the BD3 mask on ``[x_t ; x_0]`` (REFERENCES.md s.6), blocks of ``n``
+``BlockDiffusion(n)``  the BD3 mask on ``[x_t ; x_0]`` (jaxar/MATHS.md s.6), blocks of ``n``
 ``AxialRow(width)``    same image row: ``q // width == k // width`` (optionally causal)
 ``AxialColumn(width)`` same image column: ``q % width == k % width`` (optionally causal)
 =====================  ======================================================
@@ -18,6 +18,10 @@ empty / partial / full (``block_table``), and inside the kernel on broadcast iot
 the partial tiles. Segment ids (dynamic) are combined with the static table at run time
 (``jaxar``'s convention: a query attends to keys of its own segment). Empty tiles are
 never loaded nor computed.
+
+References:
+  Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
+    Language Models", arXiv:2503.09573.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ over tokens), the parallel form (``lax.associative_scan`` over (a, k v^T) pairs;
 above 2^24 state elements: it materialises a K x E state per token), and the chunked XLA
 form (``jaxar.ops.gateloop`` modes "recurrent", "parallel", "chunked" when present, else
 the local equivalents). The kernel reads q, k, v, a and writes y, so the figure of merit
-is bytes/s against the published HBM bandwidth (REFERENCES.md s.8), with the matmul
+is bytes/s against the published HBM bandwidth (jaxar/MATHS.md s.8), with the matmul
 FLOP/s beside it (about 4 L K E per head for the state terms).
 
 Interpret-mode Pallas is never timed: on CPU ``run`` prints a note and returns [].

@@ -11,7 +11,7 @@ Per sub-chunk (rows t, s in 0..c-1), with ``P_t = exp(lam_t + i th_t)``:
     St  <- St * P_c + v^T (k * P_c / P_s)                             (matmul)
 
 Every exponent is <= 0 when |a| <= 1, so nothing overflows whatever the gates (the
-"bounded per chunk" rule of REFERENCES.md s.1). The intra-sub-chunk term is elementwise
+"bounded per chunk" rule of jaxar/MATHS.md s.1). The intra-sub-chunk term is elementwise
 (c rank-1 updates of (c, K) + (c, E)): it needs no exp of a positive number, unlike the
 factorised ``(q P) (k / P)^T`` matmul.
 
@@ -20,6 +20,10 @@ Lowerings (chosen in ``select_lowering``, the one place):
   scratch across grid steps; each chunk tile (``chunk`` rows) is walked in sub-chunks.
 - "triton" (GPU, and the generic interpreter): grid (B, H); one program loops over all
   sub-chunks with St in registers; generic Pallas, so it also runs under ``interpret=True``.
+
+References:
+  Martin and Cundy 2018, "Parallelizing Linear Recurrent Neural Nets Over Sequence Length",
+    arXiv:1709.04057.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ All baselines run in the same process on the same arrays: ``lax.scan`` (sequenti
 ``lax.associative_scan`` and the chunked XLA form (``jaxar.ops.linear_scan`` impls
 "sequential", "associative", "chunked" when present, else the local equivalents below).
 The scan is memory bound, so the figure of merit is achieved bytes/s against the
-published HBM bandwidth (REFERENCES.md s.8): forward moves a, x in and h out (3 arrays);
+published HBM bandwidth (jaxar/MATHS.md s.8): forward moves a, x in and h out (3 arrays);
 forward+backward about 3 + 6 arrays (a, dh, h in and da, dx out, plus the forward).
 
 Interpret-mode Pallas is never timed: on CPU ``run`` prints a note and returns [].

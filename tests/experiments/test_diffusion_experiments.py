@@ -11,7 +11,8 @@ from flax import nnx
 
 from jaxar.data.sources import DataInfo
 from jaxar.train import tasks
-from jaxar.train.config import TrainConfig, from_config_dict, load_config_file
+from jaxar.train.config import TrainConfig, from_config_dict
+from jaxar.train.experiments import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2] / "experiments"
 VARIANTS = {
@@ -28,7 +29,7 @@ TEXT = DataInfo("text")
 
 def _load(exp: str, variant: str | None = None) -> TrainConfig:
     path = ROOT / exp / "config.py"
-    return from_config_dict(load_config_file(f"{path}:{variant}" if variant else path))
+    return from_config_dict(load_config(f"{path}:{variant}" if variant else path))
 
 
 def _build(cfg: TrainConfig):

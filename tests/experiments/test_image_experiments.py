@@ -11,7 +11,7 @@ from flax import nnx
 from jaxar.data import corpora
 from jaxar.data.sources import DataInfo
 from jaxar.train import config as config_lib
-from jaxar.train import tasks
+from jaxar.train import experiments, tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 CASES = [
@@ -24,7 +24,7 @@ CASES = [
 
 
 def _load(name, variant):
-    cfg_dict = config_lib.load_config_file(ROOT / f"experiments/{name}/config.py:{variant}")
+    cfg_dict = experiments.load_config(ROOT / f"experiments/{name}/config.py:{variant}")
     return config_lib.from_config_dict(cfg_dict)
 
 

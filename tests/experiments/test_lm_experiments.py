@@ -13,7 +13,7 @@ from jaxar.nn.attention import AttentionConfig
 from jaxar.nn.gateloop import GateLoopConfig
 from jaxar.nn.gss import GSSConfig
 from jaxar.train import config as config_lib
-from jaxar.train import tasks
+from jaxar.train import experiments, tasks
 from jaxar.train.config import ModelConfig
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -39,7 +39,7 @@ MIXERS = {
 
 
 def _load(name: str, variant: str):
-    cfg_dict = config_lib.load_config_file(ROOT / f"experiments/{name}/config.py:{variant}")
+    cfg_dict = experiments.load_config(ROOT / f"experiments/{name}/config.py:{variant}")
     return config_lib.from_config_dict(cfg_dict)
 
 
@@ -83,7 +83,7 @@ def test_tiny_models_match_parameter_count_and_build():
 
 def test_unknown_variant_is_an_error_naming_the_accepted():
     with pytest.raises(ValueError, match="tiny"):
-        config_lib.load_config_file(ROOT / "experiments/gss_lm/config.py:huge")
+        experiments.load_config(ROOT / "experiments/gss_lm/config.py:huge")
 
 
 def test_mixer_sequence_cycles_with_per_mixer_options():

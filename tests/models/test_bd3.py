@@ -1,5 +1,5 @@
 """BD3-LM: the 2L mask, the loss's AR (L'=1) and MDLM (L'=L) limits, cached block sampling
-(REFERENCES.md s.6).
+(jaxar/MATHS.md s.6).
 
 The invariants are checked on a small two-layer bidirectional network written here with
 the generic LM's interface (``__call__(tokens, *, segment_ids, positions, mask)``,
@@ -113,7 +113,7 @@ class TinyBidiLM(nnx.Module):
 
 
 def _rule(length, block_size):
-    """The mask rule of REFERENCES.md s.6, element by element."""
+    """The mask rule of jaxar/MATHS.md s.6, element by element."""
     out = np.zeros((2 * length, 2 * length), bool)
     for i in range(2 * length):
         for j in range(2 * length):

@@ -1,5 +1,5 @@
 """MDLM: NELBO of the exact model equals the negative log-likelihood (for every schedule);
-training and sampling hooks; unigram entropy (REFERENCES.md s.5)."""
+training and sampling hooks; unigram entropy (jaxar/MATHS.md s.5)."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""Faithfulness of the float32 categorical sampler (REFERENCES.md s.5, "Precision").
+"""Faithfulness of the float32 categorical sampler (jaxar/MATHS.md s.5, "Precision").
 
 The heavy-tailed test distribution is one step of an MDLM ancestral sampler with many
 steps: one "stay masked" outcome with probability 1 - eps and 50256 tokens sharing eps

@@ -1,4 +1,4 @@
-"""Masked-diffusion NELBO, schedules, time sampling and noising (REFERENCES.md s.5, s.6)."""
+"""Masked-diffusion NELBO, schedules, time sampling and noising (jaxar/MATHS.md s.5, s.6)."""
 
 import itertools
 

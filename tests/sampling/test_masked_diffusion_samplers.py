@@ -1,4 +1,4 @@
-"""Masked-diffusion samplers on an exact toy joint (V=3, L=3; REFERENCES.md s.5).
+"""Masked-diffusion samplers on an exact toy joint (V=3, L=3; jaxar/MATHS.md s.5).
 
 The test's denoiser returns the exact conditionals p(x_l | unmasked positions of z) of a
 fixed joint table, so every sampler must reproduce the table: chi-square over the 27

@@ -2,17 +2,19 @@ import pathlib
 
 import pytest
 
-from jaxar.train import cli
+from jaxar.train import cli, experiments
 from jaxar.train import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def test_quickstart_file_matches_builtin():
-    from_file = config_lib.load_config_file(ROOT / "experiments/quickstart/config.py")
+def test_quickstart_by_name_path_and_default():
+    from_file = experiments.load_config(ROOT / "experiments/quickstart/config.py")
     assert from_file.to_dict() == cli.quickstart_config().to_dict()
     cfg = config_lib.from_config_dict(from_file)
     assert cfg.model.family == "lm" and cfg.data.name == "stdlib"
+    default, workdir = cli.parse_train_args([])
+    assert default == cfg and workdir.endswith("quickstart")
 
 
 def test_overrides():
@@ -87,29 +89,78 @@ def test_families_build_from_quickstart_options(family):
 
 
 def test_config_variant_argument(tmp_path):
-    """``config.py:tiny`` calls ``get_config("tiny")``; the run is named after both."""
+    """``config.py:tiny`` calls ``get_config("tiny")``; the run is named after both. A config
+    file outside the repository imports the shared recipes as ``jaxar.experiments.common``."""
     f = tmp_path / "exp" / "config.py"
     f.parent.mkdir()
     f.write_text(
-        "from jaxar.train.cli import quickstart_config\n"
+        "from jaxar.experiments.common import config_dict\n"
         "def get_config(variant='full'):\n"
-        "    c = quickstart_config()\n"
-        "    c.steps = 3 if variant == 'tiny' else 1000\n"
-        "    return c\n"
+        "    steps = 3 if variant == 'tiny' else 1000\n"
+        "    return config_dict(model=dict(family='lm'), recipe='cpu_tiny', steps=steps)\n"
     )
-    assert config_lib.load_config_file(f"{f}:tiny").steps == 3
-    assert config_lib.load_config_file(f).steps == 1000
+    assert experiments.load_config(f"{f}:tiny").steps == 3
+    assert experiments.load_config(f).steps == 1000
     cfg, workdir = cli.parse_train_args(["--config", f"{f}:tiny"])
     assert cfg.steps == 3 and workdir.endswith("exp_tiny")
     with pytest.raises(ValueError, match="no such file"):
-        config_lib.load_config_file(f"{tmp_path}/nope.py:tiny")
+        experiments.load_config(f"{tmp_path}/nope.py:tiny")
+
+
+def test_config_by_experiment_name():
+    """``NAME[:variant]`` finds ``jaxar.experiments.<name>.config``; the run is named
+    ``<name>_<variant>``; the name and path forms give the same config."""
+    cfg, workdir = cli.parse_train_args(["--config", "gss_lm:tiny", "--config.steps=5"])
+    by_path = experiments.load_config(ROOT / "experiments/gss_lm/config.py:tiny")
+    assert cfg == config_lib.from_config_dict(config_lib.apply_overrides(by_path, ["steps=5"]))
+    assert workdir.endswith("gss_lm_tiny") and cfg.steps == 5
+    assert experiments.resolve("gss_lm").variant is None
+    assert experiments.default_variant("gss_lm") == "full"
+
+
+def test_every_experiment_variant_loads():
+    """Every experiment on disk is listed, and each listed variant converts."""
+    on_disk = sorted(p.parent.name for p in (ROOT / "experiments").glob("*/config.py"))
+    assert list(experiments.names()) == on_disk and "quickstart" in on_disk
+    for name in on_disk:
+        for variant in experiments.variants(name) or (None,):
+            arg = name if variant is None else f"{name}:{variant}"
+            config_lib.from_config_dict(experiments.load_config(arg))
+
+
+@pytest.mark.parametrize(
+    "arg, match",
+    [
+        ("gss:tiny", r"--config='gss:tiny': no experiment named 'gss'; experiments: .*gss_lm"),
+        ("gss_lm:huge", r"unknown variant 'huge'; accepted: \('full', 'tiny'\)"),
+        ("quickstart:tiny", r"takes no variant"),
+        ("no/such/config.py:tiny", r"no/such/config.py'.*no such file"),
+    ],
+)
+def test_bad_config_arguments_are_one_line_errors(arg, match, capsys):
+    with pytest.raises(ValueError, match=match):
+        experiments.load_config(arg)
+    assert cli.train_main(["--config", arg]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("jaxar train: error: --config=") and err.count("\n") == 1
 
 
 def test_config_dict_recipes_and_errors():
-    c = config_lib.config_dict(model=dict(family="lm"), recipe="cpu_tiny", batch_size=8)
+    import jaxar
+
+    package = experiments.package()  # in a source checkout: the repository's experiments/
+    from jaxar.experiments.common import config_dict
+
+    assert jaxar.experiments is package
+
+    c = config_dict(model=dict(family="lm"), recipe="cpu_tiny", batch_size=8)
     cfg = config_lib.from_config_dict(c)
     assert cfg.steps == 300 and cfg.batch_size == 8 and cfg.b2 == 0.95  # recipe, field, default
     with pytest.raises(ValueError, match="recipe='nope'"):
-        config_lib.config_dict(model=dict(family="lm"), recipe="nope")
+        config_dict(model=dict(family="lm"), recipe="nope")
     with pytest.raises(ValueError, match="stepz"):
-        config_lib.config_dict(model=dict(family="lm"), stepz=3)
+        config_dict(model=dict(family="lm"), stepz=3)
+
+
+def test_the_library_holds_no_recipes():
+    assert not hasattr(config_lib, "RECIPES") and not hasattr(config_lib, "config_dict")
