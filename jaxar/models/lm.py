@@ -129,6 +129,11 @@ class LMConfig:
         for m in self.mixers:
             if not callable(getattr(m, "make", None)):
                 raise ValueError(f"LMConfig.mixers entry {m!r} has no make(d_model, *, rngs)")
+        if self.mixers and self.mixer_options:
+            raise ValueError(
+                f"LMConfig.mixer_options={_thaw(self.mixer_options)!r} is unused with mixers=...;"
+                " accepted: set the options on the mixer configs, or use mixer= names"
+            )
         if self.mlp_ratio < 0:
             raise ValueError(f"LMConfig.mlp_ratio={self.mlp_ratio!r} is invalid; accepted: >= 0")
         if self.mlp_activation not in MLP_ACTIVATIONS:

@@ -5,18 +5,19 @@ options once, before any tracing: an unknown option is an error listing the acce
 ones, and ``method`` must be one of the family's methods. Text samplers return int32
 tokens ``(num, length)``; image samplers uint8 images ``(num, H, W, C)``.
 
-==========  =================================================================
-sampler     options (defaults in ``sampler.defaults``)
-==========  =================================================================
-sample_lm   length, prompt, temperature, top_k, top_p (:mod:`.generate`)
-sample_mdlm length, method, num_steps, prompt, temperature, top_p
-            (:mod:`.masked_diffusion`)
-sample_bd3  length, prompt, eos_id, pad_id, min_entropy, temperature, top_p,
-            use_cache (:mod:`.block_diffusion`)
-sample_axial method (:mod:`.axial`)
-sample_mar  labels, num_iter, cfg_scale, cfg_schedule, temperature, num_steps,
-            method, use_cache (:mod:`.mar`)
-==========  =================================================================
+============  ==============================================================
+sampler       options (defaults in ``sampler.defaults``)
+============  ==============================================================
+sample_lm     length (counts the prompt), prompt, temperature, top_k, top_p
+              (:mod:`.generate`)
+sample_mdlm   length, method, num_steps, prompt, temperature, top_p
+              (:mod:`.masked_diffusion`)
+sample_bd3    length, prompt, eos_id, pad_id, min_entropy, temperature, top_p,
+              use_cache (:mod:`.block_diffusion`)
+sample_axial  method (:mod:`.axial`)
+sample_mar    labels, num_iter, cfg_scale, cfg_schedule, temperature, num_steps,
+              method, use_cache (:mod:`.mar`)
+============  ==============================================================
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-FAMILIES = ("lm", "mdlm", "bd3", "axial", "mar")
 NONFINITE_POLICIES = ("skip", "stop")
 DTYPES = ("float32", "bfloat16")
 
@@ -46,7 +45,7 @@ class ModelConfig:
 
     def __post_init__(self):
         if not isinstance(self.family, str) or not self.family:
-            raise _err("model.family", self.family, f"one of {FAMILIES} or a registered family")
+            raise _err("model.family", self.family, "a family name (jaxar.train.tasks.FAMILIES)")
         if not isinstance(self.preset, str) or not self.preset:
             raise _err("model.preset", self.preset, "a preset name of the family's config")
         object.__setattr__(self, "overrides", tuple(sorted(dict(self.overrides).items())))

@@ -71,3 +71,12 @@ def test_lm_fields_include_mixer_and_sizes():
         assert f"'{field}'" in str(e.value)
     with pytest.raises(ValueError, match=r"mixer='lstm' is not supported; accepted: a name in"):
         models.LMConfig.preset("tiny", mixer="lstm")
+
+
+def test_mixer_objects_stay_programmatic():
+    from jaxar.nn import GSSConfig
+
+    cfg = models.LMConfig(mixers=(GSSConfig(state_size=4),), mlp_ratio=0.0)
+    assert cfg.layer_mixers == (GSSConfig(state_size=4),)
+    with pytest.raises(ValueError, match="mixer_options=.* is unused with mixers="):
+        models.LMConfig(mixers=(GSSConfig(),), mixer_options={"state_size": 4})
