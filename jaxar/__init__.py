@@ -4,6 +4,8 @@ Layers of the package (dependencies point left):
 ``ops`` (pure functions, the reference maths) <- ``nn`` (NNX modules) <- ``models``
 <- ``sampling`` / ``train``. Heavy outside systems (orbax, grain, tfds, Pallas
 kernels) are imported only where they are used, so ``import jaxar`` stays light.
+``jaxar.models``, ``jaxar.nn`` and ``jaxar.sampling`` export their public names
+(``jaxar.models.LMConfig.preset("tiny")``, ``jaxar.sampling.sample_lm``, ...).
 """
 
 import importlib

@@ -51,14 +51,12 @@ VARIANTS = tuple(f"{s}_{m}" for s in SIZES for m in MODELS) + SIZES
 
 
 def _config(size: str, model: str):
-    backbone = dict(preset="tiny", d_model=128, num_layers=2, num_heads=4)
-    if size == "full":
-        backbone = dict(preset="base", d_model=768, num_layers=12, num_heads=12)
+    preset = "tiny" if size == "tiny" else "base"  # width 128 x 2 x 4 heads / 768 x 12 x 12
     if model == "ar":
-        m = dict(family="lm", mixer="attention", **backbone)
+        m = dict(family="lm", preset=preset)
     else:
         family = "mdlm" if model == "mdlm" else "bd3"
-        m = dict(family=family, **backbone, schedule="loglinear", t_low=0.0, t_high=1.0)
+        m = dict(family=family, preset=preset, schedule="loglinear", t_low=0.0, t_high=1.0)
         if family == "bd3":
             m["block_size"] = int(model.split("_l")[1])
     if size == "tiny":

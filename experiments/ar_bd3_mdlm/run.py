@@ -30,33 +30,50 @@ def _block(x):
 
 def _sampler(family: str, model, num: int, length: int):
     """``key -> (tokens, network calls)`` for a fixed ``length`` per row."""
+    import jax
     import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxar.sampling import block_diffusion, masked_diffusion, sample_lm
 
     if family == "lm":
-        from jaxar.models import lm
-
-        prompt = jnp.full((num, 1), ord("\n"), jnp.int32)
 
         def run(key):  # 1 prefill call (gives token 2) + length - 2 one-token decode calls
-            out = lm.sample(model, key, num, max_new_tokens=length - 1, prompt=prompt)
-            return out, jnp.int32(length - 1)
+            return sample_lm(model, key, num, length=length), jnp.int32(length - 1)
 
         return run
+    graphdef, state = nnx.split(model)
+    cfg = model.config
     if family == "mdlm":
-        from jaxar.models import mdlm
 
-        def run(key):  # first-hitting: one full-row call per revealed token
-            out = mdlm.sample(model, key, num, length=length)
+        @jax.jit
+        def mdlm_run(state, key):  # first-hitting: one full-row call per revealed token
+            out = masked_diffusion.sample(
+                key,
+                nnx.merge(graphdef, state),
+                batch_size=num,
+                length=length,
+                mask_id=cfg.mask_id,
+                method="first_hitting",
+            )
             return out.tokens, out.num_calls
 
-        return run
-    from jaxar.models import bd3
+        return lambda key: mdlm_run(state, key)
 
-    def run(key):  # first-hitting inside each block + one cache-commit call per block
-        out = bd3.sample(model, key, num, max_len=length)
+    @jax.jit
+    def bd3_run(state, key):  # first-hitting inside each block + one cache-commit per block
+        out = block_diffusion.sample_blocks(
+            key,
+            nnx.merge(graphdef, state),
+            batch_size=num,
+            max_len=length,
+            block_size=cfg.block_size,
+            mask_id=cfg.mask_id,
+            vocab_size=cfg.data_vocab_size,
+        )
         return out.tokens, out.num_calls + out.num_blocks
 
-    return run
+    return lambda key: bd3_run(state, key)
 
 
 def measure(name: str, size: str, root: pathlib.Path, args) -> dict:

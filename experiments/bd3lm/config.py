@@ -53,9 +53,6 @@ def get_config(variant: str = "full"):
     model = dict(
         family="bd3",
         preset="tiny",
-        d_model=128,
-        num_layers=2,
-        num_heads=4,
         block_size=int(block),
         schedule="loglinear",
         t_low=0.0,
@@ -67,7 +64,7 @@ def get_config(variant: str = "full"):
         return config_dict(
             model=model, data=data, recipe="cpu_tiny", batch_size=16, eval_batches=32
         )
-    model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
+    model.update(preset="base")
     return config_dict(
         model=model,
         data=dict(

@@ -48,21 +48,11 @@ def get_config(variant: str = "full"):
     """``full`` (WikiText-103 scale) or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    model = dict(
-        family="lm",
-        preset="tiny",
-        mixer="gateloop",
-        mixer_options=dict(complex_gates=True, mode="auto"),
-        d_model=128,
-        num_layers=2,
-        num_heads=4,
-        mlp_ratio=2.5,
-    )
-    if variant == "tiny":
+    if variant == "tiny":  # complex gates, implementation "auto": the mixer's defaults
+        model = dict(family="lm", preset="gateloop-tiny", mlp_ratio=2.5)
         return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
-    model.update(preset="base", d_model=768, num_layers=12, num_heads=12, mlp_ratio=4.0)
     return config_dict(
-        model=model,
+        model=dict(family="lm", preset="gateloop-base"),
         data=dict(name="tfds:wiki40b/en", seq_len=2048, train_split="train", eval_split="test"),
         recipe="lm_wikitext",
     )

@@ -45,21 +45,20 @@ def get_config(variant: str = "full"):
     """``full`` (paper widths, window 512, 4096-byte code rows) or ``tiny`` (CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
+    if variant == "tiny":  # GSS (state size 64), then attention over a window of 32
+        model = dict(
+            family="lm",
+            preset="gss_hybrid-tiny",
+            mixer_options=dict(attention=dict(window=32)),
+            mlp_ratio=2.5,
+        )
+        return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
     model = dict(
         family="lm",
-        preset="tiny",
-        mixer=("gss", "attention"),
-        mixer_options=dict(gss=dict(state_size=64), attention=dict(window=32)),
-        d_model=128,
-        num_layers=2,
-        num_heads=4,
-        mlp_ratio=2.5,
-    )
-    if variant == "tiny":
-        return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
-    model.update(preset="base", d_model=1024, num_layers=12, num_heads=16, mlp_ratio=4.0)
-    model["mixer_options"] = dict(
-        gss=dict(state_size=64, reduced_dim=256, expand_dim=4096), attention=dict(window=512)
+        preset="gss_hybrid-base",
+        d_model=1024,
+        num_heads=16,
+        mixer_options=dict(gss=dict(reduced_dim=256, expand_dim=4096), attention=dict(window=512)),
     )
     return config_dict(
         model=model,

@@ -51,21 +51,18 @@ def get_config(variant: str = "full"):
     """``full`` (paper widths, 4096-byte code rows) or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    model = dict(
-        family="lm",
-        preset="tiny",
-        mixer="gss",
-        mixer_options=dict(state_size=64, expand_dim=304),
-        d_model=128,
-        num_layers=4,
-        mlp_ratio=0.0,
-    )
+    # the "gss-<size>" presets: twice the size's layers, no MLP, GSS state size 64
     if variant == "tiny":
+        model = dict(family="lm", preset="gss-tiny", mixer_options=dict(expand_dim=304))
         return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
-    model.update(preset="base", d_model=1024, num_layers=16)
-    model["mixer_options"] = dict(state_size=64, reduced_dim=256, expand_dim=4096)
     return config_dict(
-        model=model,
+        model=dict(
+            family="lm",
+            preset="gss-base",
+            d_model=1024,
+            num_layers=16,
+            mixer_options=dict(reduced_dim=256, expand_dim=4096),
+        ),
         data=dict(name="stdlib", seq_len=4096),
         recipe="code_4096",
     )

@@ -34,14 +34,16 @@ def param_count(name: str) -> int:
     import jax.numpy as jnp
     from flax import nnx
 
-    from jaxar.models import lm
+    from jaxar.data.sources import DataInfo
     from jaxar.train import config as config_lib
     from jaxar.train import experiments, tasks
 
     cfg_dict = experiments.load_config(f"{name}:tiny")
     cfg = config_lib.from_config_dict(cfg_dict)
-    lm_cfg = tasks.lm_config(cfg.model, 256, jnp.float32)
-    model = nnx.eval_shape(lambda: lm.LM(lm_cfg, rngs=nnx.Rngs(0)))
+    family = tasks.get(cfg.model.family)
+    model = nnx.eval_shape(
+        lambda: family.build(cfg.model, DataInfo("text"), jnp.float32, nnx.Rngs(0))
+    )
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 

@@ -55,9 +55,8 @@ def get_config(variant: str = "full"):
             recipe="digits_tiny",
         )
     return config_dict(
-        model=dict(
-            family="mar", preset="mar_b", order=order, image_size=32, channels=3, patch_size=2
-        ),
+        # image size, channels and classes follow the data (32x32x3, 10 classes)
+        model=dict(family="mar", preset="mar_b", order=order, patch_size=2),
         data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
         recipe="image_accelerator",
         eval_batches=39,  # the 10k test images

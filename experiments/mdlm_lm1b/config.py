@@ -57,9 +57,6 @@ def mdlm_config(
     model = dict(
         family="mdlm",
         preset="tiny",
-        d_model=128,
-        num_layers=2,
-        num_heads=4,
         schedule="loglinear",
         t_low=0.0,
         t_high=1.0,
@@ -74,7 +71,7 @@ def mdlm_config(
             eval_batches=tiny_eval_batches,
             sample_length=tiny_seq_len,
         )
-    model.update(preset="base", d_model=768, num_layers=12, num_heads=12)
+    model.update(preset="base")
     return config_dict(
         model=model,
         data=full_data,

@@ -19,9 +19,7 @@ VARIANTS = ()  # get_config() takes none
 def get_config():
     """The quickstart's ConfigDict (what ``jaxar train`` runs without ``--config``)."""
     return config_dict(
-        model=dict(
-            family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
-        ),
+        model=dict(family="lm", preset="tiny"),
         data=dict(name="stdlib", seq_len=128, packing="concat"),
         steps=300,
         batch_size=16,

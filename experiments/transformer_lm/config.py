@@ -46,21 +46,17 @@ def get_config(variant: str = "full"):
     or ``tiny`` (embedded corpus, CPU)."""
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    model = dict(
-        family="lm", preset="tiny", mixer="attention", d_model=128, num_layers=2, num_heads=4
-    )
     if variant == "tiny":
+        model = dict(family="lm", preset="transformer-tiny")
         return config_dict(model=model, data=dict(name="stdlib", seq_len=256), recipe="lm_tiny_256")
     if variant == "full":  # the accelerator-scale schedule shared with gateloop_lm:full
-        model.update(preset="base", d_model=768, num_layers=15, num_heads=12)
         return config_dict(
-            model=model,
+            model=dict(family="lm", preset="transformer-base", num_layers=15),
             data=dict(name="tfds:wiki40b/en", seq_len=2048, train_split="train", eval_split="test"),
             recipe="lm_wikitext",
         )
-    model.update(preset="base", d_model=1024, num_layers=12, num_heads=16)
     return config_dict(
-        model=model,
+        model=dict(family="lm", preset="transformer-base", d_model=1024, num_heads=16),
         data=dict(name="stdlib", seq_len=4096, train_split="train", eval_split="test"),
         recipe="lm_accelerator",
         steps=1000,  # ~11 epochs of stdlib; raise with a large code corpus (see gss_lm)

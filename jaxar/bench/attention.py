@@ -26,6 +26,7 @@ from flax import nnx
 from jaxar.bench import harness
 from jaxar.models import axial
 from jaxar.ops.attention import axial_attention, dot_product_attention
+from jaxar.sampling import axial as axial_sampling
 
 _HEADS, _K = 4, 32
 
@@ -91,13 +92,13 @@ def _impl_rows(length: int, repeats: int):
 
 
 def _sample_rows(repeats: int):
-    model = axial.AxialTransformer(axial.AxialTransformerConfig.tiny(), nnx.Rngs(0))
+    model = axial.AxialTransformer(axial.AxialTransformerConfig.preset("tiny"), nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     rows = []
     for method in ("naive", "semi_parallel"):
 
         def f(state, key, method=method):
-            return axial._sample_jit(graphdef, state, key, 4, method)
+            return axial_sampling.sample(nnx.merge(graphdef, state), key, 4, method=method)
 
         t = harness.timeit(f, state, jax.random.key(2), repeats=repeats)
         rows.append(

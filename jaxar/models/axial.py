@@ -17,7 +17,7 @@ Raster-order autoregression over pixels, channels in order inside a pixel:
 All sub-blocks are pre-norm residual. Loss: mean negative log-likelihood in nats per
 dimension (H W C); ``bits_per_dim = nats / ln 2``.
 
-Sampling (``sample``): ``"naive"`` runs the full model once per (pixel, channel) (the
+Sampling (:mod:`jaxar.sampling.axial`): ``"naive"`` runs the full model once per (pixel, channel) (the
 reference); ``"semi_parallel"`` runs the outer decoder once per row and the inner decoder
 one pixel at a time against a per-row KV cache. Both draw the value of dimension
 ``i = (r W + c) C + ch`` as ``argmax(logits + Gumbel(fold_in(key, i)))``, so they give
@@ -30,7 +30,6 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -38,18 +37,37 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar.models.common import from_preset
+from jaxar.nn.attention import AttentionImpl
 from jaxar.nn.axial import AxialAttention
 from jaxar.nn.layers import MLP, RMSNorm, dense, partitioned
 
-__all__ = ["AxialTransformerConfig", "AxialTransformer", "loss", "sample", "SAMPLE_METHODS"]
+__all__ = ["PRESETS", "AxialTransformerConfig", "AxialTransformer", "loss"]
 
-SAMPLE_METHODS = ("semi_parallel", "naive")
+
+# name -> fields: tiny (8x8x1, D=32: tests and CPU smoke runs), small (32x32x3, D=128, 2 + 2
+# layers: a CPU-trainable toy), cifar (D=512, 4 + 4 layers: one accelerator), imagenet32
+# (roughly the paper's ImageNet-32 scale, D=1024, 16 heads, 8 + 8 layers; the exact
+# published widths are not verified here; published: 3.76 bits/dim)
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(height=8, width=8, channels=1, d_model=32, num_heads=2),
+    "small": dict(
+        height=32, width=32, channels=3, d_model=128, num_heads=4, outer_layers=2, inner_layers=2
+    ),
+    "cifar": dict(
+        height=32, width=32, channels=3, d_model=512, num_heads=8, mlp_ratio=4.0,
+        outer_layers=4, inner_layers=4,
+    ),
+    "imagenet32": dict(
+        height=32, width=32, channels=3, d_model=1024, num_heads=16, mlp_ratio=4.0,
+        outer_layers=8, inner_layers=8,
+    ),
+}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
 class AxialTransformerConfig:
-    """Axial Transformer configuration (presets: ``tiny``, ``small``, ``cifar``,
-    ``imagenet32``).
+    """Axial Transformer configuration (presets: ``PRESETS``).
 
     Attributes:
       height, width, channels: image shape (H, W, C).
@@ -72,7 +90,7 @@ class AxialTransformerConfig:
     mlp_ratio: float = 2.0
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    impl: str = "auto"
+    impl: AttentionImpl = "auto"
 
     def __post_init__(self):
         for name in (
@@ -97,35 +115,9 @@ class AxialTransformerConfig:
             raise ValueError(f"AxialTransformerConfig.mlp_ratio={self.mlp_ratio!r}; accepted: > 0")
 
     @classmethod
-    def tiny(cls, **kw) -> AxialTransformerConfig:
-        """8x8x1, D=32: tests and CPU smoke runs."""
-        return cls(**{**dict(height=8, width=8, channels=1, d_model=32, num_heads=2), **kw})
-
-    @classmethod
-    def small(cls, **kw) -> AxialTransformerConfig:
-        """32x32x3, D=128, 2 + 2 layers: a CPU-trainable toy."""
-        base = dict(height=32, width=32, channels=3, d_model=128, num_heads=4)
-        return cls(**{**base, "outer_layers": 2, "inner_layers": 2, **kw})
-
-    @classmethod
-    def cifar(cls, **kw) -> AxialTransformerConfig:
-        """32x32x3, D=512, 4 + 4 layers: a single-accelerator model."""
-        base = dict(height=32, width=32, channels=3, d_model=512, num_heads=8, mlp_ratio=4.0)
-        return cls(**{**base, "outer_layers": 4, "inner_layers": 4, **kw})
-
-    @classmethod
-    def imagenet32(cls, **kw) -> AxialTransformerConfig:
-        """32x32x3 at roughly the paper's ImageNet-32 scale (D=1024, 16 heads, 8 + 8 layers;
-        the exact published widths are not verified here). Published: 3.76 bits/dim."""
-        base = dict(height=32, width=32, channels=3, d_model=1024, num_heads=16, mlp_ratio=4.0)
-        return cls(**{**base, "outer_layers": 8, "inner_layers": 8, **kw})
-
-    @classmethod
-    def preset(cls, name: str, **kw) -> AxialTransformerConfig:
-        names = ("tiny", "small", "cifar", "imagenet32")
-        if name not in names:
-            raise ValueError(f"preset name={name!r} is not supported; accepted: {names}")
-        return getattr(cls, name)(**kw)
+    def preset(cls, name: str, **overrides) -> AxialTransformerConfig:
+        """``PRESETS[name]`` with ``overrides`` (any field)."""
+        return from_preset(cls, PRESETS, name, overrides)
 
 
 class _Residual(nnx.Module):
@@ -290,74 +282,3 @@ def loss(model: AxialTransformer, batch: dict, key=None):
     nll = -jnp.take_along_axis(logp, image.astype(jnp.int32)[..., None], axis=-1)
     value = jnp.mean(nll)
     return value, {"loss": value, "bits_per_dim": value / math.log(2.0)}
-
-
-def _draw(key, i, logits_BxV):
-    g = jax.random.gumbel(jax.random.fold_in(key, i), logits_BxV.shape, jnp.float32)
-    return jnp.argmax(logits_BxV + g, axis=-1).astype(jnp.int32)
-
-
-def _naive(model, key, num):
-    cfg = model.config
-    H, W, C = cfg.height, cfg.width, cfg.channels
-
-    def body(i, canvas):
-        r, c, ch = i // (W * C), (i // C) % W, i % C
-        logits = model(canvas)[:, r, c, ch]
-        return canvas.at[:, r, c, ch].set(_draw(key, i, logits))
-
-    return jax.lax.fori_loop(0, H * W * C, body, jnp.zeros((num, H, W, C), jnp.int32))
-
-
-def _semi_parallel(model, key, num):
-    cfg = model.config
-    H, W, C = cfg.height, cfg.width, cfg.channels
-
-    def row(r, canvas):
-        o = jax.lax.dynamic_index_in_dim(
-            model.outer_context(model.embed_pixels(canvas)), r, axis=1, keepdims=False
-        )  # (num, W, D)
-        states = tuple(blk.row.init_state(num, W, cfg.dtype) for blk in model.inner)
-
-        def pixel(c, carry):
-            canvas, states = carry
-            prev = model.embed_pixels(canvas[:, r, jnp.maximum(c - 1, 0)])
-            prev = jnp.where(c > 0, prev, jnp.zeros_like(prev))
-            z = (prev + jax.lax.dynamic_index_in_dim(o, c, axis=1, keepdims=False))[:, None]
-            new_states = []
-            for blk, st in zip(model.inner, states, strict=True):
-                z, st = blk.decode(z, st)
-                new_states.append(st)
-            h = model.inner_norm(z)[:, 0]  # (num, D)
-            pix = jnp.zeros((num, C), jnp.int32)
-            for ch in range(C):
-                logits = model.channel_logits(h, model.embed_channels(pix))[:, ch]
-                pix = pix.at[:, ch].set(_draw(key, (r * W + c) * C + ch, logits))
-            return canvas.at[:, r, c].set(pix), tuple(new_states)
-
-        canvas, _ = jax.lax.fori_loop(0, W, pixel, (canvas, states))
-        return canvas
-
-    return jax.lax.fori_loop(0, H, row, jnp.zeros((num, H, W, C), jnp.int32))
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _sample_jit(graphdef, state, key, num, method):
-    model = nnx.merge(graphdef, state)
-    fn = _naive if method == "naive" else _semi_parallel
-    return fn(model, key, num)
-
-
-def sample(model: AxialTransformer, key, num: int, method: str = "semi_parallel"):
-    """``num`` images (uint8 (num, H, W, C)) in raster order; see the module docstring.
-
-    Args:
-      method: ``"semi_parallel"`` (outer decoder once per row, inner decoder per pixel with
-        a row cache) or ``"naive"`` (a full forward per dimension, the reference).
-    """
-    if method not in SAMPLE_METHODS:
-        raise ValueError(f"method={method!r} is not supported; accepted: {SAMPLE_METHODS}")
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"num={num!r} is not supported; accepted: an int >= 1")
-    graphdef, state = nnx.split(model)
-    return _sample_jit(graphdef, state, key, num, method).astype(jnp.uint8)

@@ -14,7 +14,8 @@ vocabulary size, ``lm.vocab_size = mask_id + 1``). Sampling: block by block with
 prefix in the key/value cache, first-hitting inside each block, stop at ``eos_id`` or on a
 low-entropy block (:mod:`jaxar.sampling.block_diffusion`).
 
-Presets: ``BD3Config.preset(name, vocab_size=256, block_size=16)`` with the MDLM sizes.
+Presets: ``BD3Config.preset(name, **overrides)`` with the MDLM (= LM) sizes; sampling:
+``jaxar.sampling.sample_bd3``.
 
 References:
   Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
@@ -24,14 +25,13 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from jaxar.models import mdlm
 from jaxar.ops import masked_diffusion as md_ops
+from jaxar.ops.masks import block_diffusion_mask as mask_fn
 
 __all__ = [
     "BD3Config",
@@ -40,70 +40,34 @@ __all__ = [
     "bd3_inputs",
     "nelbo",
     "loss",
-    "sample",
 ]
 
 
 @dataclasses.dataclass(frozen=True)
-class BD3Config:
-    """BD3-LM model and objective.
+class BD3Config(mdlm.MDLMConfig):
+    """BD3-LM model and objective: the fields of :class:`jaxar.models.mdlm.MDLMConfig`
+    (``t_low, t_high = beta, omega`` for BD3's clipped schedule, e.g. 0.3, 0.8) and
 
     Attributes:
-      lm: backbone ``LMConfig`` (non-causal attention; vocab = data vocabulary + [MASK]).
       block_size: L', tokens per block; sequence lengths must be multiples of it.
-      schedule, t_low, t_high, antithetic: as :class:`jaxar.models.mdlm.MDLMConfig`;
-        ``t_low, t_high = beta, omega`` for BD3's clipped schedule (e.g. 0.3, 0.8).
     """
 
-    lm: object
     block_size: int = 16
-    schedule: str = "loglinear"
-    t_low: float = 0.0
-    t_high: float = 1.0
-    antithetic: bool = True
 
     def __post_init__(self):
-        if getattr(self.lm, "vocab_size", 0) < 2:
-            raise ValueError(
-                f"BD3Config.lm must be an LMConfig with vocab_size >= 2, got {self.lm!r}"
-            )
+        super().__post_init__()
         if not isinstance(self.block_size, int) or self.block_size < 1:
             raise ValueError(f"BD3Config.block_size must be an int >= 1, got {self.block_size!r}")
-        mdlm._check_times("BD3Config", self.t_low, self.t_high, self.schedule)
-
-    @property
-    def mask_id(self) -> int:
-        return self.lm.vocab_size - 1
-
-    @property
-    def data_vocab_size(self) -> int:
-        return self.lm.vocab_size - 1
-
-    @classmethod
-    def preset(cls, name: str, *, vocab_size: int = 256, lm_kwargs=None, **overrides):
-        if name not in mdlm.PRESETS:
-            raise ValueError(f"preset name={name!r} is unknown; accepted: {sorted(mdlm.PRESETS)}")
-        d, layers, heads = mdlm.PRESETS[name]
-        lm = mdlm.bidirectional_lm_config(vocab_size, d, layers, heads, **(lm_kwargs or {}))
-        return cls(lm=lm, **overrides)
 
 
 class BD3(mdlm.MDLM):
     """The BD3 network (the same bidirectional LM as MDLM; the mask makes it blockwise)."""
-
-    def __init__(self, config: BD3Config, *, rngs: nnx.Rngs):
-        from jaxar.models.lm import LM
-
-        self.config = config
-        self.lm = LM(config.lm, rngs=rngs)
 
 
 def block_diffusion_mask(length: int, block_size: int) -> jax.Array:
     """(2L, 2L) bool mask over ``[x_t ; x_0]`` (True = may attend), jaxar/MATHS.md s.6:
     noisy b -> noisy b and clean < b; clean b -> clean <= b; clean never sees noisy.
     (:func:`jaxar.ops.block_diffusion_mask`; tests/models/test_bd3.py checks the rule.)"""
-    from jaxar.ops.masks import block_diffusion_mask as mask_fn
-
     return jnp.asarray(mask_fn(length, block_size), bool)
 
 
@@ -163,54 +127,3 @@ def loss(model, batch: dict, key):
     num_tokens = jnp.sum(valid).astype(jnp.float32)
     masked = jnp.sum((noisy == cfg.mask_id) & valid) / jnp.maximum(num_tokens, 1.0)
     return mdlm._metrics(nelbo_B, num_tokens, masked)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
-def _sample_jit(graphdef, state, key, prompt, options):
-    model = nnx.merge(graphdef, state)
-    cfg = model.config
-    from jaxar.sampling import block_diffusion as bd_sampling  # models <- sampling
-
-    return bd_sampling.sample_blocks(
-        key,
-        model,
-        prompt=prompt,
-        block_size=cfg.block_size,
-        mask_id=cfg.mask_id,
-        vocab_size=cfg.data_vocab_size,
-        **dict(options),
-    )
-
-
-def sample(
-    model,
-    key,
-    num: int,
-    *,
-    max_len: int = 128,
-    prompt=None,
-    eos_id=None,
-    pad_id=None,
-    min_entropy=None,
-    temperature: float = 1.0,
-    top_p=None,
-    use_cache: bool = True,
-):
-    """``num`` variable-length sequences, block by block: ``BlockSamples(tokens, lengths,
-    num_calls, num_blocks)`` (:func:`jaxar.sampling.block_diffusion.sample_blocks`)."""
-    graphdef, state = nnx.split(model)
-    options = tuple(
-        sorted(
-            dict(
-                batch_size=num,
-                max_len=max_len,
-                eos_id=eos_id,
-                pad_id=pad_id,
-                min_entropy=min_entropy,
-                temperature=float(temperature),
-                top_p=top_p,
-                use_cache=use_cache,
-            ).items()
-        )
-    )
-    return _sample_jit(graphdef, state, key, prompt, options)

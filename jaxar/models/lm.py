@@ -1,37 +1,74 @@
 """The generic language model: any sequence mixer in pre-norm residual blocks.
 
-A mixer config (``GateLoopConfig``, ``GSSConfig``, ``AttentionConfig``) has
-``make(d_model, *, rngs) -> module`` with ``__call__(x_BxLxD, *, segment_ids, positions,
-mask)``, ``init_state(batch_size, max_len, dtype)`` and ``decode(x_BxTxD, state, *,
-positions, bidirectional) -> (y, state)``. ``LMConfig.mixers`` is cycled over layers
-(``(GSSConfig(), AttentionConfig(window=...))`` is GSS-Hybrid).
+Block: ``x += mixer(norm(x)); x += mlp(norm(x))``; final norm; tied or untied head. The
+mixers come from a flat config: ``mixer`` names an entry of :data:`jaxar.nn.MIXERS` (or a
+tuple of names cycled over layers: ``("gss", "attention")`` is GSS-Hybrid) and
+``mixer_options`` holds its config fields; ``mixers`` takes mixer config objects instead.
 
-Block: ``x += mixer(norm(x)); x += mlp(norm(x))``; final norm; tied or untied head.
+Presets (``LMConfig.preset(name, **overrides)``, the one LM size table; ``PRESETS``):
+a size ``tiny`` (D=128, 2 layers, 4 heads), ``small`` (256, 4, 4), ``medium`` (512, 8, 8)
+or ``base`` (768, 12, 12: ~85M non-embedding parameters as a transformer), alone (an
+attention LM) or as ``"<kind>-<size>"`` with kind ``transformer``, ``gateloop``, ``gss``
+(twice the layers and no MLP: a GSS block has its own gated expansion) or ``gss_hybrid``
+(GSS alternating with attention over a window of 512).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar.models.common import check_fields, from_preset
+from jaxar.nn import MIXERS
 from jaxar.nn.layers import MLP, MLP_ACTIVATIONS, Embed, RMSNorm, dense
 
-__all__ = ["LMConfig", "Backbone", "LM", "lm_loss", "loss", "sample", "PRESET_SIZES"]
+__all__ = ["PRESETS", "SIZES", "LMConfig", "Backbone", "LM", "lm_loss", "loss"]
 
-# size name -> (d_model, num_layers, heads of the recurrent mixer)
-PRESET_SIZES: dict[str, tuple[int, int, int]] = {
-    "tiny": (32, 2, 2),
-    "small": (256, 4, 4),
-    "medium": (512, 8, 8),
-    "base": (768, 12, 12),  # ~125M with a 50k vocabulary; the papers' scale
+# size -> backbone shape; every text family (LM, MDLM, BD3) takes its sizes from here
+SIZES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=128, num_layers=2, num_heads=4),
+    "small": dict(d_model=256, num_layers=4, num_heads=4),
+    "medium": dict(d_model=512, num_layers=8, num_heads=8),
+    "base": dict(d_model=768, num_layers=12, num_heads=12),
 }
-PRESET_FAMILIES = ("gateloop", "gss", "gss_hybrid", "transformer")
+
+
+def _kind(kind: str, size: dict[str, int]) -> dict[str, Any]:
+    if kind == "gateloop":
+        return dict(size, mixer="gateloop")
+    if kind == "gss":
+        return dict(size, mixer="gss", num_layers=2 * size["num_layers"], mlp_ratio=0.0)
+    if kind == "gss_hybrid":
+        return dict(size, mixer=("gss", "attention"), mixer_options={"attention": {"window": 512}})
+    return dict(size, mixer="attention")
+
+
+PRESET_KINDS = ("transformer", "gateloop", "gss", "gss_hybrid")
+PRESETS: dict[str, dict[str, Any]] = {
+    **SIZES,
+    **{f"{k}-{s}": _kind(k, SIZES[s]) for k in PRESET_KINDS for s in SIZES},
+}
+
+
+def _freeze(options) -> tuple:
+    """A hashable copy of a (nested) options mapping: sorted ``(key, value)`` pairs."""
+    if isinstance(options, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in options.items()))
+    if isinstance(options, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in options):
+        return tuple(sorted((k, _freeze(v)) for k, v in options))
+    return options
+
+
+def _thaw(frozen) -> dict:
+    return {k: _thaw(v) if isinstance(v, tuple) and v and isinstance(v[0], tuple) else v
+            for k, v in frozen}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +79,12 @@ class LMConfig:
       vocab_size: number of token ids V (use 1 for a Backbone-only model).
       d_model: width D.
       num_layers: number of residual blocks.
-      mixers: tuple of mixer configs cycled over layers (a single config is accepted).
+      num_heads: heads of every mixer that has heads (attention, GateLoop).
+      mixer: a name in ``jaxar.nn.MIXERS``, or a tuple of names cycled over layers.
+      mixer_options: the mixer config's fields (e.g. ``{"window": 32}``); with several
+        mixers, a mapping from mixer name to its fields.
+      mixers: mixer config objects cycled over layers; when given they replace ``mixer``,
+        ``mixer_options`` and ``num_heads``.
       mlp_ratio: MLP hidden width F = mlp_ratio * D (0 = no MLP sub-block).
       mlp_activation: one of ``MLP_ACTIVATIONS``.
       tie_embeddings: output head = embedding transpose.
@@ -51,10 +93,13 @@ class LMConfig:
       norm_eps: RMSNorm epsilon.
     """
 
-    vocab_size: int
-    d_model: int
-    num_layers: int
-    mixers: tuple[Any, ...]
+    vocab_size: int = 256
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    mixer: str | tuple[str, ...] = "attention"
+    mixer_options: Mapping[str, Any] | tuple = ()
+    mixers: tuple[Any, ...] = ()
     mlp_ratio: float = 4.0
     mlp_activation: str = "gelu"
     tie_embeddings: bool = True
@@ -63,101 +108,91 @@ class LMConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self):
-        if not isinstance(self.mixers, tuple):
-            if isinstance(self.mixers, list):
-                object.__setattr__(self, "mixers", tuple(self.mixers))
-            else:
-                object.__setattr__(self, "mixers", (self.mixers,))
-        for name in ("vocab_size", "d_model", "num_layers"):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"LMConfig.{name}={v!r} must be a positive int")
-        if not self.mixers:
-            raise ValueError("LMConfig.mixers=() must hold at least one mixer config")
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"LMConfig.{name}={v!r} is invalid; accepted: an int >= 1")
+        if isinstance(self.mixer, list):
+            object.__setattr__(self, "mixer", tuple(self.mixer))
+        names = (self.mixer,) if isinstance(self.mixer, str) else self.mixer
+        if not isinstance(names, tuple) or not names or any(n not in MIXERS for n in names):
+            raise ValueError(
+                f"LMConfig.mixer={self.mixer!r} is not supported; accepted: a name in "
+                f"{tuple(MIXERS)} or a tuple of them"
+            )
+        if self.mixer_options is None:
+            object.__setattr__(self, "mixer_options", ())
+        object.__setattr__(self, "mixer_options", _freeze(self.mixer_options))
+        if not isinstance(self.mixers, tuple):
+            many = isinstance(self.mixers, list)
+            object.__setattr__(self, "mixers", tuple(self.mixers) if many else (self.mixers,))
         for m in self.mixers:
             if not callable(getattr(m, "make", None)):
                 raise ValueError(f"LMConfig.mixers entry {m!r} has no make(d_model, *, rngs)")
+        if self.mixers and self.mixer_options:
+            raise ValueError(
+                f"LMConfig.mixer_options={_thaw(self.mixer_options)!r} is unused with mixers=...;"
+                " accepted: set the options on the mixer configs, or use mixer= names"
+            )
         if self.mlp_ratio < 0:
-            raise ValueError(f"LMConfig.mlp_ratio={self.mlp_ratio!r} must be >= 0")
+            raise ValueError(f"LMConfig.mlp_ratio={self.mlp_ratio!r} is invalid; accepted: >= 0")
         if self.mlp_activation not in MLP_ACTIVATIONS:
             raise ValueError(
                 f"LMConfig.mlp_activation={self.mlp_activation!r} is not supported; "
                 f"accepted: {MLP_ACTIVATIONS}"
             )
+        object.__setattr__(self, "_layer_mixers", self.mixers or self._build_mixers(names))
 
-    def mixer(self, layer: int):
-        return self.mixers[layer % len(self.mixers)]
+    def _build_mixers(self, names: tuple[str, ...]) -> tuple[Any, ...]:
+        options = _thaw(self.mixer_options)
+        if not isinstance(self.mixer, str):
+            bad = sorted(set(options) - set(names))
+            if bad:
+                raise ValueError(
+                    f"LMConfig.mixer_options keys {bad} name no mixer in mixer={self.mixer}; "
+                    "with several mixers the options map a mixer name to its fields"
+                )
+        out = []
+        for name in names:
+            cls = MIXERS[name]
+            opts = dict(options if isinstance(self.mixer, str) else options.get(name, {}))
+            check_fields(cls, opts, where=f"LMConfig.mixer_options for {name!r} ({cls.__name__})")
+            if "num_heads" in {f.name for f in dataclasses.fields(cls)}:
+                opts.setdefault("num_heads", self.num_heads)
+            out.append(cls(**opts))
+        return tuple(out)
 
-    # ---- presets ----------------------------------------------------------------------
+    @property
+    def layer_mixers(self) -> tuple[Any, ...]:
+        """The mixer configs cycled over layers."""
+        return self._layer_mixers
+
+    def layer_mixer(self, layer: int):
+        return self._layer_mixers[layer % len(self._layer_mixers)]
+
     @classmethod
-    def preset(cls, name: str, *, vocab_size: int = 256, **overrides) -> LMConfig:
-        """``"<family>-<size>"`` with family in ``PRESET_FAMILIES`` and size in
-        ``PRESET_SIZES`` (e.g. ``"gateloop-tiny"``, ``"gss_hybrid-base"``)."""
-        family, _, size = name.partition("-")
-        if family not in PRESET_FAMILIES or size not in PRESET_SIZES:
-            raise ValueError(
-                f"preset name={name!r} is not supported; accepted: '<family>-<size>' with "
-                f"family in {PRESET_FAMILIES} and size in {tuple(PRESET_SIZES)}"
+    def preset(cls, name: str, **overrides) -> LMConfig:
+        """``PRESETS[name]`` with ``overrides`` (any field; ``vocab_size`` defaults to 256).
+
+        ``attention_impl=`` (the old transformer preset's argument) is accepted for one
+        release with a DeprecationWarning: it becomes ``mixer_options={"impl": ...}``.
+        """
+        if "attention_impl" in overrides:
+            warnings.warn(
+                "attention_impl is deprecated; pass mixer_options={'impl': ...} (the "
+                "AttentionConfig.impl field)",
+                DeprecationWarning,
+                stacklevel=2,
             )
-        return getattr(cls, family)(size, vocab_size=vocab_size, **overrides)
-
-    @classmethod
-    def gateloop(cls, size: str = "tiny", *, vocab_size: int = 256, **overrides) -> LMConfig:
-        """GateLoop LM (complex gates, ``head_dim`` K = E = D / heads)."""
-        from jaxar.nn.gateloop import GateLoopConfig
-
-        d, n, h = _size(size)
-        mixers = overrides.pop("mixers", (GateLoopConfig(num_heads=h),))
-        return cls(vocab_size=vocab_size, d_model=d, num_layers=n, mixers=mixers, **overrides)
-
-    @classmethod
-    def gss(cls, size: str = "tiny", *, vocab_size: int = 256, **overrides) -> LMConfig:
-        """GSS LM (GSS blocks have their own gated expansion: no separate MLP; a GSS block
-        has about half the parameters of a mixer + MLP block, so twice the layers)."""
-        from jaxar.nn.gss import GSSConfig
-
-        d, n, _ = _size(size)
-        n = 2 * n
-        mixers = overrides.pop("mixers", (GSSConfig(),))
-        overrides.setdefault("mlp_ratio", 0.0)
-        return cls(vocab_size=vocab_size, d_model=d, num_layers=n, mixers=mixers, **overrides)
-
-    @classmethod
-    def transformer(cls, size: str = "tiny", *, vocab_size: int = 256, **overrides) -> LMConfig:
-        """Causal transformer baseline (RoPE attention + MLP blocks), the sizes of
-        :func:`jaxar.models.transformer.transformer_config`."""
-        from jaxar.models.transformer import transformer_config
-
-        return transformer_config(size, vocab_size=vocab_size, **overrides)
-
-    @classmethod
-    def gss_hybrid(
-        cls, size: str = "tiny", *, vocab_size: int = 256, window: int = 512, **overrides
-    ) -> LMConfig:
-        """GSS-Hybrid: GSS layers alternating with local (``window``) attention."""
-        from jaxar.nn.attention import AttentionConfig
-        from jaxar.nn.gss import GSSConfig
-
-        d, n, h = _size(size)
-        mixers = overrides.pop("mixers", (GSSConfig(), AttentionConfig(num_heads=h, window=window)))
-        return cls(vocab_size=vocab_size, d_model=d, num_layers=n, mixers=mixers, **overrides)
-
-
-def _size(size: str):
-    if size not in PRESET_SIZES:
-        raise ValueError(f"size={size!r} is not supported; accepted: {tuple(PRESET_SIZES)}")
-    return PRESET_SIZES[size]
-
-
-def _make_mixer(mcfg, d_model: int, cfg: LMConfig, rngs: nnx.Rngs):
-    """``mcfg.make(d_model, rngs=...)``, passing dtype/param_dtype when it accepts them."""
-    params = inspect.signature(mcfg.make).parameters
-    kw = {}
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    for name, value in (("dtype", cfg.dtype), ("param_dtype", cfg.param_dtype)):
-        if name in params or accepts_any:
-            kw[name] = value
-    return mcfg.make(d_model, rngs=rngs, **kw)
+            impl = overrides.pop("attention_impl")
+            base = PRESETS.get(name, {})
+            options = _thaw(_freeze(overrides.get("mixer_options", base.get("mixer_options", {}))))
+            if isinstance(overrides.get("mixer", base.get("mixer", "attention")), str):
+                options["impl"] = impl
+            else:
+                options["attention"] = {**options.get("attention", {}), "impl": impl}
+            overrides["mixer_options"] = options
+        return from_preset(cls, PRESETS, name, overrides)
 
 
 class Block(nnx.Module):
@@ -166,7 +201,9 @@ class Block(nnx.Module):
     def __init__(self, cfg: LMConfig, layer: int, *, rngs: nnx.Rngs):
         d = cfg.d_model
         self.norm1 = RMSNorm(d, eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
-        self.mixer = _make_mixer(cfg.mixer(layer), d, cfg, rngs)
+        self.mixer = cfg.layer_mixer(layer).make(
+            d, rngs=rngs, dtype=cfg.dtype, param_dtype=cfg.param_dtype
+        )
         if cfg.mlp_ratio > 0:
             self.norm2 = RMSNorm(d, eps=cfg.norm_eps, param_dtype=cfg.param_dtype)
             hidden = max(1, int(round(cfg.mlp_ratio * d)))
@@ -322,12 +359,3 @@ def lm_loss(model: LM, batch: dict, key=None):
 
 
 loss = lm_loss
-
-
-def sample(model: LM, key, num: int, *, max_new_tokens: int = 64, prompt=None, **kw):
-    """``num`` samples (``generate`` from ``prompt``, default one token id 0 per row)."""
-    from jaxar.sampling.generate import generate
-
-    if prompt is None:
-        prompt = jnp.zeros((num, 1), jnp.int32)
-    return generate(key, model, prompt, max_new_tokens=max_new_tokens, **kw)

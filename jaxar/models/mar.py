@@ -25,7 +25,7 @@ probability ``label_drop_prob`` in training. Classifier-free guidance at samplin
 temperature that scales the head sampler's noise.
 
 Generation (masked-order reveal schedule, guidance, the two decoding loops) lives in
-:mod:`jaxar.sampling.mar`; :func:`sample` here is the trainer's hook.
+:mod:`jaxar.sampling.mar` (``jaxar.sampling.sample_mar`` draws images).
 
 Presets (``MARConfig.preset``): ``tiny`` (8x8x1 digits, 2x2 patches), and ``mar_b`` /
 ``mar_l`` / ``mar_h`` on 16x16x16 KL-16 latents with the published backbone widths and
@@ -47,6 +47,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar.models.common import from_preset
+from jaxar.models.lm import Backbone, LMConfig
+from jaxar.nn.diffusion_head import PRESETS as HEAD_PRESETS
 from jaxar.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig
 from jaxar.ops import gaussian_diffusion as gd
 
@@ -62,7 +65,6 @@ __all__ = [
     "tokens_to_images",
     "loss",
     "loss_on_tokens",
-    "sample",
 ]
 
 ORDERS = ("masked", "causal")
@@ -70,12 +72,22 @@ HEADS = ("diffusion", "flow")
 CFG_SCHEDULES = ("constant", "linear")
 FLOW_TIME_SCALE = 1000.0  # flow time s in [0, 1] is embedded as s * 1000, like step indices
 
-# name -> (image_size, channels, patch_size, d_model, num_layers, num_heads, head preset)
-PRESETS = {
-    "tiny": (8, 1, 2, 64, 2, 4, "tiny"),
-    "mar_b": (16, 16, 1, 768, 24, 12, "mar_b"),
-    "mar_l": (16, 16, 1, 1024, 32, 16, "mar_l"),
-    "mar_h": (16, 16, 1, 1280, 40, 16, "mar_h"),
+
+def _preset(image_size, channels, patch_size, d_model, num_layers, num_heads, head, **extra):
+    width, depth = HEAD_PRESETS[head]
+    return dict(
+        image_size=image_size, channels=channels, patch_size=patch_size, d_model=d_model,
+        num_layers=num_layers, num_heads=num_heads, head_width=width, head_depth=depth, **extra,
+    )  # fmt: skip
+
+
+# name -> fields: tiny (8x8x1 digits, 2x2 patches); MAR-B/L/H on 16x16x16 KL-16 latents with
+# the published backbone widths and head sizes (the diffusion head presets of the same name)
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": _preset(8, 1, 2, 64, 2, 4, "tiny"),
+    "mar_b": _preset(16, 16, 1, 768, 24, 12, "mar_b", num_classes=1000, buffer_size=64),
+    "mar_l": _preset(16, 16, 1, 1024, 32, 16, "mar_l", num_classes=1000, buffer_size=64),
+    "mar_h": _preset(16, 16, 1, 1280, 40, 16, "mar_h", num_classes=1000, buffer_size=64),
 }
 
 
@@ -182,19 +194,14 @@ class MARConfig:
 
     def lm_config(self):
         """The backbone's ``LMConfig`` (attention causal iff ``order == "causal"``)."""
-        from jaxar.models.lm import LMConfig
-        from jaxar.nn.attention import AttentionConfig
-
         return LMConfig(
             vocab_size=1,
             d_model=self.d_model,
             num_layers=self.num_layers,
+            num_heads=self.num_heads,
             # learned absolute positions (MAR's); no RoPE
-            mixers=(
-                AttentionConfig(
-                    num_heads=self.num_heads, causal=self.order == "causal", rope=False
-                ),
-            ),
+            mixer="attention",
+            mixer_options={"causal": self.order == "causal", "rope": False},
             mlp_ratio=self.mlp_ratio,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -212,25 +219,8 @@ class MARConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides):
-        """A named size (``tiny``, ``mar_b``, ``mar_l``, ``mar_h``; ``MAR-B`` etc. accepted)."""
-        key = name.lower().replace("-", "_")
-        if key not in PRESETS:
-            raise ValueError(f"preset name={name!r} is unknown; accepted: {sorted(PRESETS)}")
-        size, ch, p, d, layers, heads, head = PRESETS[key]
-        hc = DiffusionHeadConfig.preset(head, token_dim=1, cond_dim=1)
-        base = dict(
-            image_size=size,
-            channels=ch,
-            patch_size=p,
-            d_model=d,
-            num_layers=layers,
-            num_heads=heads,
-            head_width=hc.width,
-            head_depth=hc.depth,
-        )
-        if key != "tiny":
-            base.update(num_classes=1000, buffer_size=64)
-        return cls(**{**base, **overrides})
+        """``PRESETS[name]`` with ``overrides`` (``MAR-B`` etc. name ``mar_b``)."""
+        return from_preset(cls, PRESETS, name.lower().replace("-", "_"), overrides)
 
 
 # --------------------------------------------------------------------------- tokens
@@ -283,8 +273,6 @@ class MAR(nnx.Module):
     """Token projection, class / [MASK] / position embeddings, backbone and head."""
 
     def __init__(self, config: MARConfig, *, rngs: nnx.Rngs):
-        from jaxar.models.lm import Backbone
-
         cfg = config
         self.config = cfg
         d, pd = cfg.d_model, cfg.param_dtype
@@ -430,15 +418,3 @@ def loss(model: MAR, batch: dict, key):
             f"batch['image'] must be (B, {', '.join(map(str, want))}); got {images.shape}"
         )
     return loss_on_tokens(model, images_to_tokens(images, cfg.patch_size), batch["label"], key)
-
-
-# --------------------------------------------------------------------------- sampling
-
-
-def sample(model: MAR, key, num: int, **kwargs):
-    """Sampling hook: ``num`` uint8 images ``(num, H, W, C)``; keyword arguments as
-    :func:`jaxar.sampling.mar.sample_tokens` (``labels``, ``num_iter``, ``cfg_scale``, ``temperature``,
-    ``num_steps``, ...)."""
-    from jaxar.sampling.mar import sample_tokens
-
-    return tokens_to_images(sample_tokens(model, key, num, **kwargs), model.config)

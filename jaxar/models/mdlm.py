@@ -9,14 +9,15 @@ bits and the perplexity bound ``exp(NELBO / token) >= perplexity``.
 
 Training hook: ``loss(model, batch, key) -> (loss, metrics)`` with
 ``batch = {"tokens": int32 (B, L), "segment_ids": int32 (B, L) optional}`` (segment 0 =
-padding: neither noised into the loss nor counted). Sampling: ``sample(model, key, num,
-length=..., method="first_hitting")``; report :func:`unigram_entropy` of the samples next to
+padding: neither noised into the loss nor counted). Sampling:
+``jaxar.sampling.sample_mdlm(model, key, num, length=..., method="first_hitting")``; report :func:`unigram_entropy` of the samples next to
 any generative perplexity (a low-temperature sampler fakes good perplexity with repetitive
 text; jaxar/MATHS.md s.5 "Precision").
 
-Presets (``MDLMConfig.preset(name, vocab_size=256)``), bidirectional attention blocks:
-``tiny`` d=64 x 2 layers, ``small`` d=256 x 4, ``medium`` d=512 x 8, ``base`` d=768 x 12
-(the MDLM paper's size: ~85M parameters with bytes, ~125M with a 50k vocabulary).
+Presets (``MDLMConfig.preset(name, **overrides)``): the LM sizes as bidirectional
+transformers, ``tiny`` d=128 x 2 layers x 4 heads, ``small`` d=256 x 4, ``medium`` d=512 x 8,
+``base`` d=768 x 12 (the MDLM paper's size: ~85M parameters with bytes, ~125M with a 50k
+vocabulary).
 
 References:
   Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
@@ -29,51 +30,22 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxar.models.common import from_preset
+from jaxar.models.lm import LM, SIZES, LMConfig
 from jaxar.ops import masked_diffusion as md_ops
 
-__all__ = [
-    "PRESETS",
-    "MDLMConfig",
-    "MDLM",
-    "bidirectional_lm_config",
-    "nelbo",
-    "loss",
-    "sample",
-    "unigram_entropy",
-]
+__all__ = ["PRESETS", "MDLMConfig", "MDLM", "nelbo", "loss", "unigram_entropy"]
 
-# name -> (d_model, num_layers, num_heads)
-PRESETS = {
-    "tiny": (64, 2, 4),
-    "small": (256, 4, 4),
-    "medium": (512, 8, 8),
-    "base": (768, 12, 12),
-}
-
-
-def bidirectional_lm_config(
-    vocab_size: int, d_model: int, num_layers: int, num_heads: int, **lm_kwargs
-):
-    """An ``LMConfig`` over ``vocab_size + 1`` ids (the last is [MASK]) with non-causal
-    attention mixers; ``lm_kwargs`` go to ``LMConfig`` (e.g. ``mlp_ratio``, ``dtype``)."""
-    from jaxar.models.lm import LMConfig
-    from jaxar.nn.attention import AttentionConfig
-
-    return LMConfig(
-        vocab_size=vocab_size + 1,
-        d_model=d_model,
-        num_layers=num_layers,
-        mixers=(AttentionConfig(num_heads=num_heads, causal=False),),
-        **lm_kwargs,
-    )
+# the LM sizes (``jaxar.models.lm.SIZES``), as bidirectional transformers
+PRESETS = SIZES
 
 
 def _check_times(cls, t_low, t_high, schedule):
@@ -92,51 +64,68 @@ class MDLMConfig:
     """MDLM model and objective.
 
     Attributes:
-      lm: the backbone's ``LMConfig``; its ``vocab_size`` = data vocabulary + 1 ([MASK]).
+      vocab_size: data vocabulary; the [MASK] id is ``vocab_size`` and the network has
+        ``vocab_size + 1`` ids.
+      d_model, num_layers, num_heads, mlp_ratio: the bidirectional transformer backbone.
+      dtype, param_dtype: compute / parameter dtypes.
       schedule: ``"loglinear"`` or ``"cosine"`` (``jaxar.ops.masked_diffusion``).
       t_low, t_high: training times ``t ~ U(t_low, t_high]`` (``(0, 1]``: the NELBO).
       antithetic: stratified times across the batch (lower variance, same mean).
     """
 
-    lm: object
+    vocab_size: int = 256
+    d_model: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
     schedule: str = "loglinear"
     t_low: float = 0.0
     t_high: float = 1.0
     antithetic: bool = True
 
     def __post_init__(self):
-        if getattr(self.lm, "vocab_size", 0) < 2:
-            raise ValueError(
-                f"MDLMConfig.lm must be an LMConfig with vocab_size >= 2 (data "
-                f"vocabulary + [MASK]), got {self.lm!r}"
-            )
-        _check_times("MDLMConfig", self.t_low, self.t_high, self.schedule)
+        name = type(self).__name__
+        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
+            raise ValueError(f"{name}.vocab_size={self.vocab_size!r}; accepted: an int >= 1")
+        _check_times(name, self.t_low, self.t_high, self.schedule)
+        _ = self.lm  # building the backbone config validates its fields
+
+    @property
+    def lm(self) -> LMConfig:
+        """The backbone: non-causal attention over ``vocab_size + 1`` ids."""
+        return LMConfig(
+            vocab_size=self.vocab_size + 1,
+            d_model=self.d_model,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            mixer="attention",
+            mixer_options={"causal": False},
+            mlp_ratio=self.mlp_ratio,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
 
     @property
     def mask_id(self) -> int:
-        """[MASK] id = data vocabulary size = ``lm.vocab_size - 1``."""
-        return self.lm.vocab_size - 1
+        """[MASK] id = data vocabulary size."""
+        return self.vocab_size
 
     @property
     def data_vocab_size(self) -> int:
-        return self.lm.vocab_size - 1
+        return self.vocab_size
 
     @classmethod
-    def preset(cls, name: str, *, vocab_size: int = 256, lm_kwargs=None, **overrides):
-        """A named size (``PRESETS``) over a data vocabulary of ``vocab_size`` ids."""
-        if name not in PRESETS:
-            raise ValueError(f"preset name={name!r} is unknown; accepted: {sorted(PRESETS)}")
-        d, layers, heads = PRESETS[name]
-        lm = bidirectional_lm_config(vocab_size, d, layers, heads, **(lm_kwargs or {}))
-        return cls(lm=lm, **overrides)
+    def preset(cls, name: str, **overrides):
+        """``PRESETS[name]`` (the LM sizes) with ``overrides`` (any field)."""
+        return from_preset(cls, PRESETS, name, overrides)
 
 
 class MDLM(nnx.Module):
     """The denoising network: ``tokens (B, L) -> logits (B, L, data vocab + 1)``."""
 
     def __init__(self, config: MDLMConfig, *, rngs: nnx.Rngs):
-        from jaxar.models.lm import LM
-
         self.config = config
         self.lm = LM(config.lm, rngs=rngs)
 
@@ -193,49 +182,6 @@ def loss(model, batch: dict, key):
     num_tokens = jnp.sum(valid).astype(jnp.float32)
     masked = jnp.sum((noisy == cfg.mask_id) & valid) / jnp.maximum(num_tokens, 1.0)
     return _metrics(nelbo_B, num_tokens, masked)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "options"))
-def _sample_jit(graphdef, state, key, prompt, options):
-    model = nnx.merge(graphdef, state)
-    kw = dict(options)
-    from jaxar.sampling import masked_diffusion as md_sampling  # models <- sampling
-
-    return md_sampling.sample(key, model, prompt=prompt, mask_id=model.config.mask_id, **kw)
-
-
-def sample(
-    model,
-    key,
-    num: int,
-    *,
-    length: int = 128,
-    method: str = "first_hitting",
-    num_steps=None,
-    prompt=None,
-    temperature: float = 1.0,
-    top_p=None,
-):
-    """``num`` sequences of ``length`` tokens: ``Samples(tokens, num_calls)`` (see
-    :func:`jaxar.sampling.masked_diffusion.sample`; ``prompt`` fixes a prefix)."""
-    graphdef, state = nnx.split(model)
-    options = tuple(
-        sorted(
-            dict(
-                batch_size=num,
-                length=length,
-                method=method,
-                num_steps=num_steps,
-                temperature=float(temperature),
-                top_p=top_p,
-            ).items()
-        )
-    )
-    from jaxar.sampling import masked_diffusion as md_sampling
-
-    if method not in md_sampling.METHODS:
-        raise ValueError(f"method={method!r} is not supported; accepted: {md_sampling.METHODS}")
-    return _sample_jit(graphdef, state, key, prompt, options)
 
 
 def unigram_entropy(tokens, lengths=None) -> float:

@@ -13,7 +13,7 @@ seen so far in a buffer of ``M = max_len`` slots.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +24,10 @@ from jaxar.nn.layers import partitioned
 from jaxar.ops.attention import apply_rope, dot_product_attention
 from jaxar.ops.masks import local_mask
 
-__all__ = ["AttentionConfig", "MultiHeadAttention"]
+__all__ = ["AttentionImpl", "AttentionConfig", "MultiHeadAttention"]
+
+# ``jaxar.dispatch.CHOICES["attention"]`` and "auto" (resolved by platform in jaxar.dispatch)
+AttentionImpl = Literal["auto", "xla", "reference", "jax", "pallas"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +52,7 @@ class AttentionConfig:
     rope: bool = True
     rope_base: float = 10000.0
     window: int | None = None
-    impl: str = "auto"
+    impl: AttentionImpl = "auto"
 
     def __post_init__(self):
         if not isinstance(self.num_heads, int) or self.num_heads < 1:

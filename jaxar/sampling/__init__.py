@@ -1,1 +1,32 @@
-"""jaxar.sampling."""
+"""jaxar.sampling: decoding loops above :mod:`jaxar.models`.
+
+``sample_<family>(model, key, num, **options)`` draws ``num`` samples from a model of that
+family, checking its options once (:class:`Sampler`); the loops they drive are in the
+modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
+``diffusion_head``).
+"""
+
+from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
+from jaxar.sampling.generate import generate
+from jaxar.sampling.masked_diffusion import Samples
+from jaxar.sampling.samplers import (
+    Sampler,
+    sample_axial,
+    sample_bd3,
+    sample_lm,
+    sample_mar,
+    sample_mdlm,
+)
+
+__all__ = (
+    "Sampler",
+    "sample_lm",
+    "sample_mdlm",
+    "sample_bd3",
+    "sample_axial",
+    "sample_mar",
+    "generate",
+    "Samples",
+    "BlockSamples",
+    "sample_blocks",
+)

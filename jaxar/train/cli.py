@@ -100,6 +100,56 @@ def _workdir_parser(prog: str, description: str) -> argparse.ArgumentParser:
     return p
 
 
+# ``jaxar sample`` flag -> the sampler option it sets (passed only when given)
+SAMPLE_FLAGS = {
+    "method": "--method",
+    "num_steps": "--num-steps",
+    "temperature": "--temperature",
+    "top_k": "--top-k",
+    "top_p": "--top-p",
+    "prompt": "--prompt",
+    "length": "--length",
+}
+
+
+def _memory_limit() -> int:
+    """Bytes of memory on the sampling device (host memory when the device says nothing)."""
+    import os
+
+    import jax
+
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _sample_options(args, family, cfg) -> dict:
+    """The sampler options given on the command line; ValueError naming a bad flag."""
+    for flag, value in (("--num", args.num), ("--length", args.length)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag}={value} is invalid; accepted: an integer >= 1")
+    options = {k: getattr(args, k) for k in SAMPLE_FLAGS if getattr(args, k) is not None}
+    bad = [k for k in options if k not in family.sampler.options]
+    if bad:
+        accepted = [f for k, f in SAMPLE_FLAGS.items() if k in family.sampler.options]
+        raise ValueError(
+            f"{', '.join(SAMPLE_FLAGS[k] for k in bad)} not accepted by the "
+            f"{cfg.model.family!r} family's sampler; accepted: {accepted}"
+        )
+    if "prompt" in options:
+        import numpy as np
+
+        data = options["prompt"].encode("utf-8")
+        if not data:
+            raise ValueError("--prompt='' is invalid; accepted: a non-empty text")
+        options["prompt"] = np.frombuffer(data, np.uint8).astype(np.int32)[None]
+    if "length" not in options and "length" in family.sampler.options:
+        options["length"] = cfg.sample_length
+    family.sampler.check(options)
+    return options
+
+
 def sample_main(argv: list[str]) -> int:
     """``jaxar sample``: prints text samples, or writes a PNG grid for image models."""
     _setup()
@@ -107,32 +157,53 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--num", type=int, default=4, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--length", type=int, default=None, help="tokens per text sample")
+    p.add_argument("--method", default=None, help="the family's sampling method")
+    p.add_argument("--num-steps", type=int, default=None, help="sampler steps")
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus mass")
+    p.add_argument("--prompt", default=None, help="text the samples continue (UTF-8 bytes)")
     p.add_argument("--out", default=None, help="output file (.txt or .png)")
     args = p.parse_args(argv)
+    if args.num < 1:
+        return _error(
+            "sample", ValueError(f"--num={args.num} is invalid; accepted: an integer >= 1")
+        )
     from jaxar.train import loop
 
     try:
         run = loop.load_run(args.workdir, step=args.step)
+        options = _sample_options(args, run.task, run.cfg)
+        model = run.model()
+        if "length" in options and run.task.sample_bytes is not None:
+            need = run.task.sample_bytes(model.config, args.num, options["length"])
+            have = _memory_limit()
+            if need > have:
+                raise ValueError(
+                    f"--length={options['length']} with --num={args.num} needs about "
+                    f"{need / 2**30:.1f} GiB to sample; this device has {have / 2**30:.1f} GiB"
+                )
     except (ValueError, FileNotFoundError) as e:
         return _error("sample", e)
-    if args.length is not None:
-        import dataclasses
+    import jax
 
-        run.cfg = dataclasses.replace(run.cfg, sample_length=args.length)
+    try:
+        samples = run.task.sample(model, jax.random.key(args.seed), args.num, **options)
+    except ValueError as e:
+        return _error("sample", e)
     out = args.out
     if out is None and run.info.kind == "image":
         out = str(pathlib.Path(args.workdir) / "samples" / f"sample_seed{args.seed}.png")
     if out is None:
-        import jax
-
-        key = jax.random.key(args.seed)
-        tokens = run.task.sample(run.model(), key, args.num, run.info, run.cfg.sample_length)
-        print(loop.decode_text(tokens))
+        print(loop.decode_text(samples))
         return 0
-    path = loop.write_samples(
-        run, pathlib.Path(args.workdir), num=args.num, seed=args.seed, out=out
-    )
-    print(f"wrote {path}")
+    out = pathlib.Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if run.info.kind == "image":
+        loop.save_png_grid(samples, out)
+    else:
+        out.write_text(loop.decode_text(samples))
+    print(f"wrote {out}")
     return 0
 
 

@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-FAMILIES = ("lm", "mdlm", "bd3", "axial", "mar")
 NONFINITE_POLICIES = ("skip", "stop")
 DTYPES = ("float32", "bfloat16")
 
@@ -34,22 +33,22 @@ def _positive_int(obj, *names: str, allow_zero: bool = False) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Which model: ``family`` (a registered task), a ``preset`` name, and ``options`` passed
-    to the family's builder (e.g. ``mixer="gateloop"``, ``d_model=128``)."""
+    """Which model: ``family`` (a name in ``jaxar.train.tasks.FAMILIES``), a ``preset`` of
+    the family's config, and ``overrides`` of its fields (e.g. ``mixer="gateloop"``,
+    ``d_model=256``). The trainer builds ``Config.preset(preset, **data_fields,
+    **overrides)``; an unknown field is an error from the family's config."""
 
     family: str = "lm"
     preset: str = "tiny"
-    options: tuple[tuple[str, Any], ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
     _prefix = "model."
 
     def __post_init__(self):
         if not isinstance(self.family, str) or not self.family:
-            raise _err("model.family", self.family, f"one of {FAMILIES} or a registered task")
-        object.__setattr__(self, "options", tuple(sorted(dict(self.options).items())))
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
+            raise _err("model.family", self.family, "a family name (jaxar.train.tasks.FAMILIES)")
+        if not isinstance(self.preset, str) or not self.preset:
+            raise _err("model.preset", self.preset, "a preset name of the family's config")
+        object.__setattr__(self, "overrides", tuple(sorted(dict(self.overrides).items())))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,7 +163,7 @@ class TrainConfig:
         :func:`from_config_dict` turns back into an equal TrainConfig."""
         d = dataclasses.asdict(self)
         d["model"] = {"family": self.model.family, "preset": self.model.preset}
-        d["model"].update(self.model.options)
+        d["model"].update(self.model.overrides)
         return d
 
 
@@ -179,7 +178,7 @@ def from_config_dict(cfg: Mapping) -> TrainConfig:
     """Converts an ``ml_collections.ConfigDict`` (or a nested dict) into a TrainConfig.
 
     Unknown keys are errors naming the key and the accepted ones; ``model`` accepts
-    ``family``, ``preset`` and any further keys, which become ``ModelConfig.options``.
+    ``family``, ``preset`` and any further keys, which become ``ModelConfig.overrides``.
     """
     d = _to_dict(cfg)
     top = _fields(TrainConfig)
@@ -195,7 +194,7 @@ def from_config_dict(cfg: Mapping) -> TrainConfig:
             if k == "model":
                 family = v.pop("family", "lm")
                 preset = v.pop("preset", "tiny")
-                kw[k] = ModelConfig(family=family, preset=preset, options=tuple(v.items()))
+                kw[k] = ModelConfig(family=family, preset=preset, overrides=tuple(v.items()))
                 continue
             accepted = _fields(_SECTIONS[k])
             bad = sorted(set(v) - set(accepted))

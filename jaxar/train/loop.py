@@ -71,7 +71,7 @@ class Run:
     """Everything built from a config: model graph, state, steps, data, mesh."""
 
     cfg: TrainConfig
-    task: tasks.Task
+    task: tasks.Family
     info: object
     mesh: jax.sharding.Mesh
     graphdef: object
@@ -240,7 +240,8 @@ def write_samples(
     text (``.txt``) for sequence models, a PNG grid for image models."""
     step = int(run.state["step"])
     key = jax.random.fold_in(jax.random.key(seed), step)
-    samples = run.task.sample(run.model(), key, num, run.info, run.cfg.sample_length)
+    length = {"length": run.cfg.sample_length} if run.task.kind == "text" else {}
+    samples = run.task.sample(run.model(), key, num, **length)
     if jax.process_index() != 0:  # every process samples (SPMD); process 0 writes
         return pathlib.Path(out or workdir / "samples")
     if out is None:

@@ -49,8 +49,8 @@ def _num_params(model) -> int:
 def test_variants_load_and_convert(exp):
     for variant in VARIANTS[exp]:
         cfg = _load(exp, variant)
-        assert cfg.data.seq_len % cfg.model.kwargs.get("block_size", 1) == 0
-        assert cfg.sample_length % cfg.model.kwargs.get("block_size", 1) == 0
+        block_size = dict(cfg.model.overrides).get("block_size", 1)
+        assert cfg.data.seq_len % block_size == 0 and cfg.sample_length % block_size == 0
         if variant.startswith("tiny"):
             assert cfg.data.name == "stdlib" and cfg.steps <= 300
         else:
@@ -63,8 +63,8 @@ def test_variants_load_and_convert(exp):
 def test_bd3_block_sizes():
     for size in ("tiny", "full"):
         for block in (4, 8, 16):
-            assert _load("bd3lm", f"{size}_l{block}").model.kwargs["block_size"] == block
-    assert _load("ar_bd3_mdlm", "tiny_bd3_l16").model.kwargs["block_size"] == 16
+            assert dict(_load("bd3lm", f"{size}_l{block}").model.overrides)["block_size"] == block
+    assert dict(_load("ar_bd3_mdlm", "tiny_bd3_l16").model.overrides)["block_size"] == 16
 
 
 def test_comparison_shares_backbone_and_budget():
@@ -72,7 +72,7 @@ def test_comparison_shares_backbone_and_budget():
     budgets = {(c.steps, c.batch_size, c.data.seq_len, c.learning_rate) for c in cfgs.values()}
     assert len(budgets) == 1
     counts = {m: _num_params(_abstract(c)) for m, c in cfgs.items()}
-    d_model = cfgs["ar"].model.kwargs["d_model"]
+    d_model = _abstract(cfgs["ar"]).config.d_model
     # the diffusion models only add the [MASK] embedding row (tied output head)
     assert counts["mdlm"] == counts["bd3_l4"] == counts["bd3_l16"] == counts["ar"] + d_model
     # the standalone tiny experiments use the same backbone
@@ -81,12 +81,12 @@ def test_comparison_shares_backbone_and_budget():
 
 
 def test_bd3_trainer_task_samples():
-    """``Task.sample`` (the path of ``jaxar sample --workdir``) on an untrained tiny BD3:
+    """``Family.sample`` (the path of ``jaxar sample --workdir``) on an untrained tiny BD3:
     the cached block sampler once failed here with a mask-shape error (MDLM's sampler is
     covered by tests/models/test_mdlm.py). A length that is not a multiple of the block
     size samples whole blocks and is cut back."""
     cfg = _load("bd3lm", "tiny_l4")
     task = tasks.get(cfg.model.family)
-    tokens = task.sample(_build(cfg), jax.random.key(0), 2, TEXT, 14)
+    tokens = task.sample(_build(cfg), jax.random.key(0), 2, length=14)
     assert tokens.shape == (2, 14) and tokens.dtype.kind == "i"
     assert np.all((tokens >= 0) & (tokens < 256))  # no [MASK] left

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
+from jaxar.data.sources import DataInfo
 from jaxar.models import lm
 from jaxar.nn.attention import AttentionConfig
 from jaxar.nn.gateloop import GateLoopConfig
@@ -44,7 +45,11 @@ def _load(name: str, variant: str):
 
 
 def _lm_config(cfg):
-    return tasks.lm_config(cfg.model, 256, jnp.float32)
+    return _model_config(cfg.model)
+
+
+def _model_config(model_cfg: ModelConfig):
+    return tasks.get("lm").make_config(model_cfg, DataInfo("text"), jnp.float32)
 
 
 def _count(model) -> int:
@@ -58,7 +63,7 @@ def test_config_loads_converts_and_has_documented_size(name, variant):
     # the TrainConfig round-trips through config.json's layout
     assert config_lib.from_config_dict(cfg.to_dict()) == cfg
     lm_cfg = _lm_config(cfg)
-    assert tuple(type(m) for m in lm_cfg.mixers) == MIXERS[name]
+    assert tuple(type(m) for m in lm_cfg.layer_mixers) == MIXERS[name]
     model = nnx.eval_shape(lambda: lm.LM(lm_cfg, rngs=nnx.Rngs(0)))
     assert _count(model) == PARAMS[(name, variant)]
     if variant == "tiny":
@@ -97,25 +102,26 @@ def test_mixer_sequence_cycles_with_per_mixer_options():
             ("num_layers", 3),
         ),
     )
-    cfg = tasks.lm_config(mc, 256, jnp.float32)
-    assert [type(cfg.mixer(i)) for i in range(4)] == [
+    cfg = _model_config(mc)
+    assert [type(cfg.layer_mixer(i)) for i in range(4)] == [
         GSSConfig, AttentionConfig, GateLoopConfig, GSSConfig,
     ]  # fmt: skip
-    assert cfg.mixers[0].state_size == 4 and cfg.mixers[1].window == 8
-    assert cfg.mixers[1].num_heads == 2 and cfg.mixers[2].num_heads == 2
+    mixers = cfg.layer_mixers
+    assert mixers[0].state_size == 4 and mixers[1].window == 8
+    assert mixers[1].num_heads == 2 and mixers[2].num_heads == 2
     bad = ModelConfig(
         "lm", "tiny", (("mixer", ("gss", "attention")), ("mixer_options", {"gateloop": {}}))
     )
     with pytest.raises(ValueError, match="gateloop"):
-        tasks.lm_config(bad, 256, jnp.float32)
+        _model_config(bad)
 
 
 def test_gateloop_mixer_takes_model_num_heads():
     """``model.num_heads`` (or the preset's heads) reaches the GateLoop mixer; an explicit
     ``mixer_options.num_heads`` wins."""
     mc = ModelConfig("lm", "medium", (("mixer", "gateloop"),))
-    assert tasks.lm_config(mc, 256, jnp.float32).mixers[0].num_heads == 8
+    assert _model_config(mc).layer_mixers[0].num_heads == 8
     mc = ModelConfig("lm", "tiny", (("mixer", "gateloop"), ("num_heads", 2)))
-    assert tasks.lm_config(mc, 256, jnp.float32).mixers[0].num_heads == 2
+    assert _model_config(mc).layer_mixers[0].num_heads == 2
     mc = ModelConfig("lm", "tiny", (("mixer", "gateloop"), ("mixer_options", {"num_heads": 1})))
-    assert tasks.lm_config(mc, 256, jnp.float32).mixers[0].num_heads == 1
+    assert _model_config(mc).layer_mixers[0].num_heads == 1

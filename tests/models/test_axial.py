@@ -10,13 +10,14 @@ from jaxar import testing
 from jaxar.models import axial
 from jaxar.nn.attention import AttentionConfig
 from jaxar.nn.axial import AxialAttention
+from jaxar.sampling import axial as axial_sampling
 
 H, W, C, V = 4, 4, 3, 16
 
 
 @pytest.fixture(scope="module")
 def model():
-    cfg = axial.AxialTransformerConfig.tiny(height=H, width=W, channels=C, levels=V)
+    cfg = axial.AxialTransformerConfig.preset("tiny", height=H, width=W, channels=C, levels=V)
     return axial.AxialTransformer(cfg, nnx.Rngs(0))
 
 
@@ -47,8 +48,8 @@ def test_causality_by_gradient(model):
 
 def test_semi_parallel_equals_naive(model):
     key = jax.random.key(7)
-    naive = axial.sample(model, key, 2, method="naive")
-    semi = axial.sample(model, key, 2, method="semi_parallel")
+    naive = axial_sampling.sample(model, key, 2, method="naive")
+    semi = axial_sampling.sample(model, key, 2, method="semi_parallel")
     assert naive.dtype == jnp.uint8 and naive.shape == (2, H, W, C)
     np.testing.assert_array_equal(np.asarray(semi), np.asarray(naive))
     assert len(np.unique(np.asarray(naive))) > 1
@@ -56,11 +57,11 @@ def test_semi_parallel_equals_naive(model):
 
 @pytest.mark.slow
 def test_semi_parallel_equals_naive_8x8x1():
-    m = axial.AxialTransformer(axial.AxialTransformerConfig.tiny(), nnx.Rngs(3))
+    m = axial.AxialTransformer(axial.AxialTransformerConfig.preset("tiny"), nnx.Rngs(3))
     key = jax.random.key(11)
     np.testing.assert_array_equal(
-        np.asarray(axial.sample(m, key, 2, method="semi_parallel")),
-        np.asarray(axial.sample(m, key, 2, method="naive")),
+        np.asarray(axial_sampling.sample(m, key, 2, method="semi_parallel")),
+        np.asarray(axial_sampling.sample(m, key, 2, method="naive")),
     )
 
 
@@ -72,7 +73,7 @@ def test_loss_metrics(model):
     with pytest.raises(ValueError, match="image has shape"):
         model(img[:, :2])
     with pytest.raises(ValueError, match="method"):
-        axial.sample(model, jax.random.key(0), 1, method="fast")
+        axial_sampling.sample(model, jax.random.key(0), 1, method="fast")
 
 
 def test_axial_layer_equals_folded_attention():
@@ -90,5 +91,9 @@ def test_axial_layer_equals_folded_attention():
 def test_presets():
     cfg = axial.AxialTransformerConfig.preset("imagenet32")
     assert (cfg.height, cfg.width, cfg.channels, cfg.levels) == (32, 32, 3, 256)
+    with pytest.raises(ValueError, match=r"no field\(s\) \['layers'\]; accepted: \['height'"):
+        axial.AxialTransformerConfig.preset("tiny", layers=3)
+    with pytest.raises(ValueError, match=r"name='huge'.*'imagenet32'"):
+        axial.AxialTransformerConfig.preset("huge")
     with pytest.raises(ValueError, match="num_heads"):
         axial.AxialTransformerConfig(d_model=30, num_heads=4)

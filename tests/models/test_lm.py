@@ -108,9 +108,13 @@ def test_config_validation_and_presets():
         LMConfig(vocab_size=4, d_model=8, num_layers=1, mixers=("attention",))
     with pytest.raises(ValueError, match="preset"):
         LMConfig.preset("gateloop-huge")
-    assert LMConfig.preset("gss-tiny").mixers == (GSSConfig(),)
+    gss = LMConfig.preset("gss-tiny")
+    assert gss.layer_mixers == (GSSConfig(),) and (gss.num_layers, gss.mlp_ratio) == (4, 0.0)
     tf = LMConfig.preset("transformer-small", vocab_size=300)
-    assert tf.mixers[0].causal and (tf.d_model, tf.num_layers, tf.vocab_size) == (256, 4, 300)
+    assert tf.layer_mixers[0].causal and (tf.d_model, tf.num_layers, tf.vocab_size) == (256, 4, 300)
+    # the trainer's tiny size is the one tiny: width 128, 2 layers, 4 heads
+    tiny = LMConfig.preset("tiny")
+    assert (tiny.d_model, tiny.num_layers, tiny.layer_mixers[0].num_heads) == (128, 2, 4)
     # the paper-scale preset: ~125M parameters with a GPT-2 vocabulary (abstract init)
     cfg = LMConfig.preset("gateloop-base", vocab_size=50257)
     abstract = nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0)))

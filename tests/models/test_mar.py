@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxar.models import mar
 from jaxar.sampling import mar as mar_sampling
+from jaxar.sampling import sample_mar
 from jaxar.testing import assert_allclose
 
 try:  # the generic backbone and attention config (other helpers' issues)
@@ -226,7 +227,7 @@ def test_cfg_scale_one_equals_conditional_model(order):
 @needs_backbone
 def test_sample_hook_images_and_temperature():
     model = _model("masked")
-    img = mar.sample(model, jax.random.key(0), 2, num_iter=3, num_steps=8)
+    img = sample_mar(model, jax.random.key(0), 2, num_iter=3, num_steps=8)
     assert img.shape == (2, 4, 4, 1) and img.dtype == jnp.uint8
     # (temperature's effect on spread is tested with exact oracles in the sampler tests)
     assert not np.allclose(_sample(model, temperature=0.5), _sample(model, temperature=1.0))

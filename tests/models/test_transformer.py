@@ -1,4 +1,5 @@
-"""Transformer LM: cached decode == full forward; causality by gradient; presets."""
+"""Transformer LM (``LMConfig.preset("transformer-<size>")``): cached decode == full
+forward; causality by gradient; loss; presets; the deprecated ``attention_impl``."""
 
 import jax
 import jax.numpy as jnp
@@ -7,12 +8,19 @@ import pytest
 from flax import nnx
 
 from jaxar import testing
-from jaxar.models import transformer
+from jaxar.models import lm
 
 
 def _model(**kw):
-    cfg = transformer.transformer_config("tiny", vocab_size=32, num_kv_heads=1, **kw)
-    return transformer.LM(cfg, nnx.Rngs(0))
+    cfg = lm.LMConfig.preset(
+        "transformer-tiny",
+        vocab_size=32,
+        d_model=32,
+        num_heads=2,
+        mixer_options={"num_kv_heads": 1},
+        **kw,
+    )
+    return lm.LM(cfg, nnx.Rngs(0))
 
 
 def test_cached_decode_equals_full_forward():
@@ -44,10 +52,19 @@ def test_causality_by_gradient():
 def test_loss_and_presets():
     model = _model()
     tokens = jax.random.randint(jax.random.key(3), (2, 9), 0, 32)
-    loss, metrics = transformer.loss(model, {"tokens": tokens}, None)
+    loss, metrics = lm.loss(model, {"tokens": tokens}, None)
     assert np.isfinite(float(loss)) and abs(float(loss) - np.log(32)) < 2.0
     assert set(metrics) >= {"loss", "bits_per_token", "num_tokens"}
-    cfg = transformer.transformer_config("base", vocab_size=50257)
+    cfg = lm.LMConfig.preset("transformer-base", vocab_size=50257)
     assert (cfg.d_model, cfg.num_layers) == (768, 12)
-    with pytest.raises(ValueError, match="size"):
-        transformer.transformer_config("huge")
+    with pytest.raises(ValueError, match="name='transformer-huge'"):
+        lm.LMConfig.preset("transformer-huge")
+
+
+def test_attention_impl_is_a_deprecated_alias_of_impl():
+    with pytest.warns(DeprecationWarning, match="mixer_options"):
+        cfg = lm.LMConfig.preset("transformer-tiny", attention_impl="reference")
+    assert cfg.layer_mixers[0].impl == "reference"
+    with pytest.warns(DeprecationWarning):
+        hybrid = lm.LMConfig.preset("gss_hybrid-tiny", attention_impl="reference")
+    assert hybrid.layer_mixers[1].impl == "reference" and hybrid.layer_mixers[1].window == 512

@@ -25,7 +25,7 @@ def test_overrides():
     )
     cfg = config_lib.from_config_dict(c)
     assert cfg.steps == 7 and cfg.learning_rate == 1.0 and cfg.data.seq_len == 64
-    assert cfg.model.kwargs["mixer"] == "gateloop" and cfg.ema_decay == 0.9
+    assert dict(cfg.model.overrides)["mixer"] == "gateloop" and cfg.ema_decay == 0.9
 
 
 @pytest.mark.parametrize(

@@ -4,16 +4,33 @@ Bigram-with-MLP byte LM: logits_i = W_out gelu(W_in embed(tokens_i)); loss = mea
 tokens[i+1] over positions in the same (non-padding) segment.
 """
 
+import dataclasses
+from typing import Any
+
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from jaxar.models.common import from_preset
+from jaxar.sampling import Sampler
 from jaxar.train import tasks
 
 
+@dataclasses.dataclass(frozen=True)
+class ToyConfig:
+    vocab_size: int = 256
+    d: int = 32
+    f: int = 64
+    dtype: Any = jnp.float32
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        return from_preset(cls, {"tiny": {}}, name, overrides)
+
+
 class ToyLM(nnx.Module):
-    def __init__(self, vocab: int, d: int, f: int, dtype, rngs: nnx.Rngs):
+    def __init__(self, config: ToyConfig, *, rngs: nnx.Rngs):
+        vocab, d, f = config.vocab_size, config.d, config.f
         init = nnx.initializers.normal(0.1)
         self.embed = nnx.Param(
             init(rngs.params(), (vocab, d)), out_sharding=("vocab", "embed"), eager_sharding=False
@@ -25,7 +42,7 @@ class ToyLM(nnx.Module):
             init(rngs.params(), (f, vocab)), out_sharding=("mlp", "vocab"), eager_sharding=False
         )
         self.scale = nnx.Param(jnp.ones((d,)), out_sharding=("norm",), eager_sharding=False)
-        self.dtype = dtype
+        self.dtype = config.dtype
 
     def __call__(self, tokens_BxL):
         x = self.embed[...][tokens_BxL] * self.scale[...][None, None, :]
@@ -48,21 +65,19 @@ def toy_loss(model, batch, key):
     return loss, {"bits_per_token": loss / jnp.log(2.0), "num_tokens": n}
 
 
-def toy_sample(model, key, num, info, length):
+def toy_sample(model, key, num, *, length):
     tok = jnp.full((num,), ord("\n"), jnp.int32)
     out = []
     for k in jax.random.split(key, min(length, 16)):
         tok = jax.random.categorical(k, model(tok[:, None])[:, 0])
         out.append(tok)
-    return np.asarray(jnp.stack(out, 1))
+    return jnp.stack(out, 1)
 
 
-def build(model_cfg, info, dtype, rngs):
-    opts = model_cfg.kwargs
-    return ToyLM(info.vocab_size, opts.get("d", 32), opts.get("f", 64), dtype, rngs)
-
-
-tasks.register("toy", tasks.Task("text", build, toy_loss, toy_sample))
+tasks.register(
+    "toy",
+    tasks.Family("text", ToyConfig, ToyLM, toy_loss, Sampler("toy", toy_sample, dict(length=16))),
+)
 
 
 def config(**overrides):
