@@ -11,7 +11,7 @@ from flax import nnx
 
 from jaxar.data.sources import DataInfo
 from jaxar.train import config as config_lib
-from jaxar.train import tasks
+from jaxar.train import experiments, tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,7 @@ def test_variant_builds_its_recorded_model(name):
     exp, _, variant = name.partition(":")
     path = ROOT / "experiments" / exp / "config.py"
     cfg = config_lib.from_config_dict(
-        config_lib.load_config_file(f"{path}:{variant}" if variant else path)
+        experiments.load_config(f"{path}:{variant}" if variant else path)
     )
     info = INFOS.get(cfg.data.name, DataInfo("text"))
     family = tasks.get(cfg.model.family)
