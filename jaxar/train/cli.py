@@ -13,6 +13,7 @@ import sys
 
 DEFAULT_ROOT = "jaxar_runs"
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def quickstart_config():
@@ -91,8 +92,11 @@ def train_main(argv: list[str]) -> int:
     loop.maybe_initialize_distributed()
     try:
         summary = loop.train(cfg, workdir)
-    except (ValueError, loop.NonFiniteError) as e:
+    except (ValueError, OSError, loop.NonFiniteError) as e:
         return _error("train", e)
+    except KeyboardInterrupt:
+        print("jaxar train: interrupted (second Ctrl-C); not saved", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if summary.get("preempted"):
         print("rerun the same command to resume.")
         return 0
@@ -155,6 +159,8 @@ def eval_main(argv: list[str]) -> int:
     p = _workdir_parser("jaxar eval", "Held-out NLL of a trained workdir.")
     p.add_argument("--batches", type=int, default=None, help="eval batches (default: config)")
     args = p.parse_args(argv)
+    if args.batches is not None and args.batches < 1:
+        return _error("eval", ValueError(f"--batches={args.batches}; accepted: an integer >= 1"))
     from jaxar.train import loop
 
     try:
