@@ -29,11 +29,14 @@ import os
 import pathlib
 import shutil
 import sys
+import threading
+import time
 
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.futures import future as orbax_future
 
 __all__ = [
     "CheckpointError",
@@ -153,6 +156,17 @@ def _reason(e: BaseException) -> str:
     return f"{type(best).__name__}: {text[:240]}"
 
 
+def _join_orbax_threads(timeout: float = 120.0) -> None:
+    """Waits for orbax's background save threads (still writing after a failed save)."""
+    cls = getattr(orbax_future, "_SignalingThread", None)
+    if cls is None:
+        time.sleep(1.0)
+        return
+    for t in threading.enumerate():
+        if isinstance(t, cls) and t is not threading.current_thread():
+            t.join(timeout)
+
+
 def _sync(name: str) -> None:
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(name)
@@ -188,7 +202,7 @@ class Checkpointer:
         if read_only:
             self.removed = []
             options = ocp.CheckpointManagerOptions(
-                read_only=True, cleanup_tmp_directories=False, create=False
+                read_only=True, cleanup_tmp_directories=False, create=False, save_interval_steps=0
             )
         else:
             self.removed = remove_incomplete(self.directory) if primary else []
@@ -220,12 +234,17 @@ class Checkpointer:
     # ---- saving -------------------------------------------------------------------------
 
     def _cleanup_failed(self, step: int) -> None:
+        """Removes what a failed save of ``step`` left, once the other items' background
+        writes (which orbax does not cancel) have ended."""
+        try:
+            self._mgr.wait_until_finished()
+        except Exception:  # noqa: BLE001, S110 - the failure is being reported already
+            pass
+        _join_orbax_threads()
         if jax.process_index() == 0:
-            for p in self.directory.glob(f"{step}{TMP_INFIX}*"):
-                shutil.rmtree(p, ignore_errors=True)
-            p = self._step_dir(step)
-            if p.exists() and not is_complete(p):
-                shutil.rmtree(p, ignore_errors=True)
+            for p in [*self.directory.glob(f"{step}{TMP_INFIX}*"), self._step_dir(step)]:
+                if p.exists() and not is_complete(p):
+                    shutil.rmtree(p, ignore_errors=True)
         _sync("jaxar_checkpoint_cleanup")
         self._mgr.reload()
 
@@ -344,16 +363,20 @@ class Checkpointer:
             return out
         if not steps:
             raise FileNotFoundError(f"no finalized checkpoint in {self.directory}")
-        for s in reversed(steps):
+        tried = set()
+        while steps := [s for s in self.all_steps() if s not in tried]:
+            s = steps[-1]
+            tried.add(s)
             try:
                 out = self._restore_step(s, target)
-            except CheckpointError as e:
-                self.skipped.append((s, str(e)))
+            except (CheckpointError, OSError) as e:
+                if self._step_dir(s).exists():  # else deleted by a running trainer's retention
+                    self.skipped.append((s, str(e)))
                 continue
             self.restored_step = s
             self._good.add(s)
             return out
-        why = "; ".join(f"step {s}: {r}" for s, r in self.skipped)
+        why = "; ".join(f"step {s}: {r}" for s, r in self.skipped) or "all deleted meanwhile"
         raise CheckpointError(f"no usable checkpoint in {self.directory} ({why})")
 
     def set_aside(self, step: int, dest: pathlib.Path) -> pathlib.Path | None:

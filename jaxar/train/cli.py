@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import sys
 
@@ -36,11 +37,22 @@ def quickstart_config():
     )
 
 
+def _drop_orbax_tracebacks(record: logging.LogRecord) -> bool:
+    """Orbax logs a traceback for every failed background write, and warnings such as "Given
+    directory is read only" for a reader; jaxar reports failures itself in one line
+    (``CheckpointError``), so those records are dropped (orbax's plain errors stay)."""
+    noisy = record.exc_info or record.levelno < logging.ERROR
+    return not (noisy and "orbax" in record.pathname)
+
+
 def _setup() -> None:
     import absl.flags
 
     if not absl.flags.FLAGS.is_parsed():
         absl.flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+    absl_logger = logging.getLogger("absl")
+    if _drop_orbax_tracebacks not in absl_logger.filters:
+        absl_logger.addFilter(_drop_orbax_tracebacks)
 
 
 def _error(cmd: str, e: Exception) -> int:
