@@ -266,11 +266,9 @@ class Checkpointer:
                 self._cleanup_failed(s)
             raise self._failed(steps[-1] if steps else -1, e) from e
         steps, self._pending = self._pending, []
-        for s in steps:
+        for s in steps:  # saved: the same decision on every process
             p = self._step_dir(s)
-            if not is_complete(p):
-                continue
-            if jax.process_index() == 0:
+            if jax.process_index() == 0 and is_complete(p):
                 try:
                     write_manifest(p)
                 except OSError as e:

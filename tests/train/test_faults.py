@@ -134,7 +134,9 @@ def test_disk_full_removes_the_failed_step(tmp_path, trained, monkeypatch, async
     state = trained[1].state
     ckpt = checkpoint.Checkpointer(tmp_path, keep=3, async_save=async_save)
     assert ckpt.save(1, state, {"pos": 1})
-    ckpt.wait()
+    ckpt.wait()  # an async save's manifest is written once orbax has finalised the step
+    assert checkpoint.verify_manifest(tmp_path / "1") is None
+    assert (tmp_path / "1" / checkpoint.MANIFEST).exists()
 
     async def full(self, x, directory):
         raise OSError(errno.ENOSPC, "No space left on device", str(directory))
@@ -316,14 +318,17 @@ def test_sigint_saves_then_second_aborts(tmp_path, monkeypatch, capsys):
 
     def write_then_int_twice(self, step, values):
         write(self, step, values)
-        if step == 4 and "loss" in values:
+        if step == 6 and "loss" in values:
             os.kill(os.getpid(), signal.SIGINT)
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(loop.MetricsWriter, "write", write_then_int_twice)
-    with pytest.raises(KeyboardInterrupt):
-        loop.train(toy.config(**kw), tmp_path / "twice", quiet=True)
-    assert not (tmp_path / "twice" / "checkpoints" / "5").exists()
+    path = tmp_path / "config.py"
+    path.write_text(CONFIG)
+    argv = ["--config", str(path), "--workdir", str(tmp_path / "twice")]
+    assert cli.train_main(argv) == cli.EXIT_INTERRUPTED
+    assert "interrupted (second Ctrl-C)" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir()) == ["4"]
     workdir.WorkdirLock(tmp_path / "twice").acquire().release()  # lock released
 
 
