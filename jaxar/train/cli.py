@@ -41,8 +41,16 @@ def _drop_orbax_tracebacks(record: logging.LogRecord) -> bool:
     """Orbax logs a traceback for every failed background write, and warnings such as "Given
     directory is read only" for a reader; jaxar reports failures itself in one line
     (``CheckpointError``), so those records are dropped (orbax's plain errors stay)."""
-    noisy = record.exc_info or record.levelno < logging.ERROR
-    return not (noisy and "orbax" in record.pathname)
+    if not (record.exc_info or record.levelno < logging.ERROR):
+        return True
+    if "/orbax/" in record.pathname:
+        return False
+    frame = sys._getframe(1)  # absl reports its own file as the pathname: find the caller
+    while frame is not None:
+        if "/orbax/" in frame.f_code.co_filename:
+            return False
+        frame = frame.f_back
+    return True
 
 
 def _setup() -> None:
