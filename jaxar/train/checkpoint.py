@@ -202,7 +202,11 @@ class Checkpointer:
         if read_only:
             self.removed = []
             options = ocp.CheckpointManagerOptions(
-                read_only=True, cleanup_tmp_directories=False, create=False, save_interval_steps=0
+                read_only=True,
+                cleanup_tmp_directories=False,
+                create=False,
+                save_interval_steps=0,
+                lightweight_initialize=True,  # no per-step reads: a trainer may delete steps
             )
         else:
             self.removed = remove_incomplete(self.directory) if primary else []
@@ -212,7 +216,13 @@ class Checkpointer:
                 cleanup_tmp_directories=True,
                 create=True,
             )
-        self._mgr = ocp.CheckpointManager(self.directory, options=options)
+        for attempt in range(3):  # a running trainer may delete a step while it is listed
+            try:
+                self._mgr = ocp.CheckpointManager(self.directory, options=options)
+                break
+            except FileNotFoundError:
+                if not read_only or attempt == 2:
+                    raise
         self._good = {s for s, p in _step_dirs(self.directory).items() if (p / MANIFEST).exists()}
 
     def _step_dir(self, step: int) -> pathlib.Path:
