@@ -46,12 +46,14 @@ __all__ = [
     "is_complete",
     "remove_incomplete",
     "verify_manifest",
+    "warn",
     "write_manifest",
 ]
 
 COMPLETE_MARKERS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 MANIFEST = "jaxar_manifest.json"
 TMP_INFIX = ".orbax-checkpoint-tmp"
+REMOVED = "the unfinished step was removed"
 
 
 class CheckpointError(ValueError):
@@ -100,11 +102,14 @@ def write_manifest(step_dir: pathlib.Path) -> pathlib.Path:
     files = {str(p.relative_to(step_dir)): _sha256(p) for p in _files(step_dir)}
     out = step_dir / MANIFEST
     tmp = step_dir / f".{MANIFEST}.tmp"
-    with tmp.open("w") as f:
-        json.dump({"algorithm": "sha256", "files": files}, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out)
+    try:
+        with tmp.open("w") as f:
+            json.dump({"algorithm": "sha256", "files": files}, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return out
 
 
@@ -258,12 +263,12 @@ class Checkpointer:
         _sync("jaxar_checkpoint_cleanup")
         self._mgr.reload()
 
-    def _failed(self, step: int, e: BaseException) -> CheckpointError:
+    def _failed(self, step: int | None, e: BaseException, what: str) -> CheckpointError:
         good = sorted(self._good)
         last = f"step {good[-1]}" if good else "none"
         return CheckpointError(
             f"saving checkpoint step {step} in {self.directory} failed ({_reason(e)}); "
-            f"the unfinished step was removed; last good checkpoint: {last}"
+            f"{what}; last good checkpoint: {last}"
         )
 
     def _finish_pending(self) -> None:
@@ -274,7 +279,7 @@ class Checkpointer:
             steps, self._pending = self._pending, []
             for s in steps:
                 self._cleanup_failed(s)
-            raise self._failed(steps[-1] if steps else -1, e) from e
+            raise self._failed(steps[-1] if steps else None, e, REMOVED) from e
         steps, self._pending = self._pending, []
         for s in steps:  # saved: the same decision on every process
             p = self._step_dir(s)
@@ -282,7 +287,7 @@ class Checkpointer:
                 try:
                     write_manifest(p)
                 except OSError as e:
-                    raise self._failed(s, e) from e
+                    raise self._failed(s, e, "its checksum manifest could not be written") from e
             self._good.add(s)
         if steps:
             self._retain()
@@ -317,7 +322,7 @@ class Checkpointer:
             saved = self._mgr.save(step, args=args, force=force)
         except Exception as e:
             self._cleanup_failed(step)
-            raise self._failed(step, e) from e
+            raise self._failed(step, e, REMOVED) from e
         if saved:
             self._pending.append(step)
             if not self._async:
