@@ -343,7 +343,10 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
-            raise CheckpointError(f"unreadable ({_reason(e)})") from e
+            step_dir = self._step_dir(step)
+            empty = [str(p.relative_to(step_dir)) for p in _files(step_dir) if not p.stat().st_size]
+            where = f"empty file(s) {', '.join(empty)}; " if empty else ""
+            raise CheckpointError(f"unreadable ({where}{_reason(e)})") from e
         if not all_finite(out["state"]):
             raise CheckpointError("holds non-finite values (NaN or inf)")
         return out["state"], out["data"]

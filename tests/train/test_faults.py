@@ -98,6 +98,27 @@ def test_damaged_newest_falls_back(wd, trained, damage):
         _restore(wd, trained[1], step=8)
 
 
+@pytest.mark.parametrize(
+    "name, file",
+    [("empty_data_metadata", "data/metadata"), ("empty_state_metadata", "state/_METADATA")],
+)
+def test_damage_without_manifest_is_named(wd, trained, name, file):
+    """An older checkpoint (no manifest) with an empty metadata file: the reason names it."""
+    d = wd / "checkpoints" / "8"
+    (d / checkpoint.MANIFEST).unlink()
+    DAMAGE[name](d)
+    ckpt, _ = _restore(wd, trained[1])
+    assert ckpt.restored_step == 4 and ckpt.skipped[0][0] == 8
+    assert f"empty file(s) {file};" in ckpt.skipped[0][1]
+
+
+def test_every_step_damaged_is_an_error(wd, trained):
+    for step in (4, 8):
+        _flip(_biggest(wd / "checkpoints" / str(step)))
+    with pytest.raises(checkpoint.CheckpointError, match="no usable checkpoint.*step 8.*step 4"):
+        _restore(wd, trained[1])
+
+
 def test_nan_checkpoint_without_manifest_falls_back(wd, trained):
     """Damage the manifest cannot see (no manifest: an older checkpoint): the restored
     state's finiteness catches it."""
@@ -248,6 +269,16 @@ def test_bad_workdir(tmp_path, capsys):
         assert cli.train_main(["--config", str(path), "--workdir", str(wd)]) == cli.EXIT_ERROR
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"--workdir='{wd}' {why}" in err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any directory")
+def test_read_only_workdir(tmp_path, capsys):
+    path = tmp_path / "config.py"
+    path.write_text(CONFIG)
+    wd = tmp_path / "ro"
+    wd.mkdir(mode=0o500)
+    assert cli.train_main(["--config", str(path), "--workdir", str(wd)]) == cli.EXIT_ERROR
+    assert "is not a writable directory" in capsys.readouterr().err
 
 
 def test_full_config_refused_on_cpu(tmp_path, capsys, monkeypatch):
