@@ -242,6 +242,13 @@ class Checkpointer:
         one that never finished)."""
         return sorted(s for s, p in _step_dirs(self.directory).items() if not is_complete(p))
 
+    def unfinished_steps(self) -> list[int]:
+        """Steps with an orbax temporary directory (a save in flight, or one interrupted
+        before its rename) or a step directory without the completion markers."""
+        names = [p.name.split(".")[0] for p in self.directory.glob(f"*{TMP_INFIX}*")]
+        tmp = {int(n) for n in names if n.isdigit()}
+        return sorted(tmp.union(self.incomplete_steps()))
+
     def latest_step(self) -> int | None:
         steps = self.all_steps()
         return steps[-1] if steps else None

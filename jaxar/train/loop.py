@@ -543,7 +543,7 @@ def load_run(workdir, *, step: int | None = None) -> Run:
         ckpt.close()
     used = run.restored_step = ckpt.restored_step
     if step is None:
-        for s in ckpt.incomplete_steps():
+        for s in ckpt.unfinished_steps():
             if s > used:
                 warn(f"checkpoint step {s} is incomplete (being written, or never finished); "
                      f"using step {used}")  # fmt: skip

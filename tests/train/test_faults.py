@@ -243,6 +243,7 @@ def test_eval_is_read_only_and_says_which_step(wd, capsys):
     out, err = capsys.readouterr()
     assert "step 8: held-out bits_per_token" in out
     assert "checkpoint step 16 is incomplete" in err and "using step 8" in err
+    assert "checkpoint step 12 is incomplete" in err
     assert sorted(p.name for p in d.iterdir()) == listing
     assert cli.sample_main(["--workdir", str(wd), "--num", "1"]) == 0
     assert "sample 0" in capsys.readouterr().out
