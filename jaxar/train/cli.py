@@ -115,7 +115,8 @@ def train_main(argv: list[str]) -> int:
     except (ValueError, OSError, loop.NonFiniteError) as e:
         return _error("train", e)
     except KeyboardInterrupt:
-        print("jaxar train: interrupted (second Ctrl-C); not saved", file=sys.stderr)
+        print("jaxar train: interrupted (second Ctrl-C); the last saved checkpoint is kept",
+              file=sys.stderr)  # fmt: skip
         return EXIT_INTERRUPTED
     if summary.get("preempted"):
         print("rerun the same command to resume.")
@@ -180,7 +181,9 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--batches", type=int, default=None, help="eval batches (default: config)")
     args = p.parse_args(argv)
     if args.batches is not None and args.batches < 1:
-        return _error("eval", ValueError(f"--batches={args.batches}; accepted: an integer >= 1"))
+        return _error(
+            "eval", ValueError(f"--batches={args.batches} is invalid; accepted: an integer >= 1")
+        )
     from jaxar.train import loop
 
     try:
