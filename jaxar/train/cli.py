@@ -115,8 +115,8 @@ def train_main(argv: list[str]) -> int:
     except (ValueError, OSError, loop.NonFiniteError) as e:
         return _error("train", e)
     except KeyboardInterrupt:
-        print("jaxar train: interrupted (second Ctrl-C); the last saved checkpoint is kept",
-              file=sys.stderr)  # fmt: skip
+        msg = "interrupted (second Ctrl-C); the last saved checkpoint is kept"
+        print(f"jaxar train: {msg}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if summary.get("preempted"):
         print("rerun the same command to resume.")
