@@ -364,6 +364,7 @@ def test_sigint_saves_then_second_aborts(tmp_path, monkeypatch, capsys):
     workdir.WorkdirLock(tmp_path / "twice").acquire().release()  # lock released
 
 
+@pytest.mark.slow  # the mechanism is tested fast above, at the Checkpointer level
 def test_disk_full_cli_one_line(wd, monkeypatch, capsys):
     save_fn = json_checkpoint_handler.JsonCheckpointHandler._save_fn
 
