@@ -9,11 +9,13 @@ embedded stdlib corpus.
 from __future__ import annotations
 
 import argparse
+import logging
 import pathlib
 import sys
 
 DEFAULT_ROOT = "jaxar_runs"
 EXIT_ERROR = 2
+EXIT_INTERRUPTED = 130
 
 
 def quickstart_config():
@@ -23,11 +25,30 @@ def quickstart_config():
     return experiments.load_config("quickstart")
 
 
+def _drop_orbax_tracebacks(record: logging.LogRecord) -> bool:
+    """Orbax logs a traceback for every failed background write, and warnings such as "Given
+    directory is read only" for a reader; jaxar reports failures itself in one line
+    (``CheckpointError``), so those records are dropped (orbax's plain errors stay)."""
+    if not (record.exc_info or record.levelno < logging.ERROR):
+        return True
+    if "/orbax/" in record.pathname:
+        return False
+    frame = sys._getframe(1)  # absl reports its own file as the pathname: find the caller
+    while frame is not None:
+        if "/orbax/" in frame.f_code.co_filename:
+            return False
+        frame = frame.f_back
+    return True
+
+
 def _setup() -> None:
     import absl.flags
 
     if not absl.flags.FLAGS.is_parsed():
         absl.flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
+    absl_logger = logging.getLogger("absl")
+    if _drop_orbax_tracebacks not in absl_logger.filters:
+        absl_logger.addFilter(_drop_orbax_tracebacks)
 
 
 def _error(cmd: str, e: Exception) -> int:
@@ -79,8 +100,12 @@ def train_main(argv: list[str]) -> int:
     loop.maybe_initialize_distributed()
     try:
         summary = loop.train(cfg, workdir)
-    except (ValueError, loop.NonFiniteError) as e:
+    except (ValueError, OSError, loop.NonFiniteError) as e:
         return _error("train", e)
+    except KeyboardInterrupt:
+        msg = "interrupted (second Ctrl-C); the last saved checkpoint is kept"
+        print(f"jaxar train: {msg}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     if summary.get("preempted"):
         print("rerun the same command to resume.")
         return 0
@@ -214,6 +239,10 @@ def eval_main(argv: list[str]) -> int:
     p = _workdir_parser("jaxar eval", "Held-out NLL of a trained workdir.")
     p.add_argument("--batches", type=int, default=None, help="eval batches (default: config)")
     args = p.parse_args(argv)
+    if args.batches is not None and args.batches < 1:
+        return _error(
+            "eval", ValueError(f"--batches={args.batches} is invalid; accepted: an integer >= 1")
+        )
     from jaxar.train import loop
 
     try:

@@ -127,6 +127,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpoints: bool = True
     nonfinite: str = "skip"  # non-finite loss or gradients: "skip" the update or "stop"
+    max_consecutive_skips: int = 10  # "skip" gives up (an error) after this many in a row
     num_samples: int = 4  # samples written at the end of training (0 = none)
     sample_length: int = 256
     _prefix = ""
@@ -137,6 +138,7 @@ class TrainConfig:
                 raise _err(name, getattr(self, name), f"a {cls.__name__}")
         _positive_int(self, "steps", "batch_size", "grad_accum", "log_every", "eval_every")
         _positive_int(self, "checkpoint_every", "keep_checkpoints", "sample_length")
+        _positive_int(self, "max_consecutive_skips")
         _positive_int(self, "seed", "warmup_steps", "eval_batches", "num_samples", allow_zero=True)
         for n in ("learning_rate", "weight_decay", "grad_clip", "min_lr_ratio", "b1", "b2"):
             v = getattr(self, n)

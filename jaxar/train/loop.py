@@ -5,9 +5,12 @@ Metrics of step ``n`` are fetched after step ``n + 1`` is dispatched, so the dev
 waits on the host. Files under ``workdir``: ``config.json``, ``metrics.jsonl`` (one JSON
 object per log line: ``step``, ``loss``, ...; eval lines carry ``eval/...`` keys; skipped
 non-finite steps an ``event``), TensorBoard events under ``tb/``, ``checkpoints/`` and
-``samples/``. SIGTERM saves a checkpoint and returns cleanly; rerunning the same command
-in the same workdir resumes from the latest finalized checkpoint (params, optimizer,
-step, RNG and data position), truncating ``metrics.jsonl`` to that step.
+``samples/``; ``.lock`` is held while training (one trainer per workdir). SIGTERM or a
+first Ctrl-C saves a checkpoint and returns cleanly (a second Ctrl-C aborts at once);
+rerunning the same command in the same workdir resumes from the newest good checkpoint
+(params, optimizer, step, RNG and data position; a damaged newer step is moved to
+``damaged_checkpoints/`` with a warning), truncating ``metrics.jsonl`` to that step. A
+rerun may change only resume-compatible fields (``jaxar.train.workdir.RESUMABLE``).
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from flax import nnx
 from jaxar import sharding
 from jaxar.train import optim, tasks
 from jaxar.train import step as step_lib
+from jaxar.train import workdir as workdir_lib
+from jaxar.train.checkpoint import Checkpointer, warn
 from jaxar.train.config import TrainConfig
 
 
 class NonFiniteError(RuntimeError):
-    """Training stopped on a non-finite loss or gradient (``nonfinite="stop"``)."""
+    """Training stopped on a non-finite loss or gradient (``nonfinite="stop"``, or
+    ``max_consecutive_skips`` skipped steps in a row with ``nonfinite="skip"``)."""
 
 
 def _multi_host_cluster(env) -> bool:
@@ -81,6 +87,7 @@ class Run:
     eval_step: object
     train_source: object
     eval_source: object
+    restored_step: int | None = None
 
     def model(self, params=None):
         """The NNX model around ``params`` (default: EMA params if kept, else params)."""
@@ -103,8 +110,11 @@ class Run:
         return self.cfg.data.seq_len
 
 
-def build(cfg: TrainConfig, *, devices=None) -> Run:
-    """Model (params born sharded), optimizer state, jitted steps and data sources."""
+def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
+    """Model (params born sharded), optimizer state, jitted steps and data sources.
+
+    With ``check_memory`` a CPU run whose estimated training memory exceeds the host's is
+    refused before any parameter is allocated (``jaxar.train.workdir.check_memory``)."""
     from jaxar.data import sources
 
     task = tasks.get(cfg.model.family)
@@ -135,6 +145,14 @@ def build(cfg: TrainConfig, *, devices=None) -> Run:
 
     abstract = nnx.eval_shape(make_model)
     graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+    if check_memory:
+        row = int(np.prod(info.image_shape)) if info.kind == "image" else d.seq_len
+        workdir_lib.check_memory(
+            [x.shape for x in jax.tree.leaves(abs_params)],
+            cfg,
+            tokens_per_row=row,
+            backend=jax.default_backend(),
+        )
     out_sh = (sharding.state_shardings(abs_params, mesh), sharding.state_shardings(abs_rest, mesh))
 
     def init():
@@ -174,6 +192,8 @@ def evaluate(run: Run, params=None, *, num_batches: int | None = None) -> dict:
     params = run.state.get("ema", run.state["params"]) if params is None else params
     n_rows = len(run.eval_source)
     batch = min(cfg.batch_size, n_rows - n_rows % jax.process_count())
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches={num_batches} is invalid; accepted: an integer >= 1")
     num = max(1, min(num_batches or cfg.eval_batches, n_rows // batch))
     host = pipeline.HostShard(jax.process_index(), jax.process_count())
     ds = pipeline.batched(run.eval_source, batch, shuffle=False, num_epochs=1, host=host)
@@ -194,15 +214,15 @@ class MetricsWriter:
     def __init__(self, workdir: pathlib.Path, *, enabled: bool, resume_step: int):
         self.path = workdir / "metrics.jsonl"
         self.enabled = enabled
+        self.prior_skipped = 0  # skipped-step events kept from earlier sessions
         self._tb = None
         if not enabled:
             return
-        if self.path.exists():  # drop lines past the restored checkpoint
-            keep = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+        if self.path.exists():  # drop lines past the restored checkpoint (and torn ones)
+            keep, note = workdir_lib.read_metrics(self.path, resume_step)
+            if note:
+                warn(note)
+            self.prior_skipped = sum('"nonfinite_skipped"' in line for line in keep)
             self.path.write_text("".join(line + "\n" for line in keep))
         try:
             from tensorboardX import SummaryWriter
@@ -286,22 +306,87 @@ def save_png_grid(images, path) -> None:
     img.resize((img.width * scale, img.height * scale), Image.NEAREST).save(path)
 
 
+class _Stopper:
+    """SIGTERM and a first SIGINT ask for a checkpoint and a clean exit; a second SIGINT
+    raises ``KeyboardInterrupt`` at once."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.name: str | None = None
+        self._old = {}
+
+    def _handle(self, signum, frame):
+        if signum == signal.SIGINT and self.event.is_set():
+            raise KeyboardInterrupt
+        self.name = self.name or signal.Signals(signum).name
+        self.event.set()
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+
+
+def _store_config(cfg: TrainConfig, workdir: pathlib.Path, say) -> None:
+    """Refuses an incompatible rerun, then writes (or updates) ``config.json``."""
+    path = workdir / "config.json"
+    existed = path.exists()
+    changed = workdir_lib.check_config(workdir, cfg)
+    if jax.process_index() == 0 and (changed or not existed):
+        workdir_lib.write_json_atomic(path, cfg.to_dict())
+    if changed:
+        say(f"config.json updated (resume-compatible changes: {', '.join(changed)})")
+
+
+def _restore(run: Run, ckpt: Checkpointer, workdir: pathlib.Path, train_iter, say) -> int:
+    """Restores the newest good checkpoint into ``run``; damaged newer steps are moved to
+    ``workdir/damaged_checkpoints`` with one warning each. Returns the start step."""
+    if ckpt.removed:
+        warn(f"removed unfinished checkpoint step(s) {', '.join(ckpt.removed)}")
+    if ckpt.latest_step() is None:
+        return 0
+    run.state, data_state = ckpt.restore(run.state)
+    start = int(run.state["step"])
+    for s, why in ckpt.skipped:
+        moved = ckpt.set_aside(s, workdir / "damaged_checkpoints")
+        warn(f"checkpoint step {s} is damaged ({why}); moved to {moved}; using step {start}")
+    train_iter.set_state(data_state)
+    say(f"resumed from {ckpt.directory / str(ckpt.restored_step)} (step {start})")
+    return start
+
+
 def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> dict:
     """Trains (or resumes) ``cfg`` in ``workdir``; returns a summary dict.
 
     Raises:
-      NonFiniteError: on a non-finite loss or gradient with ``nonfinite="stop"``.
+      ValueError: the workdir is a file, not writable, in use by another trainer
+        (``WorkdirBusy``), or holds a run with an incompatible config; no usable checkpoint
+        or a failed save (``CheckpointError``); a config too large for this host.
+      NonFiniteError: on a non-finite loss or gradient with ``nonfinite="stop"``, or after
+        ``max_consecutive_skips`` skipped steps in a row.
     """
+    workdir = workdir_lib.prepare(workdir)
+    lock = workdir_lib.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        return _train(cfg, workdir, devices=devices, quiet=quiet)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> dict:
     from jaxar.data import pipeline
-    from jaxar.train.checkpoint import Checkpointer
 
     t_start = time.time()
     say = (lambda *a: None) if quiet else _print
-    workdir = pathlib.Path(workdir).absolute()
-    workdir.mkdir(parents=True, exist_ok=True)
     primary = jax.process_index() == 0
-    if primary:
-        (workdir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2, default=str))
+    _store_config(cfg, workdir, say)
     run = build(cfg, devices=devices)
     host = pipeline.HostShard(jax.process_index(), jax.process_count())
     train_ds = pipeline.batched(run.train_source, cfg.batch_size, seed=cfg.seed, host=host)
@@ -309,12 +394,11 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
     ckpt = Checkpointer(
         workdir / "checkpoints", keep=cfg.keep_checkpoints, async_save=cfg.async_checkpoints
     )
-    start = 0
-    if ckpt.latest_step() is not None:
-        run.state, data_state = ckpt.restore(run.state)
-        train_iter.set_state(data_state)
-        start = int(run.state["step"])
-        say(f"resumed from {ckpt.directory / str(start)} (step {start})")
+    try:
+        start = _restore(run, ckpt, workdir, train_iter, say)
+    except BaseException:
+        ckpt.close()
+        raise
     writer = MetricsWriter(workdir, enabled=primary, resume_step=start)
     n_params = sum(x.size for x in jax.tree.leaves(run.state["params"]))
     say(
@@ -323,19 +407,15 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
         f"{cfg.batch_size} rows; workdir {workdir}"
     )
 
-    stop = threading.Event()
-    old_handler = None
-    if threading.current_thread() is threading.main_thread():
-        old_handler = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-
     tokens_per_step = cfg.batch_size * run.tokens_per_row()
     summary = {"workdir": str(workdir), "start_step": start, "skipped_steps": []}
-    last = {"time": time.time(), "step": start}
+    last = {"time": time.time(), "step": start, "run": 0}
 
     def handle(step_n: int, metrics) -> None:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
         if m.get("finite", 1.0) == 0.0:
             summary["skipped_steps"].append(step_n)
+            last["run"] += 1
             say(f"step {step_n}: non-finite loss or gradients (loss={m['loss']}, "
                 f"grad_norm={m['grad_norm']}); update skipped")  # fmt: skip
             writer.write(step_n, {"event": "nonfinite_skipped", "loss": m["loss"]})
@@ -343,13 +423,24 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
                 raise NonFiniteError(
                     f"non-finite loss or gradients at step {step_n} (config.nonfinite='stop')"
                 )
+            if last["run"] >= cfg.max_consecutive_skips:
+                raise NonFiniteError(
+                    f"{last['run']} consecutive steps ({step_n - last['run'] + 1}-{step_n}) had "
+                    f"non-finite loss or gradients and were skipped "
+                    f"({len(summary['skipped_steps'])} skipped in this session; "
+                    f"config.max_consecutive_skips={cfg.max_consecutive_skips}); giving up "
+                    "without saving: lower config.learning_rate or check the data"
+                )
             return
+        last["run"] = 0
         summary["loss"] = m["loss"]
         if step_n % cfg.log_every == 0 or step_n == cfg.steps:
             now = time.time()
             sps = (step_n - last["step"]) / max(now - last["time"], 1e-9)
             last.update(time=now, step=step_n)
             m.update(steps_per_sec=sps, tokens_per_sec=sps * tokens_per_step)
+            if step_n == cfg.steps:
+                m["skipped_total"] = writer.prior_skipped + len(summary["skipped_steps"])
             writer.write(step_n, m)
             say(
                 f"step {step_n}/{cfg.steps}  loss {m['loss']:.4f}  "
@@ -360,35 +451,42 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
     step_n = start
     if start >= cfg.steps:
         say(f"already trained to step {start} (config.steps={cfg.steps}); nothing to do")
+    stopper = _Stopper()
+    failed = True
     try:
-        for step_n in range(start + 1, cfg.steps + 1):
-            batch = run.put_batch(next(train_iter))
-            run.state, metrics = run.train_step(run.state, batch)
+        with stopper:
+            for step_n in range(start + 1, cfg.steps + 1):
+                batch = run.put_batch(next(train_iter))
+                run.state, metrics = run.train_step(run.state, batch)
+                if pending is not None:
+                    handle(*pending)
+                pending = (step_n, metrics)
+                stop = stopper.event.is_set()
+                if step_n % cfg.eval_every == 0 or step_n == cfg.steps:
+                    handle(*pending)
+                    pending = None
+                    ev = evaluate(run)
+                    writer.write(step_n, {f"eval/{k}": v for k, v in ev.items()})
+                    summary["eval"] = ev
+                    head = next((k for k in run.task.eval_keys if k in ev), "loss")
+                    say(f"step {step_n}: held-out {head} {ev[head]:.4f}")
+                if step_n % cfg.checkpoint_every == 0 or step_n == cfg.steps or stop:
+                    if pending is not None:  # a step must pass the skip guard before saving
+                        handle(*pending)
+                        pending = None
+                    ckpt.save(step_n, run.state, train_iter.get_state(), force=True)
+                if stop:
+                    ckpt.wait()
+                    say(f"{stopper.name}: saved a checkpoint at step {step_n}; exiting")
+                    summary["preempted"] = True
+                    break
             if pending is not None:
                 handle(*pending)
-            pending = (step_n, metrics)
-            if step_n % cfg.eval_every == 0 or step_n == cfg.steps:
-                handle(*pending)
-                pending = None
-                ev = evaluate(run)
-                writer.write(step_n, {f"eval/{k}": v for k, v in ev.items()})
-                summary["eval"] = ev
-                head = next((k for k in run.task.eval_keys if k in ev), "loss")
-                say(f"step {step_n}: held-out {head} {ev[head]:.4f}")
-            if step_n % cfg.checkpoint_every == 0 or step_n == cfg.steps or stop.is_set():
-                ckpt.save(step_n, run.state, train_iter.get_state(), force=True)
-            if stop.is_set():
-                say(f"SIGTERM: saved a checkpoint at step {step_n}; exiting")
-                summary["preempted"] = True
-                break
-        if pending is not None:
-            handle(*pending)
+        failed = False
     finally:
-        ckpt.close()
-        writer.close()
-        if old_handler is not None:
-            signal.signal(signal.SIGTERM, old_handler)
+        _close(ckpt, writer, raise_errors=not failed)
     summary["step"] = step_n
+    summary["num_skipped"] = writer.prior_skipped + len(summary["skipped_steps"])
     if not summary.get("preempted") and cfg.num_samples and step_n == cfg.steps:
         try:
             path = write_samples(run, workdir, num=cfg.num_samples, seed=cfg.seed)
@@ -398,17 +496,36 @@ def train(cfg: TrainConfig, workdir, *, devices=None, quiet: bool = False) -> di
             say(f"sampling failed ({type(e).__name__}: {e}); the checkpoint is saved")
     summary["wall_s"] = time.time() - t_start
     summary["params"] = run.state["params"]
+    skipped = f"; {summary['num_skipped']} steps skipped as non-finite" * bool(
+        summary["num_skipped"]
+    )
     say(
-        f"done in {summary['wall_s']:.1f} s; checkpoints {ckpt.directory}, metrics "
+        f"done in {summary['wall_s']:.1f} s{skipped}; checkpoints {ckpt.directory}, metrics "
         f"{writer.path}, TensorBoard {workdir / 'tb'}"
     )
     sys.stdout.flush()
     return summary
 
 
+def _close(ckpt: Checkpointer, writer: MetricsWriter, *, raise_errors: bool) -> None:
+    """Closes the checkpointer (waiting for saves) and the metrics writer; their errors are
+    raised only when nothing else is already propagating."""
+    errors = []
+    for close in (ckpt.close, writer.close):
+        try:
+            close()
+        except Exception as e:  # noqa: BLE001 - re-raised below unless already failing
+            errors.append(e)
+    if errors and raise_errors:
+        raise errors[0]
+
+
 def load_run(workdir, *, step: int | None = None) -> Run:
-    """The Run of a trained ``workdir`` (its config.json) with the checkpointed state."""
-    from jaxar.train.checkpoint import Checkpointer
+    """The Run of a trained ``workdir`` (its config.json) with the checkpointed state.
+
+    Opens the checkpoints read-only (nothing is deleted, so a trainer may be running on
+    the same workdir); ``run.restored_step`` is the step used, and a warning line says why
+    when it is not the newest step directory (being written, unfinished or damaged)."""
     from jaxar.train.config import from_config_dict
 
     workdir = pathlib.Path(workdir)
@@ -416,10 +533,21 @@ def load_run(workdir, *, step: int | None = None) -> Run:
     if not path.exists():
         raise ValueError(f"--workdir={str(workdir)!r} holds no config.json (not a training run)")
     cfg = from_config_dict(json.loads(path.read_text()))
-    run = build(cfg)
-    ckpt = Checkpointer(workdir / "checkpoints", async_save=False)
+    directory = workdir / "checkpoints"
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no finalized checkpoint in {directory.absolute()}")
+    run = build(cfg, check_memory=False)
+    ckpt = Checkpointer(directory, read_only=True)
     try:
         run.state, _ = ckpt.restore(run.state, step)
     finally:
         ckpt.close()
+    used = run.restored_step = ckpt.restored_step
+    if step is None:
+        for s in ckpt.unfinished_steps():
+            if s > used:
+                warn(f"checkpoint step {s} is incomplete (being written, or never finished); "
+                     f"using step {used}")  # fmt: skip
+        for s, why in ckpt.skipped:
+            warn(f"checkpoint step {s} is damaged ({why}); using step {used}")
     return run

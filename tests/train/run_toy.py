@@ -21,6 +21,7 @@ def main():
     p.add_argument("--devices", type=int, default=8)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--async-checkpoints", type=int, default=1)
+    p.add_argument("--checkpoint-every", type=int, default=4)
     args = p.parse_args()
     jax.config.update("jax_num_cpu_devices", args.devices)
     jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -42,7 +43,11 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
 
         loop.MetricsWriter.write = write_then_die
-    cfg = toy.config(steps=args.steps, async_checkpoints=bool(args.async_checkpoints))
+    cfg = toy.config(
+        steps=args.steps,
+        async_checkpoints=bool(args.async_checkpoints),
+        checkpoint_every=args.checkpoint_every,
+    )
     summary = loop.train(cfg, args.workdir, quiet=True)
     from jax.experimental import multihost_utils
 

@@ -70,3 +70,17 @@ def test_png_grid_and_text_decoding(tmp_path):
     assert img.shape[:2] == (19 * 9, 28 * 9)  # 2 rows x 3 cols of 8x8 + 1-px gaps, x9
     text = loop.decode_text(np.array([[104, 105, 300], [10, 255, 65]]))
     assert "sample 0 =====\nhi\n" in text and "sample 1" in text
+
+
+def test_orbax_noise_dropped_from_stderr():
+    import logging
+
+    def record(path, level, exc=None):
+        return logging.LogRecord("absl", level, path, 1, "msg", None, exc)
+
+    orbax = "/site-packages/orbax/checkpoint/checkpoint_manager.py"
+    keep = cli._drop_orbax_tracebacks
+    assert not keep(record(orbax, logging.WARNING))
+    assert not keep(record(orbax, logging.ERROR, (OSError, OSError(28, "full"), None)))
+    assert keep(record(orbax, logging.ERROR))  # orbax's plain errors stay
+    assert keep(record("/jaxar/train/loop.py", logging.WARNING))

@@ -128,11 +128,13 @@ def test_nonfinite_batch_skipped_and_reported(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pipeline.DataIterator, "__next__", poisoned)
     kw = dict(steps=5, eval_every=100, checkpoint_every=100, num_samples=0, log_every=1)
     summary = loop.train(toy.config(**kw), tmp_path / "skip")
-    assert summary["skipped_steps"] == [3]
+    assert summary["skipped_steps"] == [3] and summary["num_skipped"] == 1
     assert "step 3: non-finite loss or gradients" in capsys.readouterr().out
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(summary["params"])))
     events = [r for r in _metrics(tmp_path / "skip") if r.get("event")]
     assert events == [{"step": 3, "event": "nonfinite_skipped", "loss": events[0]["loss"]}]
+    totals = [r["skipped_total"] for r in _metrics(tmp_path / "skip") if "skipped_total" in r]
+    assert totals == [1]  # in the last step's row
     calls["n"] = 0
     with pytest.raises(loop.NonFiniteError, match="step 3"):
         loop.train(toy.config(nonfinite="stop", **kw), tmp_path / "stop", quiet=True)
