@@ -110,6 +110,37 @@ def test_resets_equal_separate_documents():
     np.testing.assert_allclose(np.asarray(h[:, 6:]), np.asarray(h2), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", ["sequential", "associative", "chunked"])
+def test_negative_gates(impl):
+    """Issue 18 item 9: gates of both signs (with exact -1 and 0) in every impl, fwd + grad
+    against the float64 loop ("pallas": tests/kernels)."""
+    _, x, h0, reset = _inputs(False, seed=4)
+    a = jax.random.uniform(jax.random.key(5), (B, L, D), minval=-1.0, maxval=1.0)
+    a = a.at[0, 2].set(-1.0).at[1, 7].set(0.0)
+
+    def ours(a, x, h0):
+        return linear_scan(a, x, h0, reset=reset, impl=impl, chunk_size=4)
+
+    def ref(a, x, h0):
+        return _loop(a, x, h0, reset, False)
+
+    def both(fn):
+        return lambda *t: (fn(*t), jax.grad(_loss(fn), argnums=(0, 1, 2))(*t))
+
+    out, g = jax.jit(both(ours))(a, x, h0)
+    out_ref, g_ref = reference_x64(jax.jit(both(ref)), a, x, h0)
+    assert_allclose(out, out_ref)
+    assert_allclose(g, g_ref, kind="grad")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_chunk_size_errors(bad):
+    """Issue 18: chunk_size=0 used to mean 32 silently, -3 failed deep in jax."""
+    a, x, _, _ = _inputs(False)
+    with pytest.raises(ValueError, match=rf"chunk_size={bad!r} .*accepted: None .* int >= 1"):
+        linear_scan(a, x, impl="chunked", chunk_size=bad)
+
+
 def test_validation_errors():
     a, x, h0, _ = _inputs(False)
     with pytest.raises(ValueError, match="impl="):
