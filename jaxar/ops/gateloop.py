@@ -12,6 +12,15 @@ C (chunked) or L (attention) factors with |a| <= 1, never as a ratio ``P_t / P_s
 gates near 0 underflow to the exact limit 0 instead of overflowing, and nothing is
 divided.
 
+One gate floor, ``LOG_FLOOR = -30``, for the attention / chunked forms and the Pallas
+kernel (:func:`log_gate`): a gate with |a| < e^-30 (9.4e-14) acts as e^-30. Exact: that
+changes the carried state by a relative 1e-13, far below float32's resolution (6e-8), so
+float32 results equal those of the true gate, 0 included. Stable: ``d log a / da = 1/a``
+stays below 1e13 (a floor of -80 allows 5.5e34, and ``dL/da`` then overflows float32's
+3.4e38 once ``dL/dlog a`` passes ~1e4); ``|a|^2`` of a complex gate at the floor, e^-60,
+is a normal float32 (e^-160 is not); and cumulated logs stay small, so the differences
+``lam_t - lam_s`` lose less to cancellation.
+
 Negative real gates: ``a_t = sigma'_t |a_t|`` with a sign ``sigma'_t = +-1``. With the
 running sign ``sigma_t = prod_{r<=t} sigma'_r`` (exact: a parity count) and
 ``~S_t = sigma_t S_t``, the recurrence becomes ``~S_t = |a_t| ~S_{t-1} + (sigma_t k_t) v_t^T``
@@ -40,14 +49,7 @@ from jaxar.ops.scan import check_chunk_size, linear_scan
 
 __all__ = ["LOG_FLOOR", "fold_gate_signs", "gateloop", "log_gate"]
 
-# log|a| is floored here: a gate with |a| < e^-30 (9.4e-14) acts as e^-30.
-# Exactness: replacing such a gate by e^-30 changes the carried state by a relative 1e-13,
-# far below float32's resolution (6e-8), so float32 results equal those of the exact gate.
-# Stability: a higher floor (e.g. -80) would make the cumulated logs inside a chunk large
-# (C * 80), and their differences lam_t - lam_s lose ~C * 80 * 6e-8 of relative accuracy
-# to cancellation; and d log a / da = 1 / a reaches 1e13 here, not 5e34 (near float32's
-# 3e38 limit). Shared by the chunked / attention forms and the Pallas kernel.
-LOG_FLOOR = -30.0
+LOG_FLOOR = -30.0  # the one gate floor: see the module docstring
 
 
 def _validate(q, k, v, a, state0):
