@@ -133,7 +133,12 @@ def _signed_reference():
     return reference_x64(jax.jit(both), *_signed_inputs())
 
 
-@pytest.mark.parametrize("impl", IMPLS)
+# recurrent / parallel multiply the gates (never floored): slow suite only
+LOG_SPACE = ["attention", "chunked"]
+SIGNED = LOG_SPACE + [pytest.param(i, marks=pytest.mark.slow) for i in ("recurrent", "parallel")]
+
+
+@pytest.mark.parametrize("impl", SIGNED)
 def test_negative_real_gates(impl):
     """Issue 18 item 9: a < 0 is exact in every impl (the sign is carried as a parity)."""
 
