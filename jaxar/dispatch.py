@@ -1,17 +1,49 @@
-"""Implementation choice, resolved in one place.
+"""Implementation choice and Pallas kernels, resolved in one place.
 
-Every op with several implementations takes ``impl`` (or ``mode``) with an ``"auto"``
-default. ``resolve`` turns ``"auto"`` into a concrete implementation from the table
-``AUTO`` by platform; nothing else in jaxar asks which platform it runs on.
-Pallas kernels are imported lazily through ``kernel``.
+Every op with several implementations takes ``impl`` (typed by the ``Literal`` aliases
+below) with an ``"auto"`` default. ``resolve`` turns ``"auto"`` into a concrete
+implementation from the table ``AUTO`` by platform; ``kernel`` returns a Pallas kernel
+ready for this platform (its ``interpret`` flag bound from ``INTERPRET``). Nothing else in
+jaxar asks which platform it runs on. Pallas kernels are imported lazily, on first use.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import jax
+
+__all__ = [
+    "AUTO",
+    "AttentionImpl",
+    "CHOICES",
+    "GateLoopImpl",
+    "INTERPRET",
+    "KERNELS",
+    "LinearScanImpl",
+    "interpret",
+    "kernel",
+    "kernel_backends",
+    "platform",
+    "resolve",
+]
+
+LinearScanImpl = Literal["auto", "sequential", "associative", "chunked", "pallas"]
+GateLoopImpl = Literal["auto", "recurrent", "parallel", "attention", "chunked", "pallas"]
+AttentionImpl = Literal["auto", "xla", "reference", "jax", "pallas"]
+
+# op -> implementations it accepts (besides "auto"), from the Literal types above.
+CHOICES: dict[str, tuple[str, ...]] = {
+    op: tuple(c for c in get_args(lit) if c != "auto")
+    for op, lit in (
+        ("linear_scan", LinearScanImpl),
+        ("gateloop", GateLoopImpl),
+        ("attention", AttentionImpl),
+    )
+}
 
 # op -> {platform: implementation chosen by "auto"}; measured choices, see jaxar/bench/README.md.
 AUTO: dict[str, dict[str, str]] = {
@@ -20,11 +52,15 @@ AUTO: dict[str, dict[str, str]] = {
     "attention": {"cpu": "xla", "gpu": "xla", "tpu": "xla"},
 }
 
-# op -> implementations it accepts (besides "auto").
-CHOICES: dict[str, tuple[str, ...]] = {
-    "linear_scan": ("sequential", "associative", "chunked", "pallas"),
-    "gateloop": ("recurrent", "parallel", "attention", "chunked", "pallas"),
-    "attention": ("xla", "reference", "jax", "pallas"),
+# platform -> the kernels' ``interpret`` argument: compiled (Triton on GPU, Mosaic on TPU)
+# where a compiler exists, the generic Pallas interpreter elsewhere.
+INTERPRET: dict[str, bool] = {"cpu": True, "gpu": False, "tpu": False}
+
+# kernel name -> module holding the function of that name (``pallas_kernels.<name>.ops``).
+KERNELS: dict[str, str] = {
+    "flash_attention": "pallas_kernels.flash_attention.ops",
+    "gateloop": "pallas_kernels.gateloop.ops",
+    "linear_scan": "pallas_kernels.linear_scan.ops",
 }
 
 
@@ -50,10 +86,28 @@ def resolve(op: str, impl: str, *, arg: str = "impl") -> str:
     return impl
 
 
+def interpret() -> bool:
+    """The Pallas ``interpret`` flag for this platform (``INTERPRET``; True if unknown)."""
+    return INTERPRET.get(platform(), True)
+
+
+def kernel(name: str) -> Callable:
+    """The Pallas kernel ``name`` ready for this platform: ``interpret`` is bound.
+
+    ``kernel("gateloop")(q, k, v, a, state0=..., chunk_size=...)`` runs compiled on GPU /
+    TPU and in the Pallas interpreter on CPU. Other keyword arguments pass through.
+
+    Raises:
+      ValueError: for a name not in ``KERNELS``.
+    """
+    if name not in KERNELS:
+        raise ValueError(f"kernel {name!r} is unknown; accepted: {sorted(KERNELS)}")
+    return functools.partial(_load(name), interpret=interpret())
+
+
 @functools.cache
-def kernel(name: str):
-    """The Pallas kernel ``pallas_kernels.<name>.ops.<name>``, imported on first use."""
-    return getattr(importlib.import_module(f"pallas_kernels.{name}.ops"), name)
+def _load(name: str) -> Callable:
+    return getattr(importlib.import_module(KERNELS[name]), name)
 
 
 def kernel_backends() -> dict[str, bool]:

@@ -1,4 +1,4 @@
-"""What the kernels share: the choice of lowering, tile arithmetic, the benchmark gate."""
+"""What the kernels share: the choice of lowering and tile arithmetic."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ from typing import Any
 
 import jax
 from jax.experimental.pallas import tpu as pltpu
-
-COMPILED_PLATFORMS = ("gpu", "cuda", "rocm", "tpu")
 
 
 def select_lowering(interpret: Any, kernel: str) -> str:
@@ -57,22 +55,3 @@ def check_block_sizes(blocks, names: tuple[str, ...]) -> None:
         raise ValueError(
             f"BlockSizes.num_warps={blocks.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"
         )
-
-
-def benchmark_platform(bench: str) -> str | None:
-    """The backend when a compiled kernel can be timed here; else prints why not, None."""
-    platform = jax.default_backend()
-    if platform not in COMPILED_PLATFORMS:
-        print(
-            f"[{bench}] skipped on {platform!r}: the kernel runs here only in interpret mode, "
-            "which is never timed; run on a GPU or TPU."
-        )
-        return None
-    return platform
-
-
-def bench_script(name: str, argv: list[str]) -> int:
-    """``python -m pallas_kernels.<kernel>.bench [--quick]`` = ``jaxar bench kernel_<kernel>``."""
-    from jaxar.bench import cli
-
-    return cli.bench_main([f"kernel_{name}", *argv])

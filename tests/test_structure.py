@@ -9,8 +9,6 @@ inside functions (a function-local import must not hide one).
 import ast
 import pathlib
 
-import pytest
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("jaxar", "pallas_kernels")
 
@@ -117,11 +115,6 @@ def test_no_upward_import():
     assert not bad, bad
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="pallas_kernels still imports jaxar.bench (its timing harness); the kernels "
-    "branch moves the harness into pallas_kernels",
-)
 def test_pallas_kernels_import_only_ops_and_dispatch():
     bad = [
         f"{m}:{line} imports {t}"

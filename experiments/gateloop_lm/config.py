@@ -19,7 +19,7 @@ Variants (``gateloop_lm:<variant>``):
   * ``tiny``: runnable here on the embedded ``stdlib`` corpus: width 128, 2 layers,
     4 heads, MLP 2.5x so that the model has the tiny transformer's parameter count
     (427,136 vs 426,624), rows of 256 bytes, batch 8, 300 steps (614k training bytes).
-    On CPU the mixer's ``mode="auto"`` is the recurrent scan (``jaxar.dispatch``).
+    On CPU the mixer's ``impl="auto"`` is the recurrent scan (``jaxar.dispatch``).
 
 Commands:
 

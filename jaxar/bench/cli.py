@@ -10,64 +10,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
-import platform
 import sys
 import time
 
+from jaxar.bench import BENCHMARKS
+from pallas_kernels._bench import environment, format_table
 
-def environment() -> dict[str, str]:
-    import jax
-    import jaxlib
-
-    dev = jax.devices()[0]
-    return {
-        "device": f"{dev.device_kind} ({dev.platform}) x{jax.device_count()}",
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "python": platform.python_version(),
-        "host": platform.machine(),
-        "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def _fmt(x, nd=3):
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "-"
-    if isinstance(x, float):
-        return f"{x:.{nd}g}" if abs(x) < 1e4 else f"{x:.0f}"
-    return str(x)
-
-
-def format_table(rows: list[dict]) -> str:
-    """A fixed-width table: bench, case, impl, dtype, median ms, compile s, ratio, extra."""
-    head = ["bench", "case", "impl", "dtype", "median_ms", "compile_s", "vs", "ratio", "extra"]
-    body = []
-    for r in rows:
-        extra = " ".join(f"{k}={_fmt(v)}" for k, v in (r.get("extra") or {}).items())
-        body.append(
-            [
-                r["bench"],
-                r["case"],
-                r["impl"],
-                r["dtype"],
-                _fmt(r["median_ms"]),
-                _fmt(r.get("compile_s")),
-                r.get("baseline") or "-",
-                _fmt(r.get("ratio")),
-                extra,
-            ]
-        )
-    widths = [max(len(str(c)) for c in col) for col in zip(head, *body, strict=True)]
-    lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths, strict=True))]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)) for row in body]
-    return "\n".join(lines)
+__all__ = ["bench_main", "environment", "format_table"]
 
 
 def bench_main(argv: list[str]) -> int:
-    from jaxar.bench import BENCHMARKS
-
     names = ["roofline", *BENCHMARKS]
     p = argparse.ArgumentParser(prog="jaxar bench", description=__doc__.split("\n\n")[1])
     p.add_argument(

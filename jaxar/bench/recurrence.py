@@ -1,6 +1,6 @@
 """Linear recurrences: every implementation, forward + backward (jaxar/MATHS.md s.1-2).
 
-``jaxar bench recurrence [--quick]``. Cases (B=4): GateLoop with H=4, K=E=32 (modes
+``jaxar bench recurrence [--quick]``. Cases (B=4): GateLoop with H=4, K=E=32 (impls
 recurrent = the sequential baseline, parallel = the associative baseline, chunked with
 C=16) and the diagonal ``linear_scan`` with D=256 (sequential, associative, chunked with
 C=32); real and complex; L in {1024, 4096, 16384} (``--quick``: 4096 only, 3 repeats). Time is
@@ -11,7 +11,7 @@ this median, > 1 = faster, same run). Target (issue 3): chunked >= 3x associativ
 
 Skipped, with the reason in the row list: GateLoop "parallel" at L=16384 (its associative
 scan materialises the B*L*H*K*E = 268M-element state sequence several times: > the
-memory of the benchmark machine in the backward pass); the "attention" mode (O(L^2 K)
+memory of the benchmark machine in the backward pass); the "attention" impl (O(L^2 K)
 memory; it is the chunked code with one chunk).
 
 References:
@@ -56,9 +56,9 @@ def _scan_inputs(length, cplx):
     return a, x
 
 
-def _gateloop_fn(mode):
+def _gateloop_fn(impl):
     def loss(q, k, v, a):
-        y, s = gateloop(q, k, v, a, mode=mode, chunk_size=GATELOOP_CHUNK)
+        y, s = gateloop(q, k, v, a, impl=impl, chunk_size=GATELOOP_CHUNK)
         return jnp.sum(y * y) + jnp.sum(jnp.abs(s))
 
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
@@ -93,19 +93,19 @@ def run(quick: bool) -> list[harness.Result]:
             case = f"gateloop B={B} L={length} H={H} K={K} E={E} fwd+bwd"
             args = _gateloop_inputs(length, cplx)
             rows = []
-            for mode in ("recurrent", "parallel", "chunked"):
-                if mode == "parallel" and length > 4096:
+            for impl in ("recurrent", "parallel", "chunked"):
+                if impl == "parallel" and length > 4096:
                     continue
-                t = harness.timeit(_gateloop_fn(mode), *args, repeats=repeats)
+                t = harness.timeit(_gateloop_fn(impl), *args, repeats=repeats)
                 rows.append(
                     harness.Result(
                         "recurrence",
                         case,
-                        mode,
+                        impl,
                         dt,
                         t.median_s * 1e3,
                         t.compile_s,
-                        extra={"chunk": GATELOOP_CHUNK} if mode == "chunked" else {},
+                        extra={"chunk": GATELOOP_CHUNK} if impl == "chunked" else {},
                     )
                 )
             results += _ratios(rows, "recurrent", "parallel")

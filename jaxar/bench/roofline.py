@@ -5,27 +5,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxar.bench.harness import Result, timeit
+from pallas_kernels._bench import PUBLISHED, Result, published_peak, timeit
 
-# Published dense bf16 peaks and HBM bandwidths (jaxar/MATHS.md s.8), by device kind.
-PUBLISHED = {
-    "H100": (989e12, 3.35e12),
-    "H200": (989e12, 4.8e12),
-    "TPU v4": (275e12, 1.2e12),
-    "TPU v5 lite": (197e12, 0.82e12),
-    "TPU v5e": (197e12, 0.82e12),
-    "TPU v5p": (459e12, 2.77e12),
-    "TPU v6e": (918e12, 1.64e12),
-}
-
-
-def published_peak(device=None) -> tuple[float, float] | None:
-    """(bf16 FLOP/s, HBM bytes/s) published for ``device``'s kind, if known."""
-    kind = (device or jax.devices()[0]).device_kind
-    for name, peak in PUBLISHED.items():
-        if name.lower() in kind.lower():
-            return peak
-    return None
+__all__ = ["PUBLISHED", "measure", "published_peak", "run"]
 
 
 def measure(quick: bool = False) -> dict[str, float]:

@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from jaxar import dispatch
+from jaxar.dispatch import GateLoopImpl
 from jaxar.nn.layers import dense, partitioned
 from jaxar.ops.gateloop import gateloop
+from jaxar.ops.scan import check_chunk_size
 
 __all__ = ["GateLoopConfig", "GateLoop"]
 
@@ -34,9 +37,10 @@ class GateLoopConfig:
       complex_gates: ``a = sigmoid(m) exp(i phi)``; False: real ``a = sigmoid(m)``.
       head_norm: RMS-normalise each head's output.
       output_gate: multiply by ``silu(x W_g)``.
-      mode: ``jaxar.ops.gateloop`` mode for full sequences ("auto", "recurrent",
-        "parallel", "attention", "chunked", "pallas").
-      chunk_size: C of the chunked mode.
+      impl: ``jaxar.ops.gateloop`` implementation for full sequences ("auto",
+        "recurrent", "parallel", "attention", "chunked", "pallas").
+      chunk_size: C of the chunked implementation (and the Pallas kernel), an int >= 1.
+      mode: deprecated init-only alias of ``impl`` (warns; removed in the next release).
       gate_min, gate_max: range of the initial gate magnitudes sigmoid(b_m).
     """
 
@@ -45,19 +49,33 @@ class GateLoopConfig:
     complex_gates: bool = True
     head_norm: bool = True
     output_gate: bool = True
-    mode: str = "auto"
+    impl: GateLoopImpl = "auto"
     chunk_size: int = 16
     gate_min: float = 0.9
     gate_max: float = 0.999
+    mode: dataclasses.InitVar[str | None] = None
 
-    def __post_init__(self):
+    def __post_init__(self, mode):
+        if mode is not None:
+            warnings.warn(
+                "GateLoopConfig(mode=...) is deprecated; pass impl=... (same values)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            if self.impl not in ("auto", mode):
+                raise ValueError(
+                    f"GateLoopConfig mode={mode!r} and impl={self.impl!r} disagree; pass impl only"
+                )
+            object.__setattr__(self, "impl", mode)
         if not isinstance(self.num_heads, int) or self.num_heads < 1:
             raise ValueError(f"GateLoopConfig.num_heads={self.num_heads!r} must be a positive int")
         if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
             raise ValueError(f"GateLoopConfig.head_dim={self.head_dim!r} must be None or > 0")
-        dispatch.resolve("gateloop", self.mode, arg="GateLoopConfig.mode")
-        if not isinstance(self.chunk_size, int) or self.chunk_size < 1:
-            raise ValueError(f"GateLoopConfig.chunk_size={self.chunk_size!r} must be > 0")
+        dispatch.resolve("gateloop", self.impl, arg="GateLoopConfig.impl")
+        try:
+            check_chunk_size(self.chunk_size)
+        except ValueError as e:
+            raise ValueError(f"GateLoopConfig.{e}") from None
         if not 0.0 < self.gate_min <= self.gate_max < 1.0:
             raise ValueError(
                 f"GateLoopConfig gate range ({self.gate_min}, {self.gate_max}) must satisfy "
@@ -150,7 +168,7 @@ class GateLoop(nnx.Module):
             raise ValueError("GateLoop is a recurrent mixer: mask must be None")
         del positions
         q, k, v, a = self._project(x_BxLxD, segment_ids)
-        y, _ = gateloop(q, k, v, a, mode=self.cfg.mode, chunk_size=self.cfg.chunk_size)
+        y, _ = gateloop(q, k, v, a, impl=self.cfg.impl, chunk_size=self.cfg.chunk_size)
         return self._output(x_BxLxD, y)
 
     def init_state(self, batch_size: int, max_len: int = 0, dtype=jnp.float32):
@@ -164,6 +182,6 @@ class GateLoop(nnx.Module):
             raise ValueError("GateLoop is causal: bidirectional=True is not supported")
         del positions
         q, k, v, a = self._project(x_BxTxD)
-        mode = "recurrent" if x_BxTxD.shape[1] == 1 else self.cfg.mode
-        y, state = gateloop(q, k, v, a, state0=state, mode=mode, chunk_size=self.cfg.chunk_size)
+        impl = "recurrent" if x_BxTxD.shape[1] == 1 else self.cfg.impl
+        y, state = gateloop(q, k, v, a, state0=state, impl=impl, chunk_size=self.cfg.chunk_size)
         return self._output(x_BxTxD, y), state

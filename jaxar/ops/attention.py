@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxar import dispatch
+from jaxar.dispatch import AttentionImpl
 
 __all__ = ["dot_product_attention", "axial_attention", "apply_rope", "combine_masks"]
 
@@ -144,7 +145,7 @@ def dot_product_attention(
     segment_ids=None,
     bias=None,
     scale: float | None = None,
-    impl: str = "auto",
+    impl: AttentionImpl = "auto",
 ):
     """Exact softmax attention ``softmax(scale q k^T + bias | masks) v`` with GQA.
 
@@ -190,7 +191,6 @@ def dot_product_attention(
             segment_ids=segment_ids,
             block_mask=mask,
             scale=scale,
-            interpret=dispatch.platform() == "cpu",
         )
     m = combine_masks(B, H, Lq, Lk, causal=causal, mask=mask, segment_ids=segment_ids)
     if impl == "reference":
@@ -209,7 +209,7 @@ def dot_product_attention(
     return _xla(q, k, v, m, bias, scale)
 
 
-def axial_attention(q, k, v, *, axis: int, causal: bool = False, impl: str = "auto"):
+def axial_attention(q, k, v, *, axis: int, causal: bool = False, impl: AttentionImpl = "auto"):
     """Attention along one spatial axis, every other spatial axis folded into the batch.
 
     Args:

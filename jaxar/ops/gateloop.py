@@ -2,14 +2,37 @@
 
     S_t = diag(a_t) S_{t-1} + k_t v_t^T,    y_t = Re(q_t^T S_t)
 
-Modes: ``recurrent`` (``lax.scan`` over t), ``parallel`` (associative scan over
-``(a_t, k_t v_t^T)``), ``attention`` (the O(L^2) surrogate form), ``chunked`` (attention form
-inside chunks of C, state carried across chunks) and ``pallas``.
+Implementations (``impl``): ``recurrent`` (``lax.scan`` over t), ``parallel`` (associative
+scan over ``(a_t, k_t v_t^T)``), ``attention`` (the O(L^2) surrogate form), ``chunked``
+(attention form inside chunks of C, state carried across chunks) and ``pallas`` (the
+``pallas_kernels.gateloop`` kernel, which reuses this module's gate maths).
 
 Stability: every relative decay ``prod_{r=s+1}^t a_r`` is formed as a product of at most
 C (chunked) or L (attention) factors with |a| <= 1, never as a ratio ``P_t / P_s``; so
 gates near 0 underflow to the exact limit 0 instead of overflowing, and nothing is
 divided.
+
+One gate floor, ``LOG_FLOOR = -30``, for the attention / chunked forms and the Pallas
+kernel (:func:`log_gate`): a gate with |a| < e^-30 (9.4e-14) acts as e^-30. Exact: that
+changes the carried state by a relative 1e-13, far below float32's resolution (6e-8), so
+float32 results equal those of the true gate, 0 included. Stable: ``d log a / da = 1/a``
+stays below 1e13 (a floor of -80 allows 5.5e34, and ``dL/da`` then overflows float32's
+3.4e38 once ``dL/dlog a`` passes ~1e4); ``|a|^2`` of a complex gate at the floor, e^-60,
+is a normal float32 (e^-160 is not); and cumulated logs stay small, so the differences
+``lam_t - lam_s`` lose less to cancellation.
+
+Negative real gates: ``a_t = sigma'_t |a_t|`` with a sign ``sigma'_t = +-1``. With the
+running sign ``sigma_t = prod_{r<=t} sigma'_r`` (exact: a parity count) and
+``~S_t = sigma_t S_t``, the recurrence becomes ``~S_t = |a_t| ~S_{t-1} + (sigma_t k_t) v_t^T``
+and ``y_t = (sigma_t q_t)^T ~S_t``: the log-space forms run on ``|a|`` with signed q, k
+(:func:`fold_gate_signs`), and the final state is ``sigma_L ~S_L``. Exact, for every impl.
+
+Gradient with respect to a itself: the log-space impls (attention, chunked, pallas) get it
+as ``dL/da = dL/dlog|a| / a``, where ``dL/dlog|a|`` is a difference of O(1) terms: for
+|a| << 1e-3 float32 rounding divided by |a| makes ``dL/da`` inaccurate, and it is 0 below
+the log floor. Gradients of q, k, v, state0 and of a parametrisation such as
+``a = sigmoid(m)`` (``dL/dm = (1 - a) dL/dlog a``) stay accurate; "recurrent" and
+"parallel" differentiate the products directly and are exact at a = 0.
 
 References:
   Katsch 2023, "GateLoop: Fully Data-Controlled Linear Recurrence for Sequence Modeling",
@@ -18,14 +41,19 @@ References:
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxar import dispatch
-from jaxar.ops.scan import linear_scan
+from jaxar.dispatch import GateLoopImpl
+from jaxar.ops.scan import check_chunk_size, linear_scan
 
-__all__ = ["gateloop"]
+__all__ = ["LOG_FLOOR", "fold_gate_signs", "gateloop", "log_gate"]
+
+LOG_FLOOR = -30.0  # the one gate floor: see the module docstring
 
 
 def _validate(q, k, v, a, state0):
@@ -48,56 +76,97 @@ def _validate(q, k, v, a, state0):
         raise ValueError(f"state0 must be (B, H, K, E) = {want}, got {state0.shape}")
 
 
-def gateloop(q, k, v, a, *, state0=None, mode="auto", chunk_size=16):
+def gateloop(
+    q,
+    k,
+    v,
+    a,
+    *,
+    state0=None,
+    impl: GateLoopImpl = "auto",
+    chunk_size: int = 16,
+    mode: str | None = None,
+):
     """GateLoop outputs and final state.
 
     Args:
       q, k: (B, L, H, K) real queries / keys.
       v: (B, L, H, E) real values.
-      a: (B, L, H, K) real or complex transitions, |a| <= 1.
+      a: (B, L, H, K) real or complex transitions, |a| <= 1 (negative real gates included).
       state0: optional (B, H, K, E) initial state (real or complex).
-      mode: "auto" | "recurrent" | "parallel" | "attention" | "chunked" | "pallas".
-      chunk_size: C for "chunked" (and the Pallas kernel); 16 measured fastest on CPU.
+      impl: "auto" | "recurrent" | "parallel" | "attention" | "chunked" | "pallas"
+        (``jaxar.dispatch.GateLoopImpl``; "auto" resolved by platform in jaxar.dispatch).
+      chunk_size: C for "chunked" (and the Pallas kernel), an int >= 1; 16 measured
+        fastest on CPU.
+      mode: deprecated alias of ``impl`` (warns; removed in the next release).
 
     Returns:
       ``(y, state)``: y (B, L, H, E) in the dtype of q/k/v; state (B, H, K, E) float32
       (complex64 for complex gates or state0).
     """
+    if mode is not None:
+        warnings.warn(
+            "gateloop(mode=...) is deprecated; pass impl=... (same values)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        if impl not in ("auto", mode):
+            raise ValueError(f"mode={mode!r} and impl={impl!r} disagree; pass impl only")
+        impl = mode
     q, k, v, a = (jnp.asarray(t) for t in (q, k, v, a))
     _validate(q, k, v, a, state0)
-    mode = dispatch.resolve("gateloop", mode, arg="mode")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} must be a positive int")
+    impl = dispatch.resolve("gateloop", impl)
+    check_chunk_size(chunk_size)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
-    if mode == "pallas":
-        return dispatch.kernel("gateloop")(
-            q,
-            k,
-            v,
-            a,
-            state0=state0,
-            chunk_size=chunk_size,
-            interpret=dispatch.platform() == "cpu",
-        )
+    if impl == "pallas":
+        return dispatch.kernel("gateloop")(q, k, v, a, state0=state0, chunk_size=chunk_size)
     real = jnp.promote_types(out_dtype, jnp.float32)
     cplx = jnp.issubdtype(a.dtype, jnp.complexfloating) or (
         state0 is not None and jnp.issubdtype(state0.dtype, jnp.complexfloating)
     )
     gate = jnp.promote_types(real, jnp.complex64) if cplx else real
     q, k, v = q.astype(real), k.astype(real), v.astype(real)
-    a = a.astype(gate)
     b, length, h, kk = q.shape
     e = v.shape[-1]
     s0 = jnp.zeros((b, h, kk, e), gate) if state0 is None else state0.astype(gate)
-    if mode == "recurrent":
-        y, s = _recurrent(q, k, v, a, s0)
-    elif mode == "parallel":
-        y, s = _parallel(q, k, v, a, s0)
-    elif mode == "attention":
-        y, s = _attention(q, k, v, a, s0)
+    if impl == "recurrent":
+        y, s = _recurrent(q, k, v, a.astype(gate), s0)
+    elif impl == "parallel":
+        y, s = _parallel(q, k, v, a.astype(gate), s0)
     else:
-        y, s = _chunked(q, k, v, a, s0, min(chunk_size, length))
+        sign = None
+        if not jnp.iscomplexobj(a):
+            q, k, a, sign = fold_gate_signs(q, k, a)
+        c = length if impl == "attention" else min(chunk_size, length)
+        y, s = _chunked(q, k, v, a.astype(gate), s0, c)
+        if sign is not None:
+            s = s * sign[..., None].astype(s.dtype)
     return y.astype(out_dtype), s
+
+
+def fold_gate_signs(q, k, a):
+    """Moves the signs of real gates into q and k: ``(sigma q, sigma k, |a|, sigma_L)``.
+
+    ``sigma_t = prod_{r<=t} sign(a_r)`` along axis 1 (a parity count, exact; a_r = 0 counts
+    as positive). Then GateLoop on ``(sigma q, sigma k, v, |a|)`` gives the same y, and its
+    final state times ``sigma_L`` (B, H, K) is the true final state (module docstring).
+    Gradients pass through ``|a| = sign(a) a`` (the sign is piecewise constant).
+
+    Args:
+      q, k: (B, L, H, K) real or complex.
+      a: (B, L, H, K) real gates.
+
+    Returns:
+      ``(q, k, |a|, sigma_L)``, q and k in their dtypes, sigma_L (B, H, K) int32 of +-1.
+    """
+    neg = a < 0
+    sigma = 1 - 2 * (jnp.cumsum(neg, axis=1, dtype=jnp.int32) % 2)  # (B, L, H, K) +-1
+    return (
+        q * sigma.astype(q.dtype),
+        k * sigma.astype(k.dtype),
+        jnp.where(neg, -a, a),
+        sigma[:, -1],
+    )
 
 
 def _recurrent(q, k, v, a, s0):
@@ -119,11 +188,13 @@ def _parallel(q, k, v, a, s0):
     return jnp.einsum("blhk,blhke->blhe", q, s_re), s_last
 
 
-LOG_FLOOR = -30.0  # log|a| is floored here: a gate below e^-30 acts as e^-30 (exact in f32)
+def log_gate(a):
+    """``(log|a|, arg a)`` with |a| floored at ``exp(LOG_FLOOR)``: finite values and
+    gradients at a = 0.
 
-
-def _log_gate(a):
-    """``log a`` with |a| floored at ``exp(LOG_FLOOR)``; gradients stay finite at a = 0."""
+    Real a must be >= 0 (fold negative gates first with :func:`fold_gate_signs`); its
+    phase is None. Complex a: the phase in (-pi, pi] (0 below the floor).
+    """
     if jnp.iscomplexobj(a):
         abs2 = a.real * a.real + a.imag * a.imag
         ok = abs2 > jnp.exp(2 * LOG_FLOOR)
@@ -161,12 +232,6 @@ def _intra_scores(q, k, log_mag, phase):
     return jnp.einsum("bhntk,bhntsk->bhnts", q, dec_re * k[..., None, :, :])
 
 
-def _attention(q, k, v, a, s0):
-    """The surrogate attention form over the whole sequence (one chunk of length L)."""
-    y, s = _chunked(q, k, v, a, s0, q.shape[1])
-    return y, s
-
-
 def _chunked(q, k, v, a, s0, c):
     b, length, h, kk = q.shape
     e = v.shape[-1]
@@ -182,7 +247,7 @@ def _chunked(q, k, v, a, s0, c):
         return jnp.moveaxis(t.reshape((b, n, c, h, t.shape[-1])), 3, 1)
 
     qc, kc, vc, ac = split(q), split(k), split(v), split(a)
-    log_mag, phase = _log_gate(ac)
+    log_mag, phase = log_gate(ac)
     scores = _intra_scores(qc, kc, log_mag, phase)
     y_intra = jnp.einsum("bhnts,bhnse->bhnte", scores, vc)
     # chunk summaries: S_end = diag(P_C) S_in + sum_s diag(D[C, s]) k_s v_s^T

@@ -16,10 +16,20 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxar import dispatch
+from jaxar.dispatch import LinearScanImpl
 
-__all__ = ["linear_scan"]
+__all__ = ["check_chunk_size", "linear_scan"]
 
 DEFAULT_CHUNK = 32
+
+
+def check_chunk_size(chunk_size, *, allow_none: bool = False) -> None:
+    """Raises a one-line ValueError unless ``chunk_size`` is an int >= 1 (or None if allowed)."""
+    if allow_none and chunk_size is None:
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        accepted = f"None (default {DEFAULT_CHUNK}) or an int >= 1" if allow_none else "an int >= 1"
+        raise ValueError(f"chunk_size={chunk_size!r} is not supported; accepted: {accepted}")
 
 
 def _carry_dtype(*dtypes):
@@ -55,17 +65,28 @@ def _validate(a, x, h0, reset):
         raise ValueError(f"reset must have shape (B, L) = {x.shape[:2]}, got {reset.shape}")
 
 
-def linear_scan(a, x, h0=None, *, reverse=False, reset=None, impl="auto", chunk_size=None):
+def linear_scan(
+    a,
+    x,
+    h0=None,
+    *,
+    reverse: bool = False,
+    reset=None,
+    impl: LinearScanImpl = "auto",
+    chunk_size: int | None = None,
+):
     """``h_t = a_t * h_{t-1} + x_t`` along axis 1.
 
     Args:
-      a: (B, L, ...) real or complex transition; may have size-1 axes broadcasting to x.
+      a: (B, L, ...) real or complex transition (any sign or phase); may have size-1 axes
+        broadcasting to x.
       x: (B, L, ...) input.
       h0: optional (B, ...) initial state (default 0).
       reverse: run from t = L down to 1 (``h_t = a_t h_{t+1} + x_t``).
       reset: optional bool (B, L): True where a document starts (a_t := 0 there).
-      impl: "auto" | "sequential" | "associative" | "chunked" | "pallas".
-      chunk_size: chunk length C for "chunked" (default 32).
+      impl: "auto" | "sequential" | "associative" | "chunked" | "pallas"
+        (``jaxar.dispatch.LinearScanImpl``; "auto" resolved by platform in jaxar.dispatch).
+      chunk_size: chunk length C for "chunked": None (default 32) or an int >= 1.
 
     Returns:
       ``(h, h_last)``: h (B, L, ...) in the inputs' result dtype, and the final state
@@ -74,12 +95,11 @@ def linear_scan(a, x, h0=None, *, reverse=False, reset=None, impl="auto", chunk_
     a, x = jnp.asarray(a), jnp.asarray(x)
     _validate(a, x, h0, reset)
     impl = dispatch.resolve("linear_scan", impl)
+    check_chunk_size(chunk_size, allow_none=True)
     out_dtype = jnp.result_type(a.dtype, x.dtype)
     carry = _carry_dtype(a.dtype, x.dtype, *(() if h0 is None else (h0.dtype,)))
     if impl == "pallas":
-        return dispatch.kernel("linear_scan")(
-            a, x, h0, reverse=reverse, reset=reset, interpret=dispatch.platform() == "cpu"
-        )
+        return dispatch.kernel("linear_scan")(a, x, h0, reverse=reverse, reset=reset)
     a = a.astype(carry)
     x = x.astype(carry)
     if reset is not None:
@@ -93,7 +113,7 @@ def linear_scan(a, x, h0=None, *, reverse=False, reset=None, impl="auto", chunk_
     elif impl == "associative":
         h = _associative(a, x, h0)
     else:
-        h = _chunked(a, x, h0, chunk_size or DEFAULT_CHUNK)
+        h = _chunked(a, x, h0, DEFAULT_CHUNK if chunk_size is None else chunk_size)
     h_last = h[:, -1]
     if reverse:
         h = jnp.flip(h, 1)
@@ -130,7 +150,8 @@ def _chunked(a, x, h0, chunk):
     """Chunks of C: local scans inside every chunk at once (C dependent steps over all
     chunks in parallel), then one pass over the L/C chunk boundaries, then a fix-up
     ``h = h_local + A * h_in`` with ``A`` the within-chunk cumulative product (bounded
-    by C factors of |a| <= 1 in practice; never divided by)."""
+    by C factors of |a| <= 1 in practice; never divided by). Products, not logs: exact for
+    gates of any sign or phase."""
     b, length = x.shape[:2]
     rest = x.shape[2:]
     c = min(chunk, length)

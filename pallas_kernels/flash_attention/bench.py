@@ -20,8 +20,8 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxar.bench import harness, roofline
-from pallas_kernels import _common
+from jaxar.ops.attention import dot_product_attention
+from pallas_kernels import _bench
 from pallas_kernels.flash_attention import masks
 from pallas_kernels.flash_attention.kernel import select_lowering
 from pallas_kernels.flash_attention.ops import flash_attention
@@ -63,19 +63,17 @@ def _density(L: int, causal: bool, spec) -> float:
 
 def _xla_reference(q, k, v, causal, mask):
     """``jaxar.ops.dot_product_attention`` with impl "xla" (the in-run XLA baseline)."""
-    from jaxar.ops import dot_product_attention
-
     return dot_product_attention(q, k, v, mask=mask, causal=causal, impl="xla")
 
 
-def run(quick: bool) -> list[harness.Result]:
-    platform = _common.benchmark_platform(BENCH)
+def run(quick: bool) -> list[_bench.Result]:
+    platform = _bench.benchmark_platform(BENCH)
     if platform is None:
         return []
     lowering = select_lowering(False)
-    peak = roofline.published_peak()
+    peak = _bench.published_peak()
     nn_impl = "cudnn" if platform in ("gpu", "cuda") else None
-    rows: list[harness.Result] = []
+    rows: list[_bench.Result] = []
     for name, B, L, H, G, K, causal, spec in _cases(quick):
         ks = jax.random.split(jax.random.key(0), 4)
         q = jax.random.normal(ks[0], (B, L, H, K), jnp.bfloat16)
@@ -102,7 +100,7 @@ def run(quick: bool) -> list[harness.Result]:
                     f = jax.jit(lambda q, k, v, do, fn=fn: jax.vjp(fn, q, k, v)[1](do))
                     args = (q, k, v, do)
                 try:
-                    t = harness.timeit(f, *args, repeats=10)
+                    t = _bench.timeit(f, *args, repeats=10)
                 except Exception as e:  # e.g. cuDNN refusing a mask: report, keep going
                     print(f"[{BENCH}] {impl} {name} {mode}: {type(e).__name__}: {e}"[:400])
                     continue
@@ -111,7 +109,7 @@ def run(quick: bool) -> list[harness.Result]:
                 if peak is not None:
                     extra["% bf16 peak"] = round(100 * tflops * 1e12 / peak[0], 1)
                 rows.append(
-                    harness.Result(
+                    _bench.Result(
                         bench=BENCH,
                         case=f"{name} B={B} H={H} G={G} K={K} {mode}",
                         impl=impl,
@@ -121,8 +119,8 @@ def run(quick: bool) -> list[harness.Result]:
                         extra=extra,
                     )
                 )
-    return harness.with_ratios(rows, baseline=f"jax.nn({'cudnn' if nn_impl else 'xla'})")
+    return _bench.with_ratios(rows, baseline=f"jax.nn({'cudnn' if nn_impl else 'xla'})")
 
 
 if __name__ == "__main__":
-    sys.exit(_common.bench_script("flash_attention", sys.argv[1:]))
+    sys.exit(_bench.main(BENCH, run, sys.argv[1:]))

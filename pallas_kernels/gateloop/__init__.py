@@ -2,6 +2,5 @@
 
 from pallas_kernels.gateloop.kernel import BlockSizes, select_lowering
 from pallas_kernels.gateloop.ops import gateloop
-from pallas_kernels.gateloop.xla import gateloop_chunked
 
-__all__ = ["BlockSizes", "gateloop", "gateloop_chunked", "select_lowering"]
+__all__ = ["BlockSizes", "gateloop", "select_lowering"]

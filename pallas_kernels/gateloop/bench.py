@@ -3,8 +3,7 @@
 Baselines measured in the same run on the same arrays: the recurrent form (``lax.scan``
 over tokens), the parallel form (``lax.associative_scan`` over (a, k v^T) pairs; skipped
 above 2^24 state elements: it materialises a K x E state per token), and the chunked XLA
-form (``jaxar.ops.gateloop`` modes "recurrent", "parallel", "chunked" when present, else
-the local equivalents). The kernel reads q, k, v, a and writes y, so the figure of merit
+form (``jaxar.ops.gateloop`` impls "recurrent", "parallel" and "chunked"). The kernel reads q, k, v, a and writes y, so the figure of merit
 is bytes/s against the published HBM bandwidth (jaxar/MATHS.md s.8), with the matmul
 FLOP/s beside it (about 4 L K E per head for the state terms).
 
@@ -20,61 +19,24 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxar.bench import harness, roofline
-from pallas_kernels import _common
+from jaxar.ops.gateloop import gateloop as reference_gateloop
+from pallas_kernels import _bench
 from pallas_kernels.gateloop.kernel import select_lowering
 from pallas_kernels.gateloop.ops import gateloop
-from pallas_kernels.gateloop.xla import gateloop_chunked
 
 BENCH = "kernel_gateloop"
 
 
-def _recurrent(q, k, v, a):
-    B, L, H, K = q.shape
-    E = v.shape[-1]
-    dt = jnp.result_type(q, k, a, jnp.float32)
-
-    def step(S, inp):
-        q, k, v, a = inp
-        S = a[..., None] * S + k[..., None] * v[..., None, :]
-        return S, jnp.real(jnp.einsum("bhk,bhke->bhe", q, S))
-
-    mv = lambda u: jnp.moveaxis(u, 1, 0)
-    _, y = lax.scan(step, jnp.zeros((B, H, K, E), dt), (mv(q), mv(k), mv(v), mv(a)))
-    return jnp.moveaxis(y, 0, 1)
-
-
-def _parallel(q, k, v, a):
-    dt = jnp.result_type(q, k, a, jnp.float32)
-    a = a.astype(dt)
-    kv = (k[..., None] * v[..., None, :]).astype(dt)
-    combine = lambda l, r: (l[0] * r[0], r[0][..., None] * l[1] + r[1])
-    S = lax.associative_scan(combine, (a, kv), axis=1)[1]
-    return jnp.real(jnp.einsum("blhk,blhke->blhe", q, S))
-
-
 def _baselines(state_elems: int):
-    try:
-        from jaxar.ops import gateloop as ref
-    except (ImportError, AttributeError):
-        ref = None
-    if ref is None:
-        out = {
-            "lax.scan": _recurrent,
-            "associative": _parallel,
-            "chunked-xla": lambda q, k, v, a: gateloop_chunked(q, k, v, a)[0],
-        }
-    else:
-        out = {
-            name: (lambda q, k, v, a, mode=mode: ref(q, k, v, a, mode=mode)[0])
-            for name, mode in (
-                ("lax.scan", "recurrent"),
-                ("associative", "parallel"),
-                ("chunked-xla", "chunked"),
-            )
-        }
+    out = {
+        name: (lambda q, k, v, a, impl=impl: reference_gateloop(q, k, v, a, impl=impl)[0])
+        for name, impl in (
+            ("lax.scan", "recurrent"),
+            ("associative", "parallel"),
+            ("chunked-xla", "chunked"),
+        )
+    }
     if state_elems > 2**24:
         out.pop("associative")
     return out
@@ -86,13 +48,13 @@ def _cases(quick: bool):
     return [(4, L, 8, 64, 64, jnp.float32), (4, L, 8, 64, 64, jnp.complex64)]
 
 
-def run(quick: bool) -> list[harness.Result]:
-    platform = _common.benchmark_platform(BENCH)
+def run(quick: bool) -> list[_bench.Result]:
+    platform = _bench.benchmark_platform(BENCH)
     if platform is None:
         return []
     lowering = select_lowering(False)
-    peak = roofline.published_peak()
-    rows: list[harness.Result] = []
+    peak = _bench.published_peak()
+    rows: list[_bench.Result] = []
     for B, L, H, K, E, gdt in _cases(quick):
         ks = jax.random.split(jax.random.key(0), 6)
         q = jax.random.normal(ks[0], (B, L, H, K), jnp.bfloat16)
@@ -116,7 +78,7 @@ def run(quick: bool) -> list[harness.Result]:
                     f = jax.jit(lambda q, k, v, a, dy, fn=fn: jax.vjp(fn, q, k, v, a)[1](dy))
                     args = (q, k, v, a, dy)
                 try:
-                    t = harness.timeit(f, *args, repeats=10)
+                    t = _bench.timeit(f, *args, repeats=10)
                 except Exception as e:  # report, keep going
                     print(f"[{BENCH}] {impl} {mode}: {type(e).__name__}: {e}"[:400])
                     continue
@@ -129,7 +91,7 @@ def run(quick: bool) -> list[harness.Result]:
                 if peak is not None:
                     extra["% HBM"] = round(100 * gbs * 1e9 / peak[1], 1)
                 rows.append(
-                    harness.Result(
+                    _bench.Result(
                         bench=BENCH,
                         case=f"B={B} L={L} H={H} K={K} E={E} gates {jnp.dtype(gdt).name} {mode}",
                         impl=impl,
@@ -139,8 +101,8 @@ def run(quick: bool) -> list[harness.Result]:
                         extra=extra,
                     )
                 )
-    return harness.with_ratios(rows, baseline="lax.scan")
+    return _bench.with_ratios(rows, baseline="lax.scan")
 
 
 if __name__ == "__main__":
-    sys.exit(_common.bench_script("gateloop", sys.argv[1:]))
+    sys.exit(_bench.main(BENCH, run, sys.argv[1:]))

@@ -7,8 +7,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from pallas_kernels.gateloop import kernel, xla
+from jaxar.ops.gateloop import fold_gate_signs, log_gate
+from pallas_kernels.gateloop import kernel
 from pallas_kernels.gateloop.kernel import BlockSizes
+
+__all__ = ["gateloop"]
 
 _REAL = ("float32", "bfloat16", "float16")
 
@@ -37,8 +40,9 @@ def gateloop(
       q, k: (B, L, H, K), real (float32 / bfloat16 / float16) or complex64 (complex q, k
         go beyond ``jaxar.ops.gateloop``, whose q, k are real).
       v: (B, L, H, E), real.
-      a: (B, L, H, K) gates: real in (0, 1] or complex64 with 0 < |a| <= 1 (log|a| is
-        floored at -80).
+      a: (B, L, H, K) gates with |a| <= 1: real (negative gates exact: their signs move
+        into q and k, ``jaxar.ops.gateloop.fold_gate_signs``) or complex64; log|a| is
+        floored at ``jaxar.ops.gateloop.LOG_FLOOR`` (-30), as in the XLA reference.
       state0: optional (B, H, K, E) initial state.
       chunk_size: sequence rows per grid step (the TPU tile), rounded up to a multiple of
         the sub-chunk (16); it does not change the maths (``jaxar.ops.gateloop`` passes its
@@ -79,7 +83,20 @@ def gateloop(
     static = kernel.Static(lowering, interpret, bs.chunk, bs.sub, bs.num_warps, 2 if cplx else 1)
     st = jnp.complex64 if cplx else jnp.float32
     S0 = jnp.zeros((B, H, K, E), st) if state0 is None else state0.astype(st)
-    return _gateloop(static, q, k, v, a, S0)
+    if jnp.iscomplexobj(a):
+        return _gateloop(static, q, k, v, a, S0)
+    q, k, a, sign = fold_gate_signs(q, k, a)
+    y, S = _gateloop(static, q, k, v, a, S0)
+    return y, S * sign[..., None].astype(S.dtype)
+
+
+def _log_a(a):
+    """``log a`` (floored, ``jaxar.ops.gateloop.log_gate``) as one array: real for real
+    gates (a >= 0 after the sign fold), complex ``log|a| + i arg a`` for complex gates."""
+    if jnp.iscomplexobj(a):
+        log_mag, phase = log_gate(a.astype(jnp.complex64))
+        return jax.lax.complex(log_mag, phase)
+    return log_gate(a.astype(jnp.float32))[0]
 
 
 def _layout(static: kernel.Static, q, k, v, a, dy=None):
@@ -101,7 +118,7 @@ def _layout(static: kernel.Static, q, k, v, a, dy=None):
         u = head_major(u.astype(jnp.float32), kp)
         return jnp.cumsum(u.reshape(B, H, lp // c, c, kp), axis=3).reshape(B, H, lp, kp)
 
-    la = xla.safe_log(a.astype(jnp.complex64) if jnp.iscomplexobj(a) else a.astype(jnp.float32))
+    la = _log_a(a)
     inputs = {}
     for i, u in enumerate(_parts(static, q)):
         inputs[f"q{i}"] = head_major(u, kp)
@@ -186,10 +203,7 @@ def _gateloop_bwd(static, res, cts):
     final = jnp.sum(dS.astype(ct) * S, axis=-1)  # (B, H, K)
     dlam = dlam.at[:, -1].add(final)
     dloga = jnp.flip(jnp.cumsum(jnp.flip(dlam, 1), axis=1), 1)
-    _, log_vjp = jax.vjp(
-        lambda a: xla.safe_log(a.astype(jnp.complex64 if jnp.iscomplexobj(a) else jnp.float32)),
-        a,
-    )
+    _, log_vjp = jax.vjp(_log_a, a)
     la_ct = dloga if jnp.iscomplexobj(a) else jnp.real(dloga)
     (da,) = log_vjp(la_ct.astype(jnp.complex64 if jnp.iscomplexobj(a) else jnp.float32))
 

@@ -2,7 +2,7 @@
 
 All baselines run in the same process on the same arrays: ``lax.scan`` (sequential),
 ``lax.associative_scan`` and the chunked XLA form (``jaxar.ops.linear_scan`` impls
-"sequential", "associative", "chunked" when present, else the local equivalents below).
+"sequential", "associative", "chunked").
 The scan is memory bound, so the figure of merit is achieved bytes/s against the
 published HBM bandwidth (jaxar/MATHS.md s.8): forward moves a, x in and h out (3 arrays);
 forward+backward about 3 + 6 arrays (a, dh, h in and da, dx out, plus the forward).
@@ -19,62 +19,18 @@ import sys
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from jaxar.bench import harness, roofline
-from pallas_kernels import _common
+from jaxar.ops.scan import linear_scan as reference_scan
+from pallas_kernels import _bench
 from pallas_kernels.linear_scan.kernel import select_lowering
 from pallas_kernels.linear_scan.ops import linear_scan
 
 BENCH = "kernel_linear_scan"
 
 
-def _sequential(a, x):
-    def step(h, ax):
-        h = ax[0] * h + ax[1]
-        return h, h
-
-    h0 = jnp.zeros(a.shape[:1] + a.shape[2:], jnp.result_type(a, x))
-    _, h = lax.scan(step, h0, (jnp.moveaxis(a, 1, 0), jnp.moveaxis(x, 1, 0)))
-    return jnp.moveaxis(h, 0, 1)
-
-
-def _associative(a, x):
-    combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])
-    return lax.associative_scan(combine, (a, x), axis=1)[1]
-
-
-def _chunked(a, x, chunk=64):
-    """Associative scan inside chunks of ``chunk`` steps, a sequential carry across them."""
-    B, L, *rest = a.shape
-    n = L // chunk
-    ac = jnp.moveaxis(a.reshape(B, n, chunk, *rest), 1, 0)
-    xc = jnp.moveaxis(x.reshape(B, n, chunk, *rest), 1, 0)
-
-    def step(h, axc):
-        pa, px = _prefix(axc[0], axc[1])
-        out = pa * h[:, None] + px
-        return out[:, -1], out
-
-    h0 = jnp.zeros((B, *rest), jnp.result_type(a, x))
-    _, h = lax.scan(step, h0, (ac, xc))
-    return jnp.moveaxis(h, 0, 1).reshape(B, L, *rest)
-
-
-def _prefix(a, x):
-    combine = lambda l, r: (l[0] * r[0], r[0] * l[1] + r[1])
-    return lax.associative_scan(combine, (a, x), axis=1)
-
-
 def _baselines():
-    try:
-        from jaxar.ops import linear_scan as ref
-    except (ImportError, AttributeError):
-        ref = None
-    if ref is None:
-        return {"lax.scan": _sequential, "associative": _associative, "chunked-xla": _chunked}
     return {
-        name: (lambda a, x, impl=impl: ref(a, x, impl=impl)[0])
+        name: (lambda a, x, impl=impl: reference_scan(a, x, impl=impl)[0])
         for name, impl in (
             ("lax.scan", "sequential"),
             ("associative", "associative"),
@@ -89,13 +45,13 @@ def _cases(quick: bool):
     return [(8, L, 1024, jnp.float32), (8, L, 1024, jnp.bfloat16), (8, L, 512, jnp.complex64)]
 
 
-def run(quick: bool) -> list[harness.Result]:
-    platform = _common.benchmark_platform(BENCH)
+def run(quick: bool) -> list[_bench.Result]:
+    platform = _bench.benchmark_platform(BENCH)
     if platform is None:
         return []
     lowering = select_lowering(False)
-    peak = roofline.published_peak()
-    rows: list[harness.Result] = []
+    peak = _bench.published_peak()
+    rows: list[_bench.Result] = []
     for B, L, D, dtype in _cases(quick):
         ks = jax.random.split(jax.random.key(0), 3)
         a = jax.random.uniform(ks[0], (B, L, D), jnp.float32, 0.9, 1.0).astype(dtype)
@@ -111,7 +67,7 @@ def run(quick: bool) -> list[harness.Result]:
                     f = jax.jit(lambda a, x, dh, fn=fn: jax.vjp(fn, a, x)[1](dh))
                     args = (a, x, dh)
                 try:
-                    t = harness.timeit(f, *args, repeats=10)
+                    t = _bench.timeit(f, *args, repeats=10)
                 except Exception as e:  # report, keep going
                     print(f"[{BENCH}] {impl} {mode}: {type(e).__name__}: {e}"[:400])
                     continue
@@ -120,7 +76,7 @@ def run(quick: bool) -> list[harness.Result]:
                 if peak is not None:
                     extra["% HBM"] = round(100 * gbs * 1e9 / peak[1], 1)
                 rows.append(
-                    harness.Result(
+                    _bench.Result(
                         bench=BENCH,
                         case=f"B={B} L={L} D={D} {mode}",
                         impl=impl,
@@ -130,8 +86,8 @@ def run(quick: bool) -> list[harness.Result]:
                         extra=extra,
                     )
                 )
-    return harness.with_ratios(rows, baseline="lax.scan")
+    return _bench.with_ratios(rows, baseline="lax.scan")
 
 
 if __name__ == "__main__":
-    sys.exit(_common.bench_script("linear_scan", sys.argv[1:]))
+    sys.exit(_bench.main(BENCH, run, sys.argv[1:]))

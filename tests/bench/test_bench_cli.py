@@ -44,3 +44,14 @@ def test_bench_unknown_name_errors(capsys):
     except SystemExit as e:
         assert e.code == 2
     assert "known" in capsys.readouterr().err
+
+
+def test_harness_lives_below_jaxar_bench(capsys):
+    """pallas_kernels._bench is the harness (jaxar.bench re-exports it); a kernel's bench
+    script runs through it alone (on CPU: skipped, interpret mode is never timed)."""
+    from pallas_kernels import _bench
+    from pallas_kernels.linear_scan import bench
+
+    assert harness.Result is _bench.Result and harness.timeit is _bench.timeit
+    assert _bench.main(bench.BENCH, bench.run, ["--quick"]) == 0
+    assert "never timed" in capsys.readouterr().out

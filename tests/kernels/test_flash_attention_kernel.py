@@ -257,15 +257,6 @@ class TestTpu(FlashAttentionTestBase):
 # ---------------------------------------------------------------------- lowering, API
 
 
-@pytest.fixture
-def tpu_info_on_cpu(monkeypatch):
-    """Lets the Mosaic lowering query a TPU v5e's info on a CPU host (lowering only)."""
-    from jax._src.pallas.mosaic import tpu_info
-
-    info = lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5E, 1)
-    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, info)
-
-
 @pytest.mark.parametrize("dense", [False, True], ids=["block_mask", "dense_mask"])
 @pytest.mark.parametrize("platform,target", [("tpu", "tpu_custom_call"), ("cuda", "triton")])
 def test_compiled_lowerings(platform, target, dense, tpu_info_on_cpu):

@@ -14,14 +14,14 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import ops, testing
-from pallas_kernels.gateloop import BlockSizes, gateloop, gateloop_chunked
+from pallas_kernels.gateloop import BlockSizes, gateloop
 
 
 def _reference(q, k, v, a, state0):
     """``jaxar.ops.gateloop`` with the recurrent (one step per token) implementation."""
     if jnp.iscomplexobj(q) or jnp.iscomplexobj(k):  # beyond jaxar.ops: its q, k are real
         return _formula(q, k, v, a, state0)
-    return ops.gateloop(q, k, v, a, state0=state0, mode="recurrent")
+    return ops.gateloop(q, k, v, a, state0=state0, impl="recurrent")
 
 
 def _formula(q, k, v, a, state0):
@@ -43,6 +43,8 @@ def _inputs(B, L, H, K, E, dtype, complex_=False, gate_range=(0.5, 1.0), seed=0,
     k = jax.random.normal(ks[1], (B, L, H, K), jnp.float32) * K**-0.5
     v = jax.random.normal(ks[2], (B, L, H, E), jnp.float32)
     a = jax.random.uniform(ks[3], (B, L, H, K), jnp.float32, *gate_range)
+    if gate_range[0] < 0:  # both signs, |a| in [0.3, 1] (gates near 0: a test of their own)
+        a = jnp.sign(a) * (0.3 + 0.7 * jnp.abs(a))
     S0 = jax.random.normal(ks[4], (B, H, K, E), jnp.float32)
     dy = jax.random.normal(ks[5], (B, L, H, E), jnp.float32)
     dS = jax.random.normal(ks[6], (B, H, K, E), jnp.float32)
@@ -111,6 +113,10 @@ class GateLoopTestBase:
     def test_bfloat16(self):
         self.check(dtype=jnp.bfloat16, grad=False)
 
+    def test_negative_real_gates(self):
+        """Issue 18 item 9: real gates of both signs are exact (signs folded into q, k)."""
+        self.check(L=21, H=1, gate_range=(-1.0, 1.0))
+
     def test_tiny_gates_stay_finite(self):
         """Gates near 0 would overflow a factorised (q P)(k / P)^T form; bounded here."""
         y, S = self.check(gate_range=(1e-6, 1e-3), grad=False, state0=False)
@@ -130,15 +136,19 @@ class TestInterpret(GateLoopTestBase):
     def test_bfloat16(self):
         super().test_bfloat16()
 
+    @pytest.mark.slow  # signs in y, S, dq, dk, dv, dS0: test_gates_near_zero_match_the_reference
+    def test_negative_real_gates(self):
+        super().test_negative_real_gates()
+
     def test_complex_queries_and_keys(self):
         """An extension beyond jaxar.ops (real q, k there): against the recurrence itself."""
         self.check(complex_=True, complex_qk=True, L=21)
 
-    def test_pallas_mode_of_the_reference(self):
-        """``jaxar.ops.gateloop(mode="pallas")`` reaches this kernel (interpret on CPU,
+    def test_pallas_impl_of_the_reference(self):
+        """``jaxar.ops.gateloop(impl="pallas")`` reaches this kernel (interpret on CPU,
         default block sizes)."""
         q, k, v, a, S0, _, _ = _inputs(1, 21, 2, 8, 6, jnp.float32, complex_=True)
-        got = ops.gateloop(q, k, v, a, state0=S0, mode="pallas")
+        got = ops.gateloop(q, k, v, a, state0=S0, impl="pallas")
         testing.assert_allclose(got, testing.reference_x64(_reference, q, k, v, a, S0))
 
 
@@ -147,6 +157,10 @@ class TestTpuInterpret(GateLoopTestBase):
 
     interpret = pltpu.InterpretParams()
     block_sizes = BlockSizes(chunk=32, sub=16)
+
+    @pytest.mark.slow  # the sign fold is XLA around the kernel; the generic mode runs it
+    def test_negative_real_gates(self):
+        super().test_negative_real_gates()
 
     @pytest.mark.slow  # the generic mode runs it; slow in this interpreter
     def test_tiny_gates_stay_finite(self):
@@ -163,34 +177,35 @@ class TestTpu(GateLoopTestBase):
     interpret = False
 
 
-@pytest.mark.slow
-def test_xla_chunked_matches_reference():
-    """The chunked XLA form (a benchmark baseline) alone: forward and gradients."""
-    q, k, v, a, S0, dy, dS = _inputs(1, 37, 2, 8, 6, jnp.float32, complex_=True, complex_qk=True)
+def test_gates_near_zero_match_the_reference():
+    """Kernel == float64 recurrence for real gates of both signs at, near and below the log
+    floor shared with ``jaxar.ops.gateloop`` (e^-30), exact 0 included: outputs, final
+    state and the gradients of q, k, v, state0 (dL/da near 0: see jaxar.ops.gateloop; the
+    XLA chunked form's twin of this test is in tests/ops/test_gateloop.py)."""
+    q, k, v, a, S0, dy, dS = _inputs(1, 37, 1, 8, 6, jnp.float32, gate_range=(0.5, 1.0))
+    ks = jax.random.split(jax.random.key(7), 3)
+    near0 = jnp.array([0.0, 1e-20, -1e-20, 1e-12, -1e-6, 1e-3])
+    pick = near0[jax.random.randint(ks[0], a.shape, 0, near0.size)]
+    a = jnp.where(jax.random.bernoulli(ks[1], 0.3, a.shape), pick, a)
+    a = jnp.where(jax.random.bernoulli(ks[2], 0.3, a.shape), -a, a)
 
     def fwd_bwd(fn):
         def run(q, k, v, a, S0, dy, dS):
-            out, vjp = jax.vjp(fn, q, k, v, a, S0)
+            out, vjp = jax.vjp(lambda q, k, v, S0: fn(q, k, v, a, S0), q, k, v, S0)
             return out, vjp((dy, dS))
 
         return run
 
-    got = jax.jit(fwd_bwd(gateloop_chunked))(q, k, v, a, S0, dy, dS)
+    def kernel(q, k, v, a, S0):
+        return gateloop(q, k, v, a, state0=S0, interpret=True, block_sizes=BlockSizes(32, 16))
+
+    got = jax.jit(fwd_bwd(kernel))(q, k, v, a, S0, dy, dS)
     want = testing.reference_x64(fwd_bwd(_reference), q, k, v, a, S0, dy, dS)
     testing.assert_allclose(got[0], want[0], dtype=jnp.float32, kind="fwd")
     testing.assert_allclose(got[1], want[1], dtype=jnp.float32, kind="grad")
 
 
 # ---------------------------------------------------------------------- lowering, API
-
-
-@pytest.fixture
-def tpu_info_on_cpu(monkeypatch):
-    """Lets the Mosaic lowering query a TPU v5e's info on a CPU host (lowering only)."""
-    from jax._src.pallas.mosaic import tpu_info
-
-    info = lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5E, 1)
-    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, info)
 
 
 @pytest.mark.parametrize("platform,target", [("tpu", "tpu_custom_call"), ("cuda", "triton")])

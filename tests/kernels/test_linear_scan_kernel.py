@@ -22,10 +22,10 @@ def _reference(a, x, h0, reverse=False, reset=None):
     return ops.linear_scan(a, x, h0, reverse=reverse, reset=reset, impl="sequential")
 
 
-def _inputs(shape, dtype, complex_=False, seed=0):
+def _inputs(shape, dtype, complex_=False, seed=0, gate_range=(0.6, 1.0)):
     ks = jax.random.split(jax.random.key(seed), 7)
     B = shape[0]
-    a = jax.random.uniform(ks[0], shape, jnp.float32, 0.6, 1.0)
+    a = jax.random.uniform(ks[0], shape, jnp.float32, *gate_range)
     x = jax.random.normal(ks[1], shape, jnp.float32)
     h0 = jax.random.normal(ks[2], (B, *shape[2:]), jnp.float32)
     dh = jax.random.normal(ks[3], shape, jnp.float32)
@@ -47,8 +47,9 @@ class LinearScanTestBase:
     def call(self, a, x, h0, **kw):
         return linear_scan(a, x, h0, interpret=self.interpret, block_sizes=self.block_sizes, **kw)
 
-    def check(self, shape, dtype=jnp.float32, complex_=False, reverse=False, reset=None, h0=True):
-        a, x, h0_, dh = _inputs(shape, dtype, complex_)
+    def check(self, shape, dtype=jnp.float32, complex_=False, reverse=False, reset=None, h0=True,
+              gate_range=(0.6, 1.0)):  # fmt: skip
+        a, x, h0_, dh = _inputs(shape, dtype, complex_, gate_range=gate_range)
         dtype = a.dtype
         use_h0 = h0
         carry = jnp.complex64 if complex_ else jnp.float32  # h_last is float32 / complex64
@@ -95,6 +96,10 @@ class LinearScanTestBase:
     def test_bfloat16(self):
         self.check((2, 37, 5), dtype=jnp.bfloat16)
 
+    def test_negative_gates(self):
+        """Issue 18 item 9: gates of both signs, exact (the kernel multiplies, no logs)."""
+        self.check((2, 37, 5), gate_range=(-1.0, 1.0))
+
 
 class TestInterpret(LinearScanTestBase):
     """Generic Pallas interpreter: the Triton-form kernel on CPU."""
@@ -136,6 +141,10 @@ class TestTpuInterpret(LinearScanTestBase):
     interpret = pltpu.InterpretParams()
     block_sizes = BlockSizes(16, 128)
 
+    @pytest.mark.slow  # same kernel code for any sign; the generic mode runs it
+    def test_negative_gates(self):
+        super().test_negative_gates()
+
     @pytest.mark.slow
     def test_three_feature_tiles_of_1024(self):
         self.block_sizes = BlockSizes(8, 1024)
@@ -155,15 +164,6 @@ class TestTpu(LinearScanTestBase):
 
 
 # ---------------------------------------------------------------------- lowering, API
-
-
-@pytest.fixture
-def tpu_info_on_cpu(monkeypatch):
-    """Lets the Mosaic lowering query a TPU v5e's info on a CPU host (lowering only)."""
-    from jax._src.pallas.mosaic import tpu_info
-
-    info = lambda: tpu_info.get_tpu_info_for_chip(tpu_info.ChipVersion.TPU_V5E, 1)
-    monkeypatch.setitem(tpu_info.registry, jax.devices()[0].device_kind, info)
 
 
 @pytest.mark.parametrize("platform,target", [("tpu", "tpu_custom_call"), ("cuda", "triton")])

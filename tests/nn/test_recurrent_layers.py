@@ -36,8 +36,8 @@ def _decode_in_halves(mixer, x):
 # float32 on both sides (no float64 reference of a whole layer): the "grad" row of the
 # table (1e-4) covers one extra reduction of float32 rounding on each side.
 CONFIGS = [
-    GateLoopConfig(num_heads=2, chunk_size=4, mode="chunked"),
-    GateLoopConfig(num_heads=2, complex_gates=False, head_norm=False, mode="recurrent"),
+    GateLoopConfig(num_heads=2, chunk_size=4, impl="chunked"),
+    GateLoopConfig(num_heads=2, complex_gates=False, head_norm=False, impl="recurrent"),
     GSSConfig(state_size=4),
 ]
 
@@ -67,8 +67,12 @@ def test_errors_and_logical_names():
         mixer.decode(_x(), mixer.init_state(B, L), bidirectional=True)
     with pytest.raises(ValueError, match="num_heads"):
         GateLoopConfig(num_heads=0)
-    with pytest.raises(ValueError, match="mode"):
-        GateLoopConfig(mode="fast")
+    with pytest.raises(ValueError, match="GateLoopConfig.impl='fast'"):
+        GateLoopConfig(impl="fast")
+    with pytest.raises(ValueError, match="GateLoopConfig.chunk_size=0 .*accepted"):
+        GateLoopConfig(chunk_size=0)
+    with pytest.warns(DeprecationWarning, match="impl="):  # the old name, for one release
+        assert GateLoopConfig(mode="chunked").impl == "chunked"
     with pytest.raises(ValueError, match="state_size"):
         GSSConfig(state_size=0)
     for cfg in (GateLoopConfig(num_heads=2), GSSConfig(state_size=4)):

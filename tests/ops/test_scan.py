@@ -110,6 +110,54 @@ def test_resets_equal_separate_documents():
     np.testing.assert_allclose(np.asarray(h[:, 6:]), np.asarray(h2), rtol=1e-5, atol=1e-5)
 
 
+def _signed_inputs():
+    """Gates of both signs in (-1, 1), with an exact -1 and an exact 0."""
+    _, x, h0, reset = _inputs(False, seed=4)
+    a = jax.random.uniform(jax.random.key(5), (B, L, D), minval=-1.0, maxval=1.0)
+    return a.at[0, 2].set(-1.0).at[1, 7].set(0.0), x, h0, reset
+
+
+def _fwd_and_grad(fn, reset):
+    def run(a, x, h0):
+        f = functools.partial(fn, reset=reset)
+        return f(a, x, h0), jax.grad(_loss(f), argnums=(0, 1, 2))(a, x, h0)
+
+    return jax.jit(run)
+
+
+@functools.cache
+def _signed_reference():
+    a, x, h0, reset = _signed_inputs()
+    loop = lambda a, x, h0, reset: _loop(a, x, h0, reset, False)
+    return reference_x64(_fwd_and_grad(loop, reset), a, x, h0)
+
+
+SLOW = pytest.mark.slow  # the sequential / associative forms are plain products
+
+
+@pytest.mark.parametrize(
+    "impl",
+    ["chunked", pytest.param("sequential", marks=SLOW), pytest.param("associative", marks=SLOW)],
+)
+def test_negative_gates(impl):
+    """Issue 18 item 9: gates of both signs in every impl, fwd + grad against the float64
+    loop ("pallas": tests/kernels)."""
+    a, x, h0, reset = _signed_inputs()
+    ours = functools.partial(linear_scan, impl=impl, chunk_size=4)
+    out, g = _fwd_and_grad(ours, reset)(a, x, h0)
+    out_ref, g_ref = _signed_reference()
+    assert_allclose(out, out_ref)
+    assert_allclose(g, g_ref, kind="grad")
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_chunk_size_errors(bad):
+    """Issue 18: chunk_size=0 used to mean 32 silently, -3 failed deep in jax."""
+    a, x, _, _ = _inputs(False)
+    with pytest.raises(ValueError, match=rf"chunk_size={bad!r} .*accepted: None .* int >= 1"):
+        linear_scan(a, x, impl="chunked", chunk_size=bad)
+
+
 def test_validation_errors():
     a, x, h0, _ = _inputs(False)
     with pytest.raises(ValueError, match="impl="):
