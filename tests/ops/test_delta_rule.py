@@ -110,7 +110,7 @@ def test_bfloat16_inputs_keep_a_float32_state(impl, c):
 
 
 @pytest.mark.parametrize("impl,c", [("recurrent", 64), ("chunked", 4)])
-def test_identities_beta_zero_and_unit_gate(impl, c):
+def test_identities_beta_zero_unit_gate_zero_gate(impl, c):
     q, k, v, beta, log_gate, s0, _ = _inputs(seed=2)
 
     @jax.jit
@@ -123,9 +123,14 @@ def test_identities_beta_zero_and_unit_gate(impl, c):
         # keys given unit-norm with normalize_keys=False equal normalize_keys=True
         k_unit = k / jnp.sqrt(jnp.sum(k * k, -1, keepdims=True) + 1e-6)
         raw = run(q, k_unit, v, beta, gate=log_gate, normalize_keys=False)
-        return frozen, (gated, plain), (raw, run(q, k, v, beta, gate=log_gate))
+        # a log-gate of -inf (g = 0) at position 5 is a reset there
+        cut = run(q, k, v, beta, gate=log_gate.at[:, 5].set(-jnp.inf), initial_state=s0)
+        reset = jnp.zeros((B, L), bool).at[:, 5].set(True)
+        by_reset = run(q, k, v, beta, gate=log_gate, initial_state=s0, reset=reset)
+        return frozen, (gated, plain), (raw, run(q, k, v, beta, gate=log_gate)), (cut, by_reset)
 
-    (y, s), gated, raw = identities(q, k, v, beta, log_gate, s0)
+    (y, s), gated, raw, cut = identities(q, k, v, beta, log_gate, s0)
+    assert_allclose(*cut)
     np.testing.assert_array_equal(np.asarray(s), np.asarray(s0))
     assert_allclose(y, jnp.einsum("blhk,bhkv->blhv", q, s0))
     assert_allclose(*gated)
