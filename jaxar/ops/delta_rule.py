@@ -38,7 +38,9 @@ from jax import lax
 __all__ = ["delta_rule", "DeltaRuleImpl", "IMPLS"]
 
 DeltaRuleImpl = Literal["auto", "recurrent", "chunked"]
-IMPLS = ("recurrent", "chunked")  # "auto" = "chunked": matmuls on every platform
+# "auto" = "chunked": about 2x "recurrent" for fwd+bwd on CPU (B=4, L=4096, H=4,
+# K=V=32); forward only, "recurrent" was 2-3x faster there (decode uses the recurrence).
+IMPLS = ("recurrent", "chunked")
 _KEY_EPS = 1e-6
 _LOG_ZERO = -1e30  # log g of a reset (g = 0): finite, so 0 * log g = 0 inside matmuls
 
@@ -79,7 +81,8 @@ def delta_rule(
 
     Returns:
       y (B, L, H, V) in the inputs' dtype (computed in float32, or float64 for float64
-      inputs); with ``return_state``, ``(y, state)`` with the (B, H, K, V) float32 state.
+      inputs); with ``return_state``, ``(y, state)`` with the (B, H, K, V) float32 state
+      (float64 for float64 inputs).
     """
     q, k, v, beta = (jnp.asarray(t) for t in (q, k, v, beta))
     gate = None if gate is None else jnp.asarray(gate)
