@@ -10,6 +10,7 @@ share their function's name (``gateloop``, ``categorical``), and a lazy lookup w
 
 from jaxar.ops.attention import apply_rope, axial_attention, dot_product_attention
 from jaxar.ops.categorical import categorical, gumbel_categorical
+from jaxar.ops.delta_rule import delta_rule
 from jaxar.ops.gateloop import gateloop
 from jaxar.ops.gaussian_diffusion import (
     add_gaussian_noise,
@@ -42,6 +43,7 @@ from jaxar.ops.ssm import causal_conv, dss_kernel, dss_recurrent
 __all__ = [
     "linear_scan",
     "gateloop",
+    "delta_rule",
     "causal_conv",
     "dss_kernel",
     "dss_recurrent",

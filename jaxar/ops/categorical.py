@@ -20,6 +20,13 @@ a draw is at most ``V * 2^-41`` (``2.3e-8`` at ``V = 50257``), below the float32
 of the logits themselves. tests/ops/test_categorical.py checks tail mass and entropy at
 ``V = 50257`` against the exact distribution and shows the naive sampler's bias.
 
+Garbage logits never give a plausible index. A row defines a distribution only when it has
+no NaN, no ``+inf`` and at least one finite logit (:func:`valid_logits`); any other row
+(any NaN, any ``+inf``, or every logit ``-inf``) draws :data:`INVALID` (``-1``), a value no
+caller can mistake for a token and that can be tested for under ``jit``. Samplers built on
+these draws keep the sentinel and turn it into a ``ValueError`` when their result is
+concrete (:func:`check_draws`).
+
 References:
   Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
   Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
@@ -35,7 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["categorical", "gumbel_categorical", "exponential", "gumbel"]
+__all__ = [
+    "INVALID",
+    "categorical",
+    "gumbel_categorical",
+    "exponential",
+    "gumbel",
+    "valid_logits",
+    "check_draws",
+]
+
+INVALID = -1  # the draw of a row whose logits are not a distribution (see valid_logits)
 
 _MANTISSA_BITS = 23
 _GEOMETRIC_BITS = 40  # 8 bits left in the first word + the whole second word
@@ -72,6 +89,36 @@ def gumbel(key, shape) -> jax.Array:
     return -jnp.log(exponential(key, shape))
 
 
+def valid_logits(logits, *, axis: int = -1) -> jax.Array:
+    """Whether each row of ``logits`` defines a distribution: no NaN, no ``+inf`` and at
+    least one finite entry (``softmax`` is then well defined). Bool, ``logits.shape``
+    without ``axis``."""
+    x = jnp.asarray(logits)
+    garbage = jnp.isnan(x) | jnp.isposinf(x)
+    return jnp.any(jnp.isfinite(x), axis=axis) & ~jnp.any(garbage, axis=axis)
+
+
+def check_draws(draws, what: str):
+    """Raises ``ValueError`` if a concrete ``draws`` array holds :data:`INVALID`.
+
+    Returns ``draws`` unchanged. Under tracing (inside ``jit``, ``scan``, ...) the values
+    are unknown and nothing is checked: the caller of the traced function tests
+    ``draws == INVALID`` on the result (or calls this function on it).
+    """
+    if isinstance(draws, jax.core.Tracer):
+        return draws
+    bad = np.asarray(draws) == INVALID
+    if bad.any():
+        bad_rows = bad.reshape(bad.shape[0], -1).any(axis=-1) if bad.ndim else bad.reshape(1)
+        rows = np.flatnonzero(bad_rows)
+        raise ValueError(
+            f"{what}: no token could be drawn in {rows.size} of {bad_rows.size} row(s) "
+            f"(rows {rows[:8].tolist()}): the model's logits were NaN, +inf or all -inf there "
+            f"(drawn as {INVALID})"
+        )
+    return draws
+
+
 def _prepare(logits, axis, shape, name):
     """Moves ``axis`` last (float32) and checks ``shape``; returns (logits_xV, full shape)."""
     logits = jnp.asarray(logits)
@@ -101,7 +148,8 @@ def categorical(key, logits, *, axis: int = -1, shape=None) -> jax.Array:
     The exponential race ``argmin_i E_i exp(max logit - logit_i)`` (= Gumbel-max) with the
     high-resolution ``E_i ~ Exp(1)`` of :func:`exponential` (module docstring:
     total-variation error <= ``V * 2^-41``).
-    ``-inf`` logits are never drawn.
+    ``-inf`` logits are never drawn. A row that is not a distribution (any NaN, any
+    ``+inf``, or all ``-inf``; :func:`valid_logits`) draws :data:`INVALID` = ``-1``.
 
     Args:
       key: a PRNG key.
@@ -112,7 +160,7 @@ def categorical(key, logits, *, axis: int = -1, shape=None) -> jax.Array:
         ``axis`` (default: exactly that shape), as in ``jax.random.categorical``.
 
     Returns:
-      int32 indices of shape ``shape``.
+      int32 indices of shape ``shape``; ``-1`` (:data:`INVALID`) for garbage rows.
     """
     logits_xV, full_shape = _prepare(logits, axis, shape, "categorical")
     # Race form argmin_i E_i / p_i: one multiply per draw; 1/p computed before the
@@ -120,14 +168,22 @@ def categorical(key, logits, *, axis: int = -1, shape=None) -> jax.Array:
     top = lax.stop_gradient(jnp.max(logits_xV, axis=-1, keepdims=True))
     inv_p_xV = jnp.broadcast_to(jnp.exp(top - logits_xV), full_shape)
     e = exponential(key, full_shape)
-    return jnp.argmin(e * inv_p_xV, axis=-1).astype(jnp.int32)
+    index = jnp.argmin(e * inv_p_xV, axis=-1).astype(jnp.int32)
+    return _invalid_where_garbage(index, logits_xV)
+
+
+def _invalid_where_garbage(index, logits_xV):
+    ok = jnp.broadcast_to(valid_logits(logits_xV), index.shape)
+    return jnp.where(ok, index, jnp.int32(INVALID))
 
 
 def gumbel_categorical(key, logits, *, axis: int = -1, shape=None) -> jax.Array:
     """Naive float32 Gumbel-max: ``argmax(logits + g)``, ``g = -log(-log u)``, ``u`` on the
     float32 uniform grid. Kept for comparison only: it under-samples tokens with
-    probability below about ``1e-7`` (see the module docstring)."""
+    probability below about ``1e-7`` (see the module docstring). Garbage rows draw
+    :data:`INVALID` as in :func:`categorical`."""
     logits_xV, full_shape = _prepare(logits, axis, shape, "gumbel_categorical")
     logits_xV = jnp.broadcast_to(logits_xV, full_shape)
     noise = jax.random.gumbel(key, full_shape, jnp.float32, mode="low")
-    return jnp.argmax(logits_xV + noise, axis=-1).astype(jnp.int32)
+    index = jnp.argmax(logits_xV + noise, axis=-1).astype(jnp.int32)
+    return _invalid_where_garbage(index, logits_xV)

@@ -30,6 +30,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "SCHEDULES",
@@ -129,34 +130,62 @@ def masked_diffusion_loss(
 
     ``nelbo_b = sum_l [z_bl = mask] * w(t) * -log softmax(logits_bl)[x_bl]`` with the
     ``mask_id`` logit set to ``-inf`` and ``w(t) = -alpha'_t / (1 - alpha_t)``; unmasked
-    positions contribute nothing.
+    positions (and masked ones of weight 0) contribute nothing.
+
+    A target that counts (masked, nonzero weight) must be a data token: in ``[0, V)`` and
+    not ``mask_id``. With concrete ``targets`` and ``noisy`` a bad one raises
+    ``ValueError``; under ``jit`` the values cannot be checked and the sequence's NELBO is
+    NaN, so the loss fails loudly instead of returning a plausible number.
 
     Args:
       logits: (B, L, V) network output on ``noisy``; ``V`` may include ``mask_id`` or not.
       targets: int (B, L) clean tokens.
       noisy: int (B, L) noised tokens the network saw.
       t: (B,) times in (0, 1], or (B, L) per-position times (BD3 per-block times).
-      mask_id: the [MASK] token id.
+      mask_id: the [MASK] token id, an int >= 0.
       schedule: one of ``SCHEDULES``.
       weights: optional (B, L) multiplier (e.g. 0 on padding).
 
     Returns:
-      (B,) float32 NELBO estimates summed over positions.
+      (B,) float32 NELBO estimates summed over positions; NaN for a sequence with a bad
+      counted target (traced inputs only, see above).
+
+    Raises:
+      ValueError: bad shapes, dtypes, ``mask_id``, or a bad concrete target.
     """
     _check_schedule(schedule)
+    if isinstance(mask_id, bool) or not isinstance(mask_id, int | np.integer) or mask_id < 0:
+        raise ValueError(f"mask_id={mask_id!r} is not accepted; expected an int >= 0")
     logits = jnp.asarray(logits)
     if logits.ndim != 3:
         raise ValueError(f"logits must be (B, L, V), got shape {logits.shape}")
     shape = logits.shape[:2]
+    targets, noisy = jnp.asarray(targets), jnp.asarray(noisy)
     for name, x in (("targets", targets), ("noisy", noisy)):
-        if jnp.shape(x) != shape:
-            raise ValueError(f"{name} must have shape {shape} (logits' B, L), got {jnp.shape(x)}")
+        if x.shape != shape:
+            raise ValueError(f"{name} must have shape {shape} (logits' B, L), got {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.integer):
+            raise ValueError(f"{name} must be integer token ids, got dtype {x.dtype}")
+    vocab = logits.shape[-1]
+    masked_BxL = noisy == mask_id
+    counted_BxL = masked_BxL
+    if weights is not None:
+        weights = jnp.asarray(weights, jnp.float32)
+        counted_BxL = masked_BxL & (weights != 0)
+    bad_BxL = counted_BxL & ((targets < 0) | (targets >= vocab) | (targets == mask_id))
+    if not isinstance(bad_BxL, jax.core.Tracer) and bool(jnp.any(bad_BxL)):
+        where = tuple(int(i) for i in np.argwhere(np.asarray(bad_BxL))[0])
+        raise ValueError(
+            f"targets holds {int(jnp.sum(bad_BxL))} id(s) at masked positions outside "
+            f"[0, {vocab}) or equal to mask_id={mask_id}, e.g. {int(targets[where])} at "
+            f"(row, position) {where}"
+        )
     logp_BxLxV = jax.nn.log_softmax(subs_logits(logits, mask_id), axis=-1)
-    ll_BxL = jnp.take_along_axis(logp_BxLxV, jnp.asarray(targets)[..., None], axis=-1)[..., 0]
-    masked_BxL = jnp.asarray(noisy) == mask_id
+    safe_BxL = jnp.clip(targets, 0, vocab - 1)[..., None]
+    ll_BxL = jnp.take_along_axis(logp_BxLxV, safe_BxL, axis=-1)[..., 0]
     t_BxL = _broadcast_t(t, shape)
     w_BxL = loss_weight(jnp.where(masked_BxL, t_BxL, 1.0), schedule)
     if weights is not None:
-        w_BxL = w_BxL * jnp.asarray(weights, jnp.float32)
-    per_token = jnp.where(masked_BxL, -ll_BxL * w_BxL, 0.0)
-    return jnp.sum(per_token, axis=-1)
+        w_BxL = w_BxL * weights
+    per_token = jnp.where(counted_BxL & ~bad_BxL, -ll_BxL * w_BxL, 0.0)
+    return jnp.where(jnp.any(bad_BxL, axis=-1), jnp.nan, jnp.sum(per_token, axis=-1))

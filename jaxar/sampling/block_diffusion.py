@@ -18,6 +18,12 @@ Stop rule (variable length), checked after every block, per sequence:
     sequence ends after that block (degenerate repetition, e.g. ``0.5`` bits);
   * otherwise at ``max_len``. Sampling stops once every sequence has ended.
 
+Garbage never comes back as tokens: a block drawn from logits that are not a distribution
+(NaN, ``+inf`` or all ``-inf``; see :mod:`jaxar.sampling.masked_diffusion`) ends its
+sequence, which is ``-1`` (:data:`jaxar.ops.categorical.INVALID`) from that block's start
+to ``max_len``; a row whose prompt holds an id outside ``[0, vocab_size)`` is ``-1``
+throughout. With concrete results :func:`sample_blocks` raises ``ValueError`` instead.
+
 The model is anything with ``__call__(tokens, *, positions, mask) -> logits``,
 ``init_state(batch_size, max_len)`` and ``decode(tokens, state, *, positions,
 bidirectional) -> (logits, state)`` (``jaxar.models.lm.LM`` with non-causal attention).
@@ -35,6 +41,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxar.ops.categorical import INVALID, check_draws
+from jaxar.sampling.masked_diffusion import _bad_prompt_rows, _check_int
 from jaxar.sampling.masked_diffusion import sample as md_sample
 
 __all__ = ["BlockSamples", "sample_blocks", "unigram_entropy_bits"]
@@ -106,15 +114,31 @@ def sample_blocks(
       use_cache: key/value cache of the clean prefix (True) or recompute (False).
 
     Returns:
-      :class:`BlockSamples`.
+      :class:`BlockSamples` (``-1`` tokens under ``jit`` where the model's logits were
+      garbage; module docstring).
+
+    Raises:
+      ValueError: a bad argument or prompt id, or (concrete result) garbage logits.
     """
+    for name, value in [("batch_size", batch_size), ("max_len", max_len)]:
+        _check_int(name, value)
+    _check_int("block_size", block_size)
+    _check_int("vocab_size", vocab_size)
+    _check_int("mask_id", mask_id, minimum=0)
+    for name, value in [("eos_id", eos_id), ("pad_id", pad_id)]:
+        if value is not None:
+            _check_int(name, value, minimum=0, accepted="None or an int >= 0")
     if max_len % block_size:
         raise ValueError(f"max_len={max_len} must be a multiple of block_size={block_size}")
     num_blocks = max_len // block_size
     buf = jnp.full((batch_size, max_len), mask_id, jnp.int32)
     first_block = 0
+    bad_prompt_B = jnp.zeros((batch_size,), bool)
     if prompt is not None:
-        prompt = jnp.asarray(prompt, jnp.int32)
+        prompt = jnp.asarray(prompt)
+        if not jnp.issubdtype(prompt.dtype, jnp.integer):
+            raise ValueError(f"prompt must be integer token ids, got dtype {prompt.dtype}")
+        prompt = prompt.astype(jnp.int32)
         if prompt.ndim != 2 or prompt.shape[0] not in (1, batch_size):
             raise ValueError(f"prompt must be (B or 1, P), got shape {prompt.shape}")
         if prompt.shape[1] % block_size or prompt.shape[1] >= max_len:
@@ -123,6 +147,7 @@ def sample_blocks(
                 f"{block_size} and < max_len={max_len}"
             )
         prompt = jnp.broadcast_to(prompt, (batch_size, prompt.shape[1]))
+        bad_prompt_B = _bad_prompt_rows(prompt, vocab_size, None, "sample_blocks")
         buf = buf.at[:, : prompt.shape[1]].set(prompt)
         first_block = prompt.shape[1] // block_size
     if pad_id is None:
@@ -192,6 +217,7 @@ def sample_blocks(
             new_len = jnp.where(ends, start + jnp.argmax(is_eos, axis=-1) + 1, new_len)
         if min_entropy is not None:
             ends = ends | (unigram_entropy_bits(block, vocab_size) < min_entropy)
+        ends = ends | jnp.any(block == INVALID, axis=-1)  # garbage logits end the row
         lengths = jnp.where(done, lengths, new_len)
         done = done | ends
         return b + 1, buf, state, done, lengths, calls + out.num_calls, key
@@ -206,6 +232,9 @@ def sample_blocks(
         key,
     )
     b, buf, _, _, lengths, calls, _ = lax.while_loop(cond, body, carry)
-    valid = jnp.arange(max_len)[None, :] < lengths[:, None]
-    tokens = jnp.where(valid, buf, pad_id)
-    return BlockSamples(tokens, lengths, calls, b - first_block)
+    position = jnp.arange(max_len)[None, :]
+    tokens = jnp.where(position < lengths[:, None], buf, pad_id)
+    garbage = (tokens == INVALID) | bad_prompt_B[:, None]
+    first_garbage = jnp.where(jnp.any(garbage, axis=-1), jnp.argmax(garbage, axis=-1), max_len)
+    tokens = jnp.where(position >= first_garbage[:, None], INVALID, tokens)
+    return BlockSamples(check_draws(tokens, "sample_blocks"), lengths, calls, b - first_block)

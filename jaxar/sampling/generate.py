@@ -2,6 +2,12 @@
 
 The prompt is processed in one ``decode`` call (parallel prefill), then one ``decode`` per
 new token inside a ``lax.scan``; the whole loop is one jitted function.
+
+Garbage never comes back as tokens: a step whose logits are not a distribution (NaN,
+``+inf`` or all ``-inf``) draws ``-1`` (:data:`jaxar.ops.categorical.INVALID`) and that row
+stays ``-1`` for the rest of the generation; a prompt with an id outside ``[0, V)`` gives a
+row of ``-1``. Called with concrete arrays, :func:`generate` raises ``ValueError`` instead
+(for a bad prompt before generating); under an outer ``jit`` the ``-1`` rows are returned.
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
+from jaxar.ops.categorical import INVALID, check_draws
 from jaxar.sampling.logits import sample_token
 
 __all__ = ["generate"]
@@ -39,7 +47,13 @@ def generate(
       top_k, top_p: optional filtering (:func:`jaxar.sampling.logits.process`).
 
     Returns:
-      int32 (B, P + max_new_tokens): the prompt followed by the samples.
+      int32 (B, P + max_new_tokens): the prompt followed by the samples (``-1`` from a
+      step whose logits were garbage on, or for a whole row with a bad prompt id, when
+      traced; see the module docstring).
+
+    Raises:
+      ValueError: bad arguments, a concrete prompt id outside ``[0, V)``, or (concrete
+        call) logits from which no token could be drawn.
     """
     prompt = jnp.asarray(prompt_BxP)
     if prompt.ndim != 2 or prompt.shape[1] < 1:
@@ -51,7 +65,9 @@ def generate(
     if temperature < 0:
         raise ValueError(f"temperature={temperature!r} must be >= 0")
     graphdef, params = nnx.split(model)
-    return _generate(
+    if not isinstance(prompt, jax.core.Tracer):
+        _check_prompt_ids(np.asarray(prompt), _logits_probe.eval_shape(graphdef, params).shape[-1])
+    out = _generate(
         graphdef,
         params,
         key,
@@ -61,6 +77,27 @@ def generate(
         top_k,
         top_p,
     )
+    check_draws(out[:, prompt.shape[1] :], "generate")
+    return out
+
+
+def _check_prompt_ids(prompt, vocab_size):
+    bad = (prompt < 0) | (prompt >= vocab_size)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"prompt_BxP holds {int(bad.sum())} id(s) outside the vocabulary [0, {vocab_size}), "
+            f"e.g. {int(prompt[where])} at (row, position) {where}"
+        )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _logits_probe(graphdef, params):
+    """One decode step on a (1, 1) input: its shape gives ``V`` (used via ``eval_shape``)."""
+    model = nnx.merge(graphdef, params)
+    token = jnp.zeros((1, 1), jnp.int32)
+    logits, _ = model.decode(token, model.init_state(1, 1), positions=token)
+    return logits
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4, 5, 6, 7))
@@ -72,7 +109,8 @@ def _generate(graphdef, params, key, prompt, max_new_tokens, temperature, top_k,
     logits, state = model.decode(prompt, state, positions=positions)
     keys = jax.random.split(key, max_new_tokens)
     sample = functools.partial(sample_token, temperature=temperature, top_k=top_k, top_p=top_p)
-    first = sample(keys[0], logits[:, -1])
+    bad_prompt = jnp.any((prompt < 0) | (prompt >= logits.shape[-1]), axis=1)
+    first = jnp.where(bad_prompt, INVALID, sample(keys[0], logits[:, -1]))
 
     def step(carry, inp):
         tok, state = carry
@@ -80,7 +118,7 @@ def _generate(graphdef, params, key, prompt, max_new_tokens, temperature, top_k,
         logits, state = model.decode(
             tok[:, None], state, positions=jnp.full((b, 1), pos, jnp.int32)
         )
-        nxt = sample(k, logits[:, -1])
+        nxt = jnp.where(tok == INVALID, INVALID, sample(k, logits[:, -1]))
         return (nxt, state), nxt
 
     if max_new_tokens > 1:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxar.ops.categorical import INVALID, valid_logits
+
 __all__ = ["process", "sample_token"]
 
 _NEG = -jnp.inf
@@ -49,8 +51,14 @@ def process(
 
 
 def sample_token(key, logits, *, temperature: float = 1.0, top_k=None, top_p=None):
-    """One token id per row of (..., V) logits; ``temperature == 0`` is greedy (argmax)."""
+    """One token id per row of (..., V) logits; ``temperature == 0`` is greedy (argmax).
+
+    A row whose logits are not a distribution (any NaN or ``+inf``, or all ``-inf``) gives
+    ``-1`` (:data:`jaxar.ops.categorical.INVALID`), never a plausible token.
+    """
     if temperature == 0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    x = process(logits, temperature=temperature, top_k=top_k, top_p=top_p)
-    return jax.random.categorical(key, x, axis=-1).astype(jnp.int32)
+        token = jnp.argmax(logits, axis=-1)
+    else:
+        x = process(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+        token = jax.random.categorical(key, x, axis=-1)
+    return jnp.where(valid_logits(logits), token.astype(jnp.int32), INVALID)

@@ -28,6 +28,13 @@ Methods:
 Returns :class:`Samples` ``(tokens, num_calls)``: int32 ``(B, L)`` tokens and the int32
 number of denoiser calls made (a scalar for the whole batch).
 
+Garbage never comes back as tokens: a draw from logits that are not a distribution (NaN,
+``+inf``, or all ``-inf`` after SUBS) gives ``-1`` (:data:`jaxar.ops.categorical.INVALID`),
+and since the row's other tokens were drawn conditioned on it, the whole row is returned as
+``-1``; so is a row whose prompt holds an id outside ``[0, V)`` (other than ``mask_id``).
+With concrete results :func:`sample` raises ``ValueError`` instead; under ``jit`` test
+``tokens == -1`` (or call :func:`jaxar.ops.categorical.check_draws` on the result).
+
 References:
   Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
   Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
@@ -43,9 +50,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from jaxar.ops.categorical import categorical
+from jaxar.ops.categorical import INVALID, categorical, check_draws, valid_logits
 from jaxar.ops.masked_diffusion import SCHEDULES, mask_schedule, subs_logits
 
 __all__ = ["METHODS", "Samples", "sample", "process_logits"]
@@ -65,8 +73,11 @@ def process_logits(logits, *, mask_id: int, temperature: float = 1.0, top_p=None
 
     Top-p keeps the smallest set of most probable tokens whose mass reaches ``top_p``
     (ties at the threshold are kept). ``temperature == 0`` is left to the caller (argmax).
+    A row that is not a distribution after SUBS (any NaN or ``+inf``, or all ``-inf``)
+    comes back all NaN, so that no filtering makes it look valid.
     """
     logits = subs_logits(logits, mask_id)
+    valid = valid_logits(logits)[..., None]
     if temperature not in (0.0, 1.0):
         logits = logits / temperature
     if top_p is not None and top_p < 1.0:
@@ -76,20 +87,46 @@ def process_logits(logits, *, mask_id: int, temperature: float = 1.0, top_p=None
         keep_xV = before_xV < top_p
         threshold = jnp.min(jnp.where(keep_xV, sorted_xV, jnp.inf), axis=-1, keepdims=True)
         logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-    return logits
+    return jnp.where(valid, logits, jnp.nan)
 
 
 def _draw(key, logits, temperature):
     if temperature == 0.0:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        token = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+        return jnp.where(valid_logits(logits), token, INVALID)
     return categorical(key, logits)
+
+
+def _check_int(name, value, minimum=1, accepted=None):
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        accepted = accepted or f"an int >= {minimum}"
+        raise ValueError(f"{name}={value!r} is not accepted; expected {accepted}")
+
+
+def _bad_prompt_rows(prompt, vocab_size, mask_id, what):
+    """(B,) rows of ``prompt`` holding an id outside ``[0, vocab_size)`` (``mask_id``
+    accepted unless None); a concrete bad id raises ``ValueError`` naming ``prompt``."""
+    bad = (prompt < 0) | (prompt >= vocab_size)
+    if mask_id is not None:
+        bad = bad & (prompt != mask_id)
+    if not isinstance(bad, jax.core.Tracer) and bool(jnp.any(bad)):
+        where = tuple(int(i) for i in np.argwhere(np.asarray(bad))[0])
+        extra = "" if mask_id is None else f" or mask_id={mask_id}"
+        raise ValueError(
+            f"{what}: prompt holds {int(jnp.sum(bad))} id(s) outside [0, {vocab_size}){extra}, "
+            f"e.g. {int(prompt[where])} at (row, position) {where}"
+        )
+    return jnp.any(bad, axis=-1)
 
 
 def _initial_tokens(batch_size, length, mask_id, prompt):
     x = jnp.full((batch_size, length), mask_id, jnp.int32)
     if prompt is None:
         return x
-    prompt = jnp.asarray(prompt, jnp.int32)
+    prompt = jnp.asarray(prompt)
+    if not jnp.issubdtype(prompt.dtype, jnp.integer):
+        raise ValueError(f"prompt must be integer token ids, got dtype {prompt.dtype}")
+    prompt = prompt.astype(jnp.int32)
     if prompt.ndim != 2 or prompt.shape[0] not in (1, batch_size) or prompt.shape[1] > length:
         raise ValueError(
             f"prompt must be int (B or 1, P) with B={batch_size}, P <= length={length}; "
@@ -130,13 +167,22 @@ def sample(
       schedule: the time grid's ``alpha_t`` for the ancestral samplers (``SCHEDULES``).
 
     Returns:
-      ``Samples(tokens, num_calls)``.
+      ``Samples(tokens, num_calls)``; rows drawn from garbage logits are ``-1`` under
+      ``jit`` (module docstring).
+
+    Raises:
+      ValueError: a bad argument or prompt id, or (concrete result) garbage logits.
     """
+    _check_int("batch_size", batch_size)
+    _check_int("length", length)
+    if num_steps is not None:
+        _check_int("num_steps", num_steps, accepted="an int >= 1 or None (= length)")
+    _check_int("mask_id", mask_id, minimum=0)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; accepted: {METHODS}")
     if schedule not in SCHEDULES:
         raise ValueError(f"schedule={schedule!r} is not supported; accepted: {SCHEDULES}")
-    if temperature < 0:
+    if not temperature >= 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
@@ -147,8 +193,6 @@ def sample(
         )
     if num_steps is None:
         num_steps = length
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     x = _initial_tokens(batch_size, length, mask_id, prompt)
 
     def logits_of(tokens):
@@ -160,10 +204,18 @@ def sample(
             )
         return logits
 
+    bad_B = jnp.zeros((batch_size,), bool)
+    if prompt is not None:
+        vocab_size = jax.eval_shape(logits_of, x).shape[-1]
+        bad_B = _bad_prompt_rows(x, vocab_size, mask_id, "masked_diffusion.sample")
     opts = dict(mask_id=mask_id, temperature=temperature, top_p=top_p)
     if method == "first_hitting":
-        return _first_hitting(key, logits_of, x, **opts)
-    return _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
+        out = _first_hitting(key, logits_of, x, **opts)
+    else:
+        out = _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
+    bad_B = bad_B | jnp.any(out.tokens == INVALID, axis=-1)
+    tokens = jnp.where(bad_B[:, None], INVALID, out.tokens)
+    return Samples(check_draws(tokens, "masked_diffusion.sample"), out.num_calls)
 
 
 def _ancestral(

@@ -286,3 +286,39 @@ def test_real_lm_cached_block_sampling_equals_uncached():
     b = sample_bd3(model, jax.random.key(1), 2, length=8, use_cache=False)
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert mdlm.unigram_entropy(a) >= 0
+
+
+def test_sample_blocks_argument_errors():
+    model = _model(4)
+    kw = dict(batch_size=1, max_len=8, block_size=4, mask_id=MASK, vocab_size=V)
+    key = jax.random.key(0)
+    for name, value in [("block_size", 0), ("max_len", -8), ("batch_size", 1.5), ("eos_id", -1)]:
+        with pytest.raises(ValueError, match=rf"^{name}={value!r} is not accepted; expected"):
+            sample_blocks(key, model, **{**kw, name: value})
+    with pytest.raises(
+        ValueError, match=r"sample_blocks: prompt holds 1 id\(s\) outside \[0, 11\)"
+    ):
+        sample_blocks(key, model, **kw, prompt=jnp.asarray([[1, 2, MASK, 3]]))
+
+
+class _NaNFromSecondBlock(TinyBidiLM):
+    """Row 1's logits are NaN from position 4 on (its second block)."""
+
+    def decode(self, tokens, state, *, positions=None, bidirectional=False):
+        logits, new = super().decode(tokens, state, positions=positions, bidirectional=True)
+        bad = (jnp.arange(tokens.shape[0])[:, None] == 1) & (positions >= 4)
+        return jnp.where(bad[..., None], jnp.nan, logits), new
+
+
+def test_garbage_logits_end_the_row_as_invalid():
+    model = _NaNFromSecondBlock(bd3.BD3Config(vocab_size=V, block_size=4))
+    kw = dict(batch_size=3, max_len=12, block_size=4, mask_id=MASK, vocab_size=V)
+    out = jax.jit(lambda k, p: sample_blocks(k, model, **kw, prompt=p))(
+        jax.random.key(0), jnp.asarray([[1, 2, 3, 4]] * 2 + [[1, 2, 3, V + 5]])
+    )
+    tokens = np.asarray(out.tokens)
+    assert ((tokens[0] >= 0) & (tokens[0] < V)).all()
+    np.testing.assert_array_equal(tokens[1], [1, 2, 3, 4] + [-1] * 8)
+    np.testing.assert_array_equal(tokens[2], [-1] * 12)  # bad prompt id under jit
+    with pytest.raises(ValueError, match=r"sample_blocks: no token could be drawn in 1 of 3"):
+        sample_blocks(jax.random.key(0), model, **kw, prompt=jnp.asarray([[1, 2, 3, 4]]))

@@ -17,7 +17,7 @@ import pytest
 import scipy.stats
 
 from jaxar.ops import categorical, gumbel_categorical
-from jaxar.ops.categorical import exponential
+from jaxar.ops.categorical import INVALID, check_draws, exponential, valid_logits
 
 V = 50257
 _CHUNK = 500
@@ -94,3 +94,47 @@ def test_exponential_moments_and_small_quantile():
     x = 1e-4
     expected = (1 << 22) * -np.expm1(-x)
     assert abs((e < x).sum() - expected) < 5 * np.sqrt(expected)
+
+
+_GARBAGE_ROWS = {
+    "all -inf": [-np.inf] * 5,
+    "all nan": [np.nan] * 5,
+    "one nan": [0.0, 0.0, np.nan, 0.0, 0.0],
+    "one +inf": [0.0, np.inf, 0.0, 0.0, 0.0],
+    "-inf and nan": [-np.inf, np.nan, -np.inf, -np.inf, -np.inf],
+}
+
+
+@pytest.mark.parametrize("sampler", [categorical, gumbel_categorical])
+def test_garbage_rows_draw_invalid_under_jit(sampler):
+    """Every garbage row draws -1 (never a plausible index), the valid rows beside it are
+    untouched (0 or 4 only, their finite entries); also with a broadcast ``shape``."""
+    good = [0.0, -np.inf, -np.inf, -np.inf, 0.0]
+    names = list(_GARBAGE_ROWS)
+    logits = jnp.asarray([good, *_GARBAGE_ROWS.values(), good], jnp.float32)
+    draws = np.asarray(
+        jax.jit(lambda k, x: sampler(k, x, shape=(64, x.shape[0])))(jax.random.key(7), logits)
+    )
+    for i, name in enumerate(names, start=1):
+        assert (draws[:, i] == INVALID).all(), name
+    for i in (0, len(names) + 1):
+        assert set(draws[:, i].tolist()) == {0, 4}
+    np.testing.assert_array_equal(
+        np.asarray(valid_logits(logits)), [True] + [False] * len(names) + [True]
+    )
+    # bfloat16 logits keep their non-finite values
+    assert (
+        int(sampler(jax.random.key(0), jnp.asarray(_GARBAGE_ROWS["one nan"], jnp.bfloat16))) == -1
+    )
+
+
+def test_check_draws_raises_on_concrete_invalid_only():
+    ok = jnp.asarray([[1, 2], [3, 0]], jnp.int32)
+    assert check_draws(ok, "t") is ok
+    with pytest.raises(
+        ValueError, match=r"t: no token could be drawn in 1 of 3 row\(s\) \(rows \[1\]\)"
+    ):
+        check_draws(jnp.asarray([[1, 2], [3, INVALID], [0, 0]]), "t")
+    # traced: nothing to check, the sentinel flows out
+    out = jax.jit(lambda x: check_draws(x, "t"))(jnp.asarray([INVALID]))
+    assert int(out[0]) == INVALID

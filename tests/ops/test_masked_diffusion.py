@@ -162,3 +162,42 @@ def test_sample_t_and_noise_rates():
     t_BxL = jnp.broadcast_to(jnp.repeat(jnp.asarray([0.0, 1.0]), 2048)[None], (4, 4096))
     z = add_mask_noise(jax.random.key(6), tokens, t_BxL, 9)
     assert np.all(np.asarray(z[:, :2048]) == 0) and np.all(np.asarray(z[:, 2048:]) == 9)
+
+
+def _bad_target_case():
+    mask_id = 7
+    logits = 3 * jax.random.normal(jax.random.key(5), (4, 3, 8))  # V = 8 includes [MASK]
+    targets = jnp.asarray([[1, 2, 3], [4, 5, 6], [0, 1, 2], [3, 4, 5]])
+    noisy = jnp.full((4, 3), mask_id).at[:, 2].set(targets[:, 2])
+    return logits, targets, noisy, jnp.asarray([0.5, 0.5, 0.5, 0.5]), mask_id
+
+
+@pytest.mark.parametrize("bad_target", [8, 99, -1, 7])  # >= V, < 0, == mask_id
+def test_bad_targets_raise_eagerly_and_give_nan_under_jit(bad_target):
+    logits, targets, noisy, t, mask_id = _bad_target_case()
+    bad = targets.at[1, 0].set(bad_target)
+    with pytest.raises(
+        ValueError, match=rf"targets holds 1 id\(s\) .* \[0, 8\) .* {bad_target} at"
+    ):
+        masked_diffusion_loss(logits, bad, noisy, t, mask_id=mask_id)
+    loss = jax.jit(lambda x: masked_diffusion_loss(logits, x, noisy, t, mask_id=mask_id))
+    got, want = np.asarray(loss(bad)), np.asarray(loss(targets))
+    assert np.isnan(got[1]) and np.isfinite(want).all()
+    np.testing.assert_array_equal(np.delete(got, 1), np.delete(want, 1))
+    # a bad id where it does not count (unmasked, or weight 0) is no error and no NaN
+    unmasked = targets.at[1, 2].set(bad_target)
+    assert np.isfinite(
+        np.asarray(masked_diffusion_loss(logits, unmasked, noisy, t, mask_id=7))
+    ).all()
+    weights = jnp.ones((4, 3)).at[1, 0].set(0.0)
+    padded = masked_diffusion_loss(logits, bad, noisy, t, mask_id=mask_id, weights=weights)
+    assert np.isfinite(np.asarray(padded)).all()
+
+
+def test_bad_mask_id_and_dtypes_raise():
+    logits, targets, noisy, t, _ = _bad_target_case()
+    for mask_id in (-1, 2.0, True):
+        with pytest.raises(ValueError, match=rf"^mask_id={mask_id!r} is not accepted"):
+            masked_diffusion_loss(logits, targets, noisy, t, mask_id=mask_id)
+    with pytest.raises(ValueError, match="targets must be integer token ids"):
+        masked_diffusion_loss(logits, targets.astype(jnp.float32), noisy, t, mask_id=7)

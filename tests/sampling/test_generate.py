@@ -62,3 +62,55 @@ def test_process_top_k_top_p_temperature():
         process(logits, top_k=0)
     with pytest.raises(ValueError, match="max_new_tokens"):
         generate(jax.random.key(0), _model(), jnp.zeros((1, 1), jnp.int32), max_new_tokens=0)
+
+
+def test_prompt_ids_dtype_and_shape_are_validated():
+    model = _model()
+    key = jax.random.key(0)
+    for bad in ([[999, 1]], [[1, -1]], [[1, V]]):
+        with pytest.raises(ValueError, match=r"prompt_BxP holds 1 id\(s\) outside .*\[0, 11\)"):
+            generate(key, model, jnp.asarray(bad, jnp.int32), max_new_tokens=3)
+    with pytest.raises(ValueError, match="prompt_BxP must be integer ids"):
+        generate(key, model, jnp.ones((1, 2), jnp.float32), max_new_tokens=3)
+    with pytest.raises(ValueError, match=r"prompt_BxP must be \(B, P\)"):
+        generate(key, model, jnp.ones((2,), jnp.int32), max_new_tokens=3)
+    # traced prompt: the bad row comes back as -1, the good row is generated as usual
+    prompt = jnp.asarray([[1, 2], [3, 999]], jnp.int32)
+    run = jax.jit(lambda p: generate(key, model, p, max_new_tokens=3, temperature=0.0))
+    out = np.asarray(run(prompt))
+    np.testing.assert_array_equal(out[1, 2:], [-1, -1, -1])
+    good = generate(key, model, prompt[:1], max_new_tokens=3, temperature=0.0)
+    np.testing.assert_array_equal(out[0], np.asarray(good)[0])
+
+
+class _NaNAt(nnx.Module):
+    """Uniform logits, except row 1 at position ``bad_pos`` (NaN) and row 2 (all -inf)."""
+
+    def __init__(self, bad_pos):
+        self.bad_pos = bad_pos
+        self.w = nnx.Param(jnp.zeros((V,)))
+
+    def init_state(self, batch, max_len):
+        return jnp.zeros((), jnp.int32)
+
+    def decode(self, tokens, state, *, positions):
+        logits = jnp.broadcast_to(self.w[...], (*tokens.shape, V))
+        rows = jnp.arange(tokens.shape[0])[:, None, None]
+        nan = (rows == 1) & (positions[..., None] == self.bad_pos)
+        logits = jnp.where(nan, jnp.nan, logits)
+        return jnp.where(rows == 2, -jnp.inf, logits), state
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_garbage_logits_never_become_tokens(temperature):
+    model = _NaNAt(bad_pos=3)
+    prompt = jnp.zeros((3, 2), jnp.int32)
+    kw = dict(max_new_tokens=4, temperature=temperature, top_k=5 if temperature else None)
+    with pytest.raises(ValueError, match=r"generate: no token could be drawn in 2 of 3 row"):
+        generate(jax.random.key(0), model, prompt, **kw)
+    out = np.asarray(jax.jit(lambda p: generate(jax.random.key(0), model, p, **kw))(prompt))
+    assert ((out[0, 2:] >= 0) & (out[0, 2:] < V)).all()
+    # row 1: NaN logits at position 3 produce the token at 4; it and every later one are -1
+    assert (out[1, 2:4] >= 0).all()
+    np.testing.assert_array_equal(out[1, 4:], [-1, -1])
+    np.testing.assert_array_equal(out[2, 2:], [-1] * 4)

@@ -213,3 +213,55 @@ def test_argument_errors():
             prompt=jnp.zeros((1, 5), jnp.int32),
             **kw,
         )
+
+
+def test_sizes_and_ids_errors_name_the_argument():
+    kw = dict(batch_size=1, length=L, mask_id=MASK, method="ancestral")
+    key = jax.random.key(0)
+    for name, value in [("length", 0), ("batch_size", -2), ("num_steps", 2.5), ("mask_id", -1)]:
+        with pytest.raises(ValueError, match=rf"^{name}={value!r} is not accepted; expected"):
+            sample(key, exact_denoiser, **{**kw, name: value})
+    with pytest.raises(ValueError, match=r"prompt holds 1 id\(s\) outside \[0, 3\).* 7 at"):
+        sample(key, exact_denoiser, **kw, prompt=jnp.asarray([[MASK, 7]]))
+    with pytest.raises(ValueError, match="prompt must be integer"):
+        sample(key, exact_denoiser, **kw, prompt=jnp.asarray([[0.5]]))
+    # traced prompt: the row with the bad id comes back as -1, the other is sampled
+    prompt = jnp.asarray([[1, MASK], [MASK, -5]])
+    run = jax.jit(lambda p: sample(key, exact_denoiser, **{**kw, "batch_size": 2}, prompt=p))
+    tokens = np.asarray(run(prompt).tokens)
+    assert tokens[0, 0] == 1 and (tokens[0] >= 0).all()
+    np.testing.assert_array_equal(tokens[1], [-1] * L)
+
+
+def _garbage_denoiser(z_BxL):
+    """Row 0 exact; row 1 NaN at position 1; row 2 with only the [MASK] logit finite (all
+    -inf after SUBS)."""
+    logits = jnp.concatenate([exact_denoiser(z_BxL), jnp.zeros((*z_BxL.shape, 1))], -1)
+    b = jnp.arange(z_BxL.shape[0])[:, None, None]
+    l = jnp.arange(L)[None, :, None]
+    v = jnp.arange(V + 1)[None, None, :]
+    logits = jnp.where((b == 1) & (l == 1), jnp.nan, logits)
+    return jnp.where((b == 2) & (v != MASK), -jnp.inf, logits)
+
+
+@pytest.mark.parametrize(
+    "method,temperature,top_p",
+    [("ancestral", 1.0, None), ("cached", 0.0, None), ("first_hitting", 0.5, 0.9)],
+)
+def test_garbage_logits_give_invalid_rows_never_tokens(method, temperature, top_p):
+    opts = dict(batch_size=3, length=L, mask_id=MASK, method=method)
+    opts.update(temperature=temperature, top_p=top_p)
+    run = jax.jit(lambda k: sample(k, _garbage_denoiser, **opts))
+    for seed in range(3):
+        tokens = np.asarray(run(jax.random.key(seed)).tokens)
+        assert ((tokens[0] >= 0) & (tokens[0] < V)).all()
+        np.testing.assert_array_equal(tokens[1:], -np.ones((2, L), int))
+    with pytest.raises(
+        ValueError, match=r"masked_diffusion.sample: .* 2 of 3 row\(s\) \(rows \[1, 2\]\)"
+    ):
+        sample(jax.random.key(0), _garbage_denoiser, **opts)
+    # process_logits keeps a garbage row garbage whatever the filtering
+    logits = _garbage_denoiser(jnp.full((3, L), MASK))
+    out = process_logits(logits, mask_id=MASK, temperature=0.5, top_p=0.5)
+    assert np.isnan(np.asarray(out[1, 1])).all() and np.isnan(np.asarray(out[2])).all()
+    assert not np.isnan(np.asarray(out[0])).any()
