@@ -9,7 +9,13 @@ share their function's name (``gateloop``, ``categorical``), and a lazy lookup w
 """
 
 from jaxar.ops.attention import apply_rope, axial_attention, dot_product_attention
-from jaxar.ops.categorical import categorical, gumbel_categorical
+from jaxar.ops.categorical import (
+    INVALID,
+    categorical,
+    check_draws,
+    gumbel_categorical,
+    valid_logits,
+)
 from jaxar.ops.delta_rule import delta_rule
 from jaxar.ops.gateloop import gateloop
 from jaxar.ops.gaussian_diffusion import (
@@ -64,6 +70,9 @@ __all__ = [
     "subs_logits",
     "categorical",
     "gumbel_categorical",
+    "INVALID",
+    "valid_logits",
+    "check_draws",
     "diffusion_schedule",
     "gaussian_diffusion_loss",
     "flow_matching_loss",

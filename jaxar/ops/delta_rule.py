@@ -28,19 +28,19 @@ never a difference of cumulative sums and never a ratio), so every factor is
 
 from __future__ import annotations
 
-from typing import Literal
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxar import dispatch
+from jaxar.dispatch import DeltaRuleImpl
+
 __all__ = ["delta_rule", "DeltaRuleImpl", "IMPLS"]
 
-DeltaRuleImpl = Literal["auto", "recurrent", "chunked"]
-# "auto" = "chunked": about 2x "recurrent" for fwd+bwd on CPU (B=4, L=4096, H=4,
-# K=V=32); forward only, "recurrent" was 2-3x faster there (decode uses the recurrence).
-IMPLS = ("recurrent", "chunked")
+# "auto" is resolved by jaxar.dispatch (AUTO["delta_rule"]: "chunked", about 2x "recurrent"
+# fwd+bwd on CPU at B=4, L=4096, H=4, K=V=32; decode uses the recurrence).
+IMPLS = dispatch.CHOICES["delta_rule"]
 _KEY_EPS = 1e-6
 _LOG_ZERO = -1e30  # log g of a reset (g = 0): finite, so 0 * log g = 0 inside matmuls
 
@@ -88,8 +88,7 @@ def delta_rule(
     gate = None if gate is None else jnp.asarray(gate)
     reset = None if reset is None else jnp.asarray(reset)
     _validate(q, k, v, beta, gate, initial_state, reset)
-    if impl not in ("auto", *IMPLS):
-        raise ValueError(f"impl={impl!r} is not supported; accepted: {('auto', *IMPLS)}")
+    impl = dispatch.resolve("delta_rule", impl)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r} is not accepted; expected an int >= 1")
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)

@@ -4,7 +4,9 @@
 ``"semi_parallel"`` runs the outer decoder once per row and the inner decoder one pixel at a
 time against a per-row KV cache. Both draw the value of dimension ``i = (r W + c) C + ch``
 as ``argmax(logits + Gumbel(fold_in(key, i)))``, so they give identical images from the
-same key (tests/models/test_axial.py).
+same key (tests/models/test_axial.py). A pixel drawn from garbage logits (NaN, ``+inf``,
+all ``-inf``) is :data:`jaxar.ops.INVALID`, and :func:`sample` then raises ``ValueError``
+rather than return a plausible image.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar.models.axial import AxialTransformer
+from jaxar.ops.categorical import INVALID, check_draws, valid_logits
 
 __all__ = ["METHODS", "sample"]
 
@@ -23,8 +26,10 @@ METHODS = ("semi_parallel", "naive")
 
 
 def _draw(key, i, logits_BxV):
+    """Gumbel-argmax; a row of garbage logits (NaN, +inf, all -inf) draws ``INVALID``."""
     g = jax.random.gumbel(jax.random.fold_in(key, i), logits_BxV.shape, jnp.float32)
-    return jnp.argmax(logits_BxV + g, axis=-1).astype(jnp.int32)
+    draw = jnp.argmax(logits_BxV + g, axis=-1).astype(jnp.int32)
+    return jnp.where(valid_logits(logits_BxV), draw, INVALID)
 
 
 def _naive(model, key, num):
@@ -90,4 +95,5 @@ def sample(model: AxialTransformer, key, num: int, *, method: str = "semi_parall
     if not isinstance(num, int) or num < 1:
         raise ValueError(f"num={num!r} is not supported; accepted: an int >= 1")
     graphdef, state = nnx.split(model)
-    return _sample_jit(graphdef, state, key, num, method).astype(jnp.uint8)
+    images = check_draws(_sample_jit(graphdef, state, key, num, method), "axial sample")
+    return images.astype(jnp.uint8)

@@ -23,7 +23,11 @@ Methods:
     hitting time of the next reveal is ``tau = t u^(1/n)``; with a time-agnostic network
     the times do not change the tokens, so they are not computed). Exact in distribution
     (no simultaneous reveals), one denoiser call per revealed token: the batch makes
-    ``max_b n_b`` calls for ``n_b`` masked tokens in sequence ``b``.
+    ``max_b n_b`` calls for ``n_b`` masked tokens in sequence ``b``. With ``num_steps``
+    below ``length``, each call reveals the next ``r = ceil(length / num_steps)`` hitting
+    positions at once (each drawn from ``p_theta`` given the same input), so at most
+    ``num_steps`` calls are made: an approximation that ignores the dependence between the
+    ``r`` tokens revealed together, exact again when ``r = 1``.
 
 Returns :class:`Samples` ``(tokens, num_calls)``: int32 ``(B, L)`` tokens and the int32
 number of denoiser calls made (a scalar for the whole batch).
@@ -158,8 +162,9 @@ def sample(
       batch_size, length: output shape.
       mask_id: the [MASK] token id.
       method: ``"ancestral"``, ``"cached"`` or ``"first_hitting"``.
-      num_steps: time steps of ``"ancestral"``/``"cached"`` (default ``length``); must be
-        None for ``"first_hitting"`` (it takes one step per masked token).
+      num_steps: time steps of ``"ancestral"``/``"cached"`` (default ``length``); for
+        ``"first_hitting"`` the most denoiser calls (default ``length``: one token per
+        call, exact; fewer reveal ``ceil(length / num_steps)`` tokens per call).
       prompt: optional int (B or 1, P), P <= length, written into the first P positions;
         entries equal to ``mask_id`` are generated (so infilling patterns work too).
       temperature: softmax temperature (0 = argmax).
@@ -186,11 +191,6 @@ def sample(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    if method == "first_hitting" and num_steps is not None:
-        raise ValueError(
-            f"num_steps={num_steps} is not used by method='first_hitting' (one step per "
-            "masked token); pass None"
-        )
     if num_steps is None:
         num_steps = length
     x = _initial_tokens(batch_size, length, mask_id, prompt)
@@ -210,7 +210,8 @@ def sample(
         bad_B = _bad_prompt_rows(x, vocab_size, mask_id, "masked_diffusion.sample")
     opts = dict(mask_id=mask_id, temperature=temperature, top_p=top_p)
     if method == "first_hitting":
-        out = _first_hitting(key, logits_of, x, **opts)
+        per_call = -(-length // num_steps)
+        out = _first_hitting(key, logits_of, x, per_call=per_call, **opts)
     else:
         out = _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
     bad_B = bad_B | jnp.any(out.tokens == INVALID, axis=-1)
@@ -273,7 +274,10 @@ def _ancestral(
     return Samples(x, calls)
 
 
-def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p):
+def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p, per_call=1):
+    """One revealed token per call (exact), or ``per_call`` > 1 at once (approximate)."""
+    if per_call > 1:
+        return _first_hitting_parallel(key, logits_of, x, per_call, mask_id, temperature, top_p)
     batch_size, length = x.shape
 
     def cond(carry):
@@ -296,6 +300,39 @@ def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p):
         active_B = jnp.any(masked, axis=-1)
         hit_BxL = (jnp.arange(length)[None, :] == pos_B[:, None]) & active_B[:, None]
         x = jnp.where(hit_BxL, token_B[:, None], x)
+        return x, calls + 1
+
+    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
+    return Samples(x, calls)
+
+
+def _first_hitting_parallel(key, logits_of, x, per_call, mask_id, temperature, top_p):
+    """The next ``per_call`` hitting positions of each sequence revealed in one call: the
+    positions are a uniformly random subset of the masked ones (the order of the first
+    hitting times), each token drawn from ``p_theta`` given the same partially masked input."""
+    batch_size, length = x.shape
+    per_call = min(per_call, length)
+
+    def cond(carry):
+        x, _ = carry
+        return jnp.any(x == mask_id)
+
+    def body(carry):
+        x, calls = carry
+        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+        masked = x == mask_id
+        u = jax.random.uniform(k_pos, x.shape, jnp.float32)
+        score_BxR, pos_BxR = lax.top_k(jnp.where(masked, u, -1.0), per_call)
+        logits_BxLxV = logits_of(x)
+        logits_BxRxV = jnp.take_along_axis(logits_BxLxV, pos_BxR[..., None], axis=1)
+        logits_BxRxV = process_logits(
+            logits_BxRxV, mask_id=mask_id, temperature=temperature, top_p=top_p
+        )
+        token_BxR = _draw(k_draw, logits_BxRxV, temperature)
+        live_BxRx1 = (score_BxR >= 0.0)[..., None]  # a masked position (not a filler)
+        hit_BxRxL = (jnp.arange(length)[None, None] == pos_BxR[..., None]) & live_BxRx1
+        new_BxL = jnp.sum(jnp.where(hit_BxRxL, token_BxR[..., None], 0), axis=1)
+        x = jnp.where(jnp.any(hit_BxRxL, axis=1), new_BxL, x)
         return x, calls + 1
 
     x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar.models import mar as mar_model
+from jaxar.ops.categorical import check_draws
 from jaxar.sampling import axial as axial_sampling
 from jaxar.sampling import block_diffusion, masked_diffusion
 from jaxar.sampling import mar as mar_sampling
@@ -153,7 +154,8 @@ def _mdlm(model, key, num, *, length, method, num_steps, prompt, temperature, to
     )
     graphdef, state = nnx.split(model)
     prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
-    return _mdlm_jit(graphdef, state, key, prompt, tuple(sorted(options.items())))
+    tokens = _mdlm_jit(graphdef, state, key, prompt, tuple(sorted(options.items())))
+    return check_draws(tokens, "sample_mdlm")
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options"))
@@ -184,7 +186,8 @@ def _bd3(model, key, num, *, length, prompt, temperature, top_p, **stop):
     )
     graphdef, state = nnx.split(model)
     prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
-    return _bd3_jit(graphdef, state, key, prompt, tuple(sorted(options.items())))[:, :length]
+    tokens = _bd3_jit(graphdef, state, key, prompt, tuple(sorted(options.items())))
+    return check_draws(tokens, "sample_bd3")[:, :length]
 
 
 def _mar(model, key, num, **options):

@@ -204,7 +204,7 @@ def test_argument_errors():
     with pytest.raises(ValueError, match="method='gibbs'"):
         sample(jax.random.key(0), exact_denoiser, method="gibbs", **kw)
     with pytest.raises(ValueError, match="num_steps"):
-        sample(jax.random.key(0), exact_denoiser, method="first_hitting", num_steps=3, **kw)
+        sample(jax.random.key(0), exact_denoiser, method="first_hitting", num_steps=0, **kw)
     with pytest.raises(ValueError, match="prompt"):
         sample(
             jax.random.key(0),
@@ -265,3 +265,14 @@ def test_garbage_logits_give_invalid_rows_never_tokens(method, temperature, top_
     out = process_logits(logits, mask_id=MASK, temperature=0.5, top_p=0.5)
     assert np.isnan(np.asarray(out[1, 1])).all() and np.isnan(np.asarray(out[2])).all()
     assert not np.isnan(np.asarray(out[0])).any()
+
+
+def test_first_hitting_num_steps_bounds_the_calls():
+    """num_steps >= length is the exact sampler token for token; fewer steps reveal
+    ceil(length / num_steps) tokens per call and make at most num_steps calls."""
+    exact, calls = _run("first_hitting", None, seed=3, n=64)
+    same, calls_same = _run("first_hitting", L + 3, seed=3, n=64)
+    np.testing.assert_array_equal(exact, same)
+    assert calls == calls_same == L
+    fast, calls_fast = _run("first_hitting", 2, seed=3, n=64)
+    assert calls_fast <= 2 and ((fast >= 0) & (fast < MASK)).all()

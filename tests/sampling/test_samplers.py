@@ -64,3 +64,25 @@ def test_bd3_samples_whole_blocks_cut_to_length():
     model = models.BD3(cfg, rngs=nnx.Rngs(0))
     out = np.asarray(sampling.sample_bd3(model, jax.random.key(2), 2, length=6))
     assert out.shape == (2, 6) and out.min() >= 0 and out.max() < V  # no [MASK] left
+
+
+def _poison(model):
+    """Every float parameter NaN: every logit the model gives is garbage."""
+    state = nnx.state(model, nnx.Param)
+    nnx.update(model, jax.tree.map(lambda p: jnp.full_like(p, jnp.nan), state))
+    return model
+
+
+def test_garbage_logits_never_come_back_as_a_plausible_sample():
+    key = jax.random.key(0)
+    lm = _poison(_lm())
+    with pytest.raises(ValueError, match="generate: no token could be drawn"):
+        sampling.sample_lm(lm, key, 2, length=4)
+    cfg = models.MDLMConfig.preset("tiny", vocab_size=V, d_model=16, num_layers=1, num_heads=2)
+    mdlm = _poison(models.MDLM(cfg, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="no token could be drawn"):
+        sampling.sample_mdlm(mdlm, key, 2, length=4)
+    acfg = models.AxialTransformerConfig.preset("tiny", height=2, width=2, channels=1)
+    axial = _poison(models.AxialTransformer(acfg, rngs=nnx.Rngs(0)))
+    with pytest.raises(ValueError, match="axial sample: no token could be drawn"):
+        sampling.sample_axial(axial, key, 1)

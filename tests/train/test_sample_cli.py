@@ -51,7 +51,7 @@ def use_run(monkeypatch):
         (["--length", "0"], r"--length=0 is invalid; accepted: an integer >= 1"),
         (["--length", "-5"], r"--length=-5 is invalid"),
         (["--length", "1000000000"], r"--length=1000000000 with --num=4 needs about .* GiB"),
-        (["--method", "first_hitting", "--num-steps", "4"], r"num_steps=4 is not used by"),
+        (["--num-steps", "0"], r"num_steps=0 is not accepted"),
     ],
 )
 def test_bad_flags_are_one_line_errors(use_run, capsys, argv, match):
@@ -77,6 +77,8 @@ def test_flags_reach_the_sampler(use_run, capsys, tmp_path):
     assert cli.sample_main([*argv, "--method", "cached", "--num-steps", "3"]) == 0
     out = capsys.readouterr().out
     assert "sample 1" in out and "sample 2" not in out
+    assert cli.sample_main([*argv, "--method", "first_hitting", "--num-steps", "64"]) == 0
+    assert "sample 1" in capsys.readouterr().out
     use_run("lm")
     out_file = tmp_path / "s.txt"
     argv = ["--workdir", "unused", "--num", "1", "--prompt", "def ", "--temperature", "0"]
