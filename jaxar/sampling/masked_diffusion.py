@@ -275,41 +275,10 @@ def _ancestral(
 
 
 def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p, per_call=1):
-    """One revealed token per call (exact), or ``per_call`` > 1 at once (approximate)."""
-    if per_call > 1:
-        return _first_hitting_parallel(key, logits_of, x, per_call, mask_id, temperature, top_p)
-    batch_size, length = x.shape
-
-    def cond(carry):
-        x, _ = carry
-        return jnp.any(x == mask_id)
-
-    def body(carry):
-        x, calls = carry
-        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
-        masked = x == mask_id
-        # a uniformly random masked position per sequence
-        u = jax.random.uniform(k_pos, x.shape, jnp.float32)
-        pos_B = jnp.argmax(jnp.where(masked, u, -1.0), axis=-1)
-        logits_BxLxV = logits_of(x)
-        logits_BxV = jnp.take_along_axis(logits_BxLxV, pos_B[:, None, None], axis=1)[:, 0]
-        logits_BxV = process_logits(
-            logits_BxV, mask_id=mask_id, temperature=temperature, top_p=top_p
-        )
-        token_B = _draw(k_draw, logits_BxV, temperature)
-        active_B = jnp.any(masked, axis=-1)
-        hit_BxL = (jnp.arange(length)[None, :] == pos_B[:, None]) & active_B[:, None]
-        x = jnp.where(hit_BxL, token_B[:, None], x)
-        return x, calls + 1
-
-    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
-    return Samples(x, calls)
-
-
-def _first_hitting_parallel(key, logits_of, x, per_call, mask_id, temperature, top_p):
     """The next ``per_call`` hitting positions of each sequence revealed in one call: the
     positions are a uniformly random subset of the masked ones (the order of the first
-    hitting times), each token drawn from ``p_theta`` given the same partially masked input."""
+    hitting times), each token drawn from ``p_theta`` given the same partially masked input.
+    ``per_call = 1`` is the exact sampler (one revealed token per call)."""
     batch_size, length = x.shape
     per_call = min(per_call, length)
 
