@@ -6,6 +6,7 @@ modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``m
 ``diffusion_head``).
 """
 
+from jaxar.sampling import speculative
 from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
 from jaxar.sampling.generate import generate
 from jaxar.sampling.masked_diffusion import Samples
@@ -29,4 +30,5 @@ __all__ = (
     "Samples",
     "BlockSamples",
     "sample_blocks",
+    "speculative",
 )
