@@ -6,7 +6,8 @@ modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``m
 ``diffusion_head``).
 """
 
-from jaxar.sampling import speculative
+from jaxar.sampling import jacobi, speculative
+from jaxar.sampling.beam import beam_search
 from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
 from jaxar.sampling.generate import generate
 from jaxar.sampling.masked_diffusion import Samples
@@ -31,4 +32,6 @@ __all__ = (
     "BlockSamples",
     "sample_blocks",
     "speculative",
+    "jacobi",
+    "beam_search",
 )

@@ -281,7 +281,7 @@ def _speculative(
     def body(c):
         active = c["n"] < total
         n = c["n"]
-        x0 = c["tokens"][rows, n - 1]
+        x0 = jnp.maximum(c["tokens"][rows, n - 1], 0)  # a finished garbage row idles on 0
         pos = (n - 1)[:, None] + j_k[None]  # (B, K+1)
         kd, ku, kr = jax.random.split(jax.random.fold_in(key, c["it"]), 3)
 
