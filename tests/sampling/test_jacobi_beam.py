@@ -1,5 +1,6 @@
 """Jacobi decoding == greedy generate; beam search == brute force when it covers the search."""
 
+import functools
 import itertools
 
 import jax
@@ -12,6 +13,7 @@ from jaxar.models import LM, LMConfig
 from jaxar.sampling import beam_search, generate, jacobi
 
 
+@functools.cache
 def lm(kind, seed=0, vocab=8, d_model=16):
     cfg = LMConfig.preset(
         kind,
@@ -25,7 +27,9 @@ def lm(kind, seed=0, vocab=8, d_model=16):
     return LM(cfg, rngs=nnx.Rngs(seed))
 
 
-@pytest.mark.parametrize("kind", ["transformer-tiny", "gateloop-tiny", "gss-tiny"])
+@pytest.mark.parametrize(
+    "kind", ["transformer-tiny", "gateloop-tiny", pytest.param("gss-tiny", marks=pytest.mark.slow)]
+)
 def test_jacobi_equals_greedy_generate(kind):
     model = lm(kind)
     prompt = jnp.asarray([[1, 2, 3], [4, 5, 6], [0, 7, 7]], jnp.int32)
@@ -36,6 +40,7 @@ def test_jacobi_equals_greedy_generate(kind):
     assert 3 <= int(stats["iterations"]) <= 10 and np.all((calls >= 3) & (calls <= 10))
 
 
+@pytest.mark.slow
 def test_jacobi_window_one_and_rows_alone():
     model = lm("transformer-tiny", seed=3)
     prompt = jnp.asarray([[1, 2], [6, 5]], jnp.int32)

@@ -1,5 +1,6 @@
 """Speculative decoding: the exact target law (chi-square), greedy identity, batches, errors."""
 
+import functools
 import itertools
 
 import jax
@@ -18,6 +19,7 @@ PROMPT = jnp.asarray([[1, 3]], jnp.int32)
 P_MIN = 1e-4  # fixed seeds; a wrong rule (accept always) gives p ~ 0 here
 
 
+@functools.cache
 def lm(kind, seed, d_model=16, vocab=V):
     cfg = LMConfig.preset(
         kind,
@@ -75,20 +77,18 @@ def _check_law(kind, num_draft, temperature, top_k=None, top_p=None, seed=0):
     )
     assert out.shape == (N, P + 3) and out.dtype == jnp.int32
     np.testing.assert_array_equal(np.asarray(out[:, :P]), np.broadcast_to(PROMPT, (N, P)))
-    rate = float(np.mean(stats["acceptance_rate"]))
-    assert 0.0 < rate < 0.9, rate  # the rejection branch is exercised
     probs = exact_law(target, PROMPT, 3, temperature, top_k, top_p)
     pval = chi2_pvalue(np.asarray(out[:, P:]), probs)
     assert pval > P_MIN, pval
+    rate = float(np.mean(stats["acceptance_rate"]))
+    assert 0.0 < rate < 0.9, rate  # the rejection branch is exercised
 
 
 @pytest.mark.parametrize(
     "kind,num_draft,temperature,top_k",
     [
-        ("transformer-tiny", 1, 1.0, None),
-        ("transformer-tiny", 3, 0.7, 3),
-        ("gateloop-tiny", 3, 0.7, None),
-        ("gateloop-tiny", 1, 1.0, 3),
+        ("transformer-tiny", 1, 0.7, None),
+        ("gateloop-tiny", 3, 1.0, 3),
     ],
 )
 def test_joint_law_of_three_tokens(kind, num_draft, temperature, top_k):
@@ -99,6 +99,8 @@ def test_joint_law_of_three_tokens(kind, num_draft, temperature, top_k):
 @pytest.mark.parametrize(
     "kind,num_draft,temperature,top_k,top_p",
     [
+        ("transformer-tiny", 3, 0.7, 3, None),
+        ("gateloop-tiny", 1, 0.7, None, None),
         ("gss-tiny", 1, 1.0, None, None),
         ("gss-tiny", 3, 0.7, 3, None),
         ("transformer-tiny", 5, 1.0, None, 0.8),
@@ -110,10 +112,12 @@ def test_joint_law_of_three_tokens_slow(kind, num_draft, temperature, top_k, top
     _check_law(kind, num_draft, temperature, top_k, top_p)
 
 
-@pytest.mark.parametrize("kind", ["transformer-tiny", "gateloop-tiny", "gss-tiny"])
+@pytest.mark.parametrize(
+    "kind", ["transformer-tiny", "gateloop-tiny", pytest.param("gss-tiny", marks=pytest.mark.slow)]
+)
 def test_greedy_equals_greedy_generate(kind):
-    target, draft = lm(kind, 0, vocab=8), lm(kind, 1, vocab=8)
-    prompt = jnp.asarray([[1, 2, 3], [4, 5, 6], [0, 7, 7]], jnp.int32)
+    target, draft = lm(kind, 0), lm(kind, 1)
+    prompt = jnp.asarray([[1, 2, 3], [3, 0, 2], [0, 1, 1]], jnp.int32)
     want = generate(jax.random.key(0), target, prompt, max_new_tokens=9, temperature=0.0)
     got, stats = speculative.generate(
         jax.random.key(1),
@@ -125,8 +129,13 @@ def test_greedy_equals_greedy_generate(kind):
         temperature=0.0,
         return_stats=True,
     )
+    # rows accept different numbers of drafts in one call, yet each row is its greedy
+    # generation (== the row decoded alone: greedy generate treats rows independently)
     np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert len(set(np.asarray(stats["accepted"]).tolist())) > 1
     assert int(stats["target_calls"]) <= 9
+    if kind != "transformer-tiny":
+        return
     # a perfect draft (the target itself) is always accepted: ceil(9 / (K + 1)) calls
     _, self_stats = speculative.generate(
         jax.random.key(1),
@@ -140,17 +149,6 @@ def test_greedy_equals_greedy_generate(kind):
     )
     assert int(self_stats["target_calls"]) == 3
     np.testing.assert_allclose(np.asarray(self_stats["acceptance_rate"]), 1.0)
-
-
-def test_batch_rows_with_different_acceptance_equal_rows_alone():
-    target, draft = lm("transformer-tiny", 0, vocab=8), lm("transformer-tiny", 2, vocab=8)
-    prompt = jnp.asarray([[1, 2], [5, 6], [3, 0], [7, 4]], jnp.int32)
-    kw = dict(max_new_tokens=7, num_draft=2, temperature=0.0, return_stats=True)
-    batch, stats = speculative.generate(jax.random.key(0), target, draft, prompt, **kw)
-    assert len(set(np.asarray(stats["accepted"]).tolist())) > 1  # rows accept differently
-    for r in range(prompt.shape[0]):
-        alone, _ = speculative.generate(jax.random.key(0), target, draft, prompt[r : r + 1], **kw)
-        np.testing.assert_array_equal(np.asarray(batch[r : r + 1]), np.asarray(alone))
 
 
 def test_bad_input_errors():
