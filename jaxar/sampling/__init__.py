@@ -3,7 +3,9 @@
 ``sample_<family>(model, key, num, **options)`` draws ``num`` samples from a model of that
 family, checking its options once (:class:`Sampler`); the loops they drive are in the
 modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
-``diffusion_head``).
+``diffusion_head``). Faster exact autoregressive decoding: ``speculative.generate`` (a
+draft LM proposes, the target verifies; same law as ``generate``), ``jacobi.generate``
+(fixed-point greedy) and :func:`beam_search`.
 """
 
 from jaxar.sampling import jacobi, speculative

@@ -245,10 +245,6 @@ def generate(
     return (tokens, stats) if return_stats else tokens
 
 
-def _probs(logits, temperature, top_k, top_p):
-    return jax.nn.softmax(process(logits, temperature=temperature, top_k=top_k, top_p=top_p), -1)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 8, 9, 10))
 def _speculative(
     t_graph, t_params, d_graph, d_params, key, prompt, max_new, k, temperature, top_k, top_p
@@ -261,6 +257,7 @@ def _speculative(
     max_len = total + 2 * k + 1
     t_par = _all_caches(target, b)
     greedy = temperature == 0
+    proc = functools.partial(process, temperature=temperature, top_k=top_k, top_p=top_p)
     tokens = jnp.concatenate([prompt, jnp.zeros((b, max_new + k + 1), jnp.int32)], axis=1)
     bad_prompt = jnp.any((prompt < 0) | (prompt >= _vocab(t_graph, t_params)), axis=1)
     tokens = tokens.at[:, p:].set(jnp.where(bad_prompt[:, None], INVALID, 0))
@@ -294,8 +291,7 @@ def _speculative(
             if greedy:
                 nxt = jnp.argmax(logits, -1).astype(jnp.int32)
             else:
-                nxt = categorical(kj, process(logits, temperature=temperature, top_k=top_k,
-                                              top_p=top_p))  # fmt: skip
+                nxt = categorical(kj, proc(logits))
             ok = valid_logits(logits) & (nxt >= 0)
             return (s, jnp.where(ok, nxt, 0)), (logits, nxt, ok, _strip(s))
 
@@ -315,8 +311,8 @@ def _speculative(
             t_arg = jnp.argmax(p_logits, -1).astype(jnp.int32)
             acc = (drafts == t_arg[:, :k]) & d_ok
         else:
-            p = _probs(p_logits, temperature, top_k, top_p)  # (B, K+1, V)
-            q = _probs(q_logits, temperature, top_k, top_p)  # (B, K, V)
+            p = jax.nn.softmax(proc(p_logits), -1)  # (B, K+1, V)
+            q = jax.nn.softmax(proc(q_logits), -1)  # (B, K, V)
             p_d = jnp.take_along_axis(p[:, :k], drafts[..., None], -1)[..., 0]
             q_d = jnp.take_along_axis(q, drafts[..., None], -1)[..., 0]
             u = jax.random.uniform(ku, (b, k))
