@@ -171,3 +171,22 @@ def test_bad_input_errors():
         speculative.generate(
             jax.random.key(0), target, draft, jnp.asarray([[1, 9]]), max_new_tokens=2
         )
+
+
+def _nan_copy(model):
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x * jnp.nan, state))
+
+
+def test_garbage_draft_is_rejected_and_garbage_target_raises():
+    """One compiled loop for all three calls (same structures, shapes and options)."""
+    target = lm("transformer-tiny", 0)
+    prompt = jnp.asarray([[1, 2], [3, 0]], jnp.int32)
+    kw = dict(max_new_tokens=4, temperature=0.0, return_stats=True)
+    # a perfect draft gives greedy generate (test_greedy_equals_greedy_generate)
+    want, _ = speculative.generate(jax.random.key(0), target, target, prompt, **kw)
+    got, stats = speculative.generate(jax.random.key(0), target, _nan_copy(target), prompt, **kw)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    np.testing.assert_array_equal(np.asarray(stats["accepted"]), 0)  # every draft rejected
+    with pytest.raises(ValueError, match="speculative.generate: no token could be drawn in 2"):
+        speculative.generate(jax.random.key(0), _nan_copy(target), target, prompt, **kw)
