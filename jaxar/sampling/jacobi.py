@@ -9,7 +9,7 @@ one model call per iteration: from the last committed token ``x`` and guesses
 If the first ``m`` guesses equal their ``y``, then ``y_1 .. y_{m+1}`` are the greedy tokens
 (each was computed from a correct prefix): they are committed, and ``y_{m+2} .. y_W`` are
 the next guesses. At least one token per call, so the output equals greedy
-:func:`jaxar.sampling.generate`, in at most as many calls.
+:func:`jaxar.sampling.generate`, in at most as many calls (MATHS.md s.9).
 
 Rows have their own lengths and states are rolled back to the committed prefix as in
 :mod:`jaxar.sampling.speculative` (caches by their per-row index; recurrent states from the

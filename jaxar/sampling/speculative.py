@@ -10,6 +10,7 @@ token is drawn from ``p_{K+1}``. Each committed token is then distributed exactl
 under :func:`jaxar.sampling.generate` (``p`` and ``q`` after the same temperature / top-k
 / top-p processing, :func:`jaxar.sampling.logits.process`). Temperature 0 is greedy:
 accept while the draft token is the target's argmax, then take the target's argmax.
+MATHS.md s.9 has the rule and the expected speed-up.
 
 Rollback. A row's decoding state always covers its committed tokens except the last
 (the next call's first input). Rows accept different numbers of tokens, so each row keeps
@@ -40,7 +41,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, categorical, check_draws, valid_logits
-from jaxar.sampling.generate import _check_prompt_ids
+from jaxar.sampling.generate import _check_prompt_ids, _logits_probe
 from jaxar.sampling.logits import process
 
 __all__ = ["generate"]
@@ -111,12 +112,8 @@ def _all_caches(model, batch: int) -> bool:
 
 
 def _vocab(graphdef, params) -> int:
-    def probe():
-        model = nnx.merge(graphdef, params)
-        tok = jnp.zeros((1, 1), jnp.int32)
-        return model.decode(tok, model.init_state(1, 1), positions=tok)[0]
-
-    return jax.eval_shape(probe).shape[-1]
+    """V from the shape of one decode step (a cached trace: no model call)."""
+    return _logits_probe.eval_shape(graphdef, params).shape[-1]
 
 
 def _prefill(model, prompt, max_len: int):
