@@ -172,6 +172,9 @@ class MultiHeadAttention(nnx.Module):
         New token i (slot ``index + i``) attends to cached slots and to new tokens ``<= i``
         (causal config), or to all T new tokens (``bidirectional=True`` or a non-causal
         config); ``window`` limits keys to slots within ``window`` of the query's slot.
+        ``index`` is a scalar (all rows alike, as from ``init_state``) or int32 (B,), one
+        per row: rows then hold different numbers of tokens, and setting a row's index
+        back rolls its cache back (slots at or past it are ignored, then overwritten).
         """
         cfg = self.config
         B, T, _ = x_BxTxD.shape
@@ -179,14 +182,27 @@ class MultiHeadAttention(nnx.Module):
         M = kc.shape[1]
         if T > M:
             raise ValueError(f"decode got T={T} tokens; the cache holds max_len={M}")
+        per_row = jnp.ndim(idx) == 1
         if positions is None:
-            positions = self._default_positions(B, T, idx)
+            if per_row:
+                positions = idx[:, None] + jnp.arange(T, dtype=jnp.int32)[None]
+            else:
+                positions = self._default_positions(B, T, idx)
         q, k, v = self.project(x_BxTxD, positions)
-        kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, idx, 0, 0))
-        vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, idx, 0, 0))
-        qpos = idx + jnp.arange(T)[:, None]  # (T, 1) slot of each new token
+        if per_row:
+            put = jax.vmap(lambda c, u, i: jax.lax.dynamic_update_slice(c, u, (i, 0, 0)))
+            kc = put(kc, k.astype(kc.dtype), idx)
+            vc = put(vc, v.astype(vc.dtype), idx)
+            qpos = idx[:, None, None] + jnp.arange(T)[None, :, None]  # (B, T, 1)
+        else:
+            kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, idx, 0, 0))
+            vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, idx, 0, 0))
+            qpos = idx + jnp.arange(T)[:, None]  # (T, 1) slot of each new token
         kpos = jnp.arange(M)[None, :]  # (1, M)
-        allowed = jnp.broadcast_to(kpos < idx + T, (T, M))
+        end = idx
+        if per_row:
+            kpos, end = kpos[None], idx[:, None, None]  # (1, 1, M), (B, 1, 1)
+        allowed = jnp.broadcast_to(kpos < end + T, qpos.shape[:-1] + (M,))
         if cfg.causal and not bidirectional:
             allowed = allowed & (kpos <= qpos)
         if cfg.window is not None:
@@ -195,8 +211,7 @@ class MultiHeadAttention(nnx.Module):
             else:
                 allowed = allowed & (jnp.abs(qpos - kpos) < cfg.window)
         dt = q.dtype
-        o = dot_product_attention(
-            q, kc.astype(dt), vc.astype(dt), mask=allowed[None, None], impl=cfg.impl
-        )
+        mask = allowed[:, None] if per_row else allowed[None, None]
+        o = dot_product_attention(q, kc.astype(dt), vc.astype(dt), mask=mask, impl=cfg.impl)
         y = self.output(o, x_BxTxD.dtype)
         return y, {"k": kc, "v": vc, "index": idx + T}

@@ -3,9 +3,13 @@
 ``sample_<family>(model, key, num, **options)`` draws ``num`` samples from a model of that
 family, checking its options once (:class:`Sampler`); the loops they drive are in the
 modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
-``diffusion_head``).
+``diffusion_head``). Faster exact autoregressive decoding: ``speculative.generate`` (a
+draft LM proposes, the target verifies; same law as ``generate``), ``jacobi.generate``
+(fixed-point greedy) and :func:`beam_search`.
 """
 
+from jaxar.sampling import jacobi, speculative
+from jaxar.sampling.beam import beam_search
 from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
 from jaxar.sampling.generate import generate
 from jaxar.sampling.masked_diffusion import Samples
@@ -29,4 +33,7 @@ __all__ = (
     "Samples",
     "BlockSamples",
     "sample_blocks",
+    "speculative",
+    "jacobi",
+    "beam_search",
 )

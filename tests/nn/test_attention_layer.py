@@ -39,6 +39,22 @@ def test_decode_matches_full(cfg):
     testing.assert_allclose(jnp.concatenate(ys, axis=1), full)
 
 
+@pytest.mark.parametrize("window", [None, 2])
+def test_per_row_index_rolls_rows_back(window):
+    """A (B,) index: row 1 rolled back from 5 to 3 cached tokens, then both decode 2 more."""
+    mixer = AttentionConfig(num_heads=2, window=window).make(D, rngs=nnx.Rngs(0))
+    x = _x()
+    full = mixer(x)
+    _, state = mixer.decode(x[:, :5], mixer.init_state(B, L))
+    state = dict(state, index=jnp.asarray([5, 3], jnp.int32))
+    starts = np.array([5, 3])
+    x_new = jnp.stack([x[b, s : s + 2] for b, s in enumerate(starts)])
+    y, state = mixer.decode(x_new, state)
+    np.testing.assert_array_equal(np.asarray(state["index"]), starts + 2)
+    want = jnp.stack([full[b, s : s + 2] for b, s in enumerate(starts)])
+    testing.assert_allclose(y, want)
+
+
 def test_bidirectional_blocks_match_block_causal_mask():
     cfg = AttentionConfig(num_heads=2, causal=False)
     mixer = cfg.make(D, rngs=nnx.Rngs(1))
