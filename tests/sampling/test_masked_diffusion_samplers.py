@@ -276,3 +276,148 @@ def test_first_hitting_num_steps_bounds_the_calls():
     assert calls == calls_same == L
     fast, calls_fast = _run("first_hitting", 2, seed=3, n=64)
     assert calls_fast <= 2 and ((fast >= 0) & (fast < MASK)).all()
+
+
+# --- confidence and threshold decoding (LLaDA, Fast-dLLM) ---
+
+
+@functools.cache
+def _run_mdm(method, seed, n, temperature=1.0, **opts):
+    fn = functools.partial(
+        sample,
+        denoise_fn=exact_denoiser,
+        batch_size=n,
+        length=L,
+        mask_id=MASK,
+        method=method,
+        temperature=temperature,
+        **opts,
+    )
+    out = jax.jit(fn)(jax.random.key(seed))
+    assert isinstance(out, Samples)
+    return np.asarray(out.tokens), int(out.num_calls)
+
+
+N_MDM = 6000
+
+
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("confidence", dict(confidence="prob")),
+        ("confidence", dict(confidence="margin")),
+        ("confidence", dict(confidence="entropy")),
+        ("threshold", dict(threshold=1.0)),
+    ],
+)
+def test_confidence_rank_before_matches_joint(method, opts):
+    """Positions chosen from the input only, one token per step: an adaptive any-order
+    sampler, exact with the exact denoiser (so is threshold 1.0: one reveal per step)."""
+    tokens, calls = _run_mdm(method, 10, N_MDM, **opts)
+    assert calls == L
+    assert _chi2_pvalue(tokens, JOINT) > 1e-3
+
+
+def _greedy_confident_path():
+    """numpy reference at temperature 0: reveal the masked position of largest max
+    conditional probability with its argmax, until none is masked."""
+    z = np.full(L, MASK)
+    while (z == MASK).any():
+        consistent = np.all((z == MASK) | (SEQS == z), axis=-1)
+        best = (-1.0, None, None)
+        for l in np.flatnonzero(z == MASK):
+            mass = np.bincount(SEQS[consistent, l], JOINT[consistent], minlength=V)
+            p = mass / mass.sum()
+            if p.max() > best[0]:
+                best = (p.max(), l, int(p.argmax()))
+        z[best[1]] = best[2]
+    return z
+
+
+@pytest.mark.parametrize("rank", ["before", "sampled"])
+def test_confidence_temperature_zero_is_deterministic_greedy(rank):
+    runs = [_run_mdm("confidence", seed, 8, temperature=0.0, rank=rank)[0] for seed in (0, 1)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], np.broadcast_to(_greedy_confident_path(), (8, L)))
+
+
+def test_confidence_rank_sampled_runs_and_is_biased_towards_likely_tokens():
+    """LLaDA's variant: valid tokens, one call per token; no exactness claim."""
+    tokens, calls = _run_mdm("confidence", 11, N_MDM, rank="sampled")
+    assert calls == L and ((tokens >= 0) & (tokens < V)).all()
+    assert _chi2_pvalue(tokens, JOINT) < 1e-3  # the bias is visible on this joint
+
+
+def _peaked_denoiser(z_BxL):
+    """Independent positions, p(token 1) = 0.8 everywhere (length free)."""
+    logits = jnp.log(jnp.asarray([0.1, 0.8, 0.1], jnp.float32))
+    return jnp.broadcast_to(logits, (*z_BxL.shape, V))
+
+
+def test_threshold_and_num_steps_reduce_calls():
+    """Threshold 0.5 reveals all 8 confident positions in one call (threshold 1.0 makes one
+    call per token: test_confidence_rank_before_matches_joint)."""
+    kw = dict(batch_size=4, length=8, mask_id=MASK)
+    key = jax.random.key(0)
+    run = functools.partial(sample, key, _peaked_denoiser, **kw)
+    fast = run(method="threshold", threshold=0.5)
+    assert int(fast.num_calls) == 1 and (np.asarray(fast.tokens) >= 0).all()
+    steps = run(method="confidence", num_steps=3)  # ceil(8 / 3) = 3 per call
+    assert int(steps.num_calls) == 3
+
+
+def test_confidence_with_prompt_keeps_it():
+    prompt = jnp.asarray([[MASK, 2, MASK]])
+    out = sample(
+        jax.random.key(3),
+        exact_denoiser,
+        batch_size=16,
+        length=L,
+        mask_id=MASK,
+        method="confidence",
+        confidence="margin",
+        prompt=prompt,
+    )
+    tokens = np.asarray(out.tokens)
+    assert int(out.num_calls) == 2 and (tokens[:, 1] == 2).all() and tokens.max() < V
+
+
+def test_confidence_and_threshold_argument_errors():
+    kw = dict(batch_size=1, length=L, mask_id=MASK)
+    key = jax.random.key(0)
+    cases = [
+        (dict(method="confidence", confidence="logit"), r"^confidence='logit' is not supported"),
+        (dict(method="confidence", rank="after"), r"^rank='after' is not supported"),
+        (
+            dict(method="confidence", rank="sampled", confidence="margin"),
+            r"^confidence='margin' is not accepted with rank='sampled'",
+        ),
+        (
+            dict(method="threshold"),
+            r"^threshold=None is not accepted; expected a float in \(0, 1\]",
+        ),
+        (dict(method="threshold", threshold=0.0), r"^threshold=0.0 is not accepted"),
+        (dict(method="threshold", threshold=1.5), r"^threshold=1.5 is not accepted"),
+        (dict(method="first_hitting", threshold=0.5), r"^threshold=0.5 is not accepted with"),
+    ]
+    for opts, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sample(key, exact_denoiser, **kw, **opts)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        pytest.param(dict(method="confidence", confidence="entropy"), marks=pytest.mark.slow),
+        dict(method="threshold", threshold=0.9, rank="sampled"),
+    ],
+)
+def test_confidence_garbage_logits_give_invalid_rows(opts):
+    opts = dict(batch_size=3, length=L, mask_id=MASK, **opts)
+    tokens = np.asarray(
+        jax.jit(lambda k: sample(k, _garbage_denoiser, **opts))(jax.random.key(0)).tokens
+    )
+    assert ((tokens[0] >= 0) & (tokens[0] < V)).all()
+    np.testing.assert_array_equal(tokens[1:], -np.ones((2, L), int))
+    with pytest.raises(ValueError, match=r"masked_diffusion.sample: .* 2 of 3 row"):
+        sample(jax.random.key(0), _garbage_denoiser, **opts)
