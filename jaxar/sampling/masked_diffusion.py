@@ -28,7 +28,7 @@ Methods:
     positions at once (each drawn from ``p_theta`` given the same input), so at most
     ``num_steps`` calls are made: an approximation that ignores the dependence between the
     ``r`` tokens revealed together, exact again when ``r = 1``.
-  * ``"confidence"``: each step reveals the ``r = ceil(length / num_steps)`` most confident
+  * ``"confidence"`` (jaxar/MATHS.md s.11): each step reveals the ``r = ceil(length / num_steps)`` most confident
     masked positions of each sequence (default ``num_steps = length``: one per step). The
     confidence of a masked position comes from its processed ``p_theta`` (SUBS, temperature,
     top-p): ``"prob"`` ``max_v p(v)``, ``"margin"`` ``p(top1) - p(top2)`` or ``"entropy"``
