@@ -28,6 +28,23 @@ Methods:
     positions at once (each drawn from ``p_theta`` given the same input), so at most
     ``num_steps`` calls are made: an approximation that ignores the dependence between the
     ``r`` tokens revealed together, exact again when ``r = 1``.
+  * ``"confidence"`` (jaxar/MATHS.md s.11): each step reveals the ``r = ceil(length / num_steps)`` most confident
+    masked positions of each sequence (default ``num_steps = length``: one per step). The
+    confidence of a masked position comes from its processed ``p_theta`` (SUBS, temperature,
+    top-p): ``"prob"`` ``max_v p(v)``, ``"margin"`` ``p(top1) - p(top2)`` or ``"entropy"``
+    ``exp(-H(p))`` (a monotone map of the negative entropy into ``(0, 1]``, so one threshold
+    scale serves all kinds). With ``rank="before"`` the positions are chosen first (ties
+    broken uniformly at random), then their tokens drawn from ``p_theta``: the position is a
+    function of the current input only, so with ``r = 1`` and an exact denoiser this is an
+    adaptive any-order sampler and reproduces the data law exactly. ``rank="sampled"``
+    (LLaDA's published low-confidence remasking, ``confidence="prob"`` only) draws every
+    masked position first and reveals those whose *sampled* token is most probable: the
+    choice depends on the drawn values, which biases the law towards high-probability tokens
+    even with one token per step (not exact).
+  * ``"threshold"`` (Fast-dLLM): each step reveals every masked position whose confidence
+    (kind as above, default ``"prob"``) exceeds ``threshold`` in ``(0, 1]``, and always at
+    least the most confident one (``threshold=1.0``: exactly one per step, the exact
+    ``"confidence"`` sampler). ``rank`` applies as for ``"confidence"``.
 
 Returns :class:`Samples` ``(tokens, num_calls)``: int32 ``(B, L)`` tokens and the int32
 number of denoiser calls made (a scalar for the whole batch).
@@ -45,6 +62,9 @@ References:
     arXiv:2406.04329.
   Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
     Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
+  Nie et al. 2025, "Large Language Diffusion Models" (LLaDA), arXiv:2502.09992.
+  Wu et al. 2025, "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache
+    and Parallel Decoding", arXiv:2505.22618.
 """
 
 from __future__ import annotations
@@ -60,9 +80,19 @@ from jax import lax
 from jaxar.ops.categorical import INVALID, categorical, check_draws, valid_logits
 from jaxar.ops.masked_diffusion import SCHEDULES, mask_schedule, subs_logits
 
-__all__ = ["METHODS", "Samples", "sample", "process_logits"]
+__all__ = [
+    "CONFIDENCES",
+    "METHODS",
+    "RANKS",
+    "Samples",
+    "confidence_of",
+    "process_logits",
+    "sample",
+]
 
-METHODS = ("ancestral", "cached", "first_hitting")
+METHODS = ("ancestral", "cached", "first_hitting", "confidence", "threshold")
+CONFIDENCES = ("prob", "margin", "entropy")
+RANKS = ("before", "sampled")
 
 
 class Samples(NamedTuple):
@@ -153,6 +183,9 @@ def sample(
     temperature: float = 1.0,
     top_p: float | None = None,
     schedule: str = "loglinear",
+    confidence: str = "prob",
+    rank: str = "before",
+    threshold: float | None = None,
 ) -> Samples:
     """Generates ``batch_size`` sequences of ``length`` tokens from a masked-diffusion model.
 
@@ -161,15 +194,22 @@ def sample(
       denoise_fn: ``tokens_BxL -> logits_BxLxV`` (``V`` with or without the [MASK] row).
       batch_size, length: output shape.
       mask_id: the [MASK] token id.
-      method: ``"ancestral"``, ``"cached"`` or ``"first_hitting"``.
+      method: one of :data:`METHODS` (module docstring).
       num_steps: time steps of ``"ancestral"``/``"cached"`` (default ``length``); for
-        ``"first_hitting"`` the most denoiser calls (default ``length``: one token per
-        call, exact; fewer reveal ``ceil(length / num_steps)`` tokens per call).
+        ``"first_hitting"`` and ``"confidence"`` the most denoiser calls (default
+        ``length``: one token per call; fewer reveal ``ceil(length / num_steps)`` tokens per
+        call). Not used by ``"threshold"``.
       prompt: optional int (B or 1, P), P <= length, written into the first P positions;
         entries equal to ``mask_id`` are generated (so infilling patterns work too).
       temperature: softmax temperature (0 = argmax).
       top_p: nucleus sampling mass, or None.
       schedule: the time grid's ``alpha_t`` for the ancestral samplers (``SCHEDULES``).
+      confidence: ``"confidence"``/``"threshold"``: the score of a masked position, one of
+        :data:`CONFIDENCES`.
+      rank: ``"confidence"``/``"threshold"``: ``"before"`` (choose positions, then draw:
+        exact with one token per step) or ``"sampled"`` (draw, then rank by the sampled
+        token's probability: LLaDA, biased); :data:`RANKS`.
+      threshold: ``"threshold"`` only (required there): a float in ``(0, 1]``.
 
     Returns:
       ``Samples(tokens, num_calls)``; rows drawn from garbage logits are ``-1`` under
@@ -191,6 +231,27 @@ def sample(
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if top_p is not None and not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+    if confidence not in CONFIDENCES:
+        raise ValueError(f"confidence={confidence!r} is not supported; accepted: {CONFIDENCES}")
+    if rank not in RANKS:
+        raise ValueError(f"rank={rank!r} is not supported; accepted: {RANKS}")
+    if rank == "sampled" and confidence != "prob":
+        raise ValueError(
+            f"confidence={confidence!r} is not accepted with rank='sampled'; expected 'prob'"
+        )
+    if method == "threshold":
+        if isinstance(threshold, bool) or not (
+            isinstance(threshold, int | float | np.number) and 0.0 < threshold <= 1.0
+        ):
+            raise ValueError(
+                f"threshold={threshold!r} is not accepted; expected a float in (0, 1] "
+                "for method='threshold'"
+            )
+    elif threshold is not None:
+        raise ValueError(
+            f"threshold={threshold!r} is not accepted with method={method!r}; expected None "
+            "(only method='threshold' takes a threshold)"
+        )
     if num_steps is None:
         num_steps = length
     x = _initial_tokens(batch_size, length, mask_id, prompt)
@@ -212,6 +273,17 @@ def sample(
     if method == "first_hitting":
         per_call = -(-length // num_steps)
         out = _first_hitting(key, logits_of, x, per_call=per_call, **opts)
+    elif method in ("confidence", "threshold"):
+        out = _confidence(
+            key,
+            logits_of,
+            x,
+            per_step=-(-length // num_steps),
+            confidence=confidence,
+            rank=rank,
+            threshold=None if threshold is None else float(threshold),
+            **opts,
+        )
     else:
         out = _ancestral(key, logits_of, x, num_steps, schedule, cached=method == "cached", **opts)
     bad_B = bad_B | jnp.any(out.tokens == INVALID, axis=-1)
@@ -303,6 +375,82 @@ def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p, per_call=1
         new_BxL = jnp.sum(jnp.where(hit_BxRxL, token_BxR[..., None], 0), axis=1)
         x = jnp.where(jnp.any(hit_BxRxL, axis=1), new_BxL, x)
         return x, calls + 1
+
+    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
+    return Samples(x, calls)
+
+
+def confidence_of(logits, kind: str = "prob"):
+    """Confidence of each position from processed logits ``(..., V)`` -> ``(...)`` float32.
+
+    With ``p = softmax(logits)``: ``"prob"`` ``max_v p_v``; ``"margin"`` ``p_(1) - p_(2)``
+    (the two largest); ``"entropy"`` ``exp(-H(p)) = exp(sum_v p_v log p_v)``. All lie in
+    ``[0, 1]``; a row that is not a distribution gives NaN.
+    """
+    if kind not in CONFIDENCES:
+        raise ValueError(f"kind={kind!r} is not supported; accepted: {CONFIDENCES}")
+    logits = logits.astype(jnp.float32)
+    if kind == "entropy":
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        p = jnp.exp(logp)
+        neg_h = jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+        conf = jnp.exp(neg_h)
+    else:
+        p = jax.nn.softmax(logits, axis=-1)
+        if kind == "prob" or p.shape[-1] < 2:
+            conf = jnp.max(p, axis=-1)
+        else:
+            top2 = lax.top_k(p, 2)[0]
+            conf = top2[..., 0] - top2[..., 1]
+    return jnp.where(valid_logits(logits), conf, jnp.nan)
+
+
+def _most_confident(key, score_BxL, k):
+    """(B, L) bool: the ``k`` largest scores of each row, ties broken uniformly at random
+    (a random permutation, then a stable sort on the score)."""
+    perm_BxL = jnp.argsort(jax.random.uniform(key, score_BxL.shape), axis=-1)
+    score_perm = jnp.take_along_axis(score_BxL, perm_BxL, axis=-1)
+    order = jnp.argsort(-score_perm, axis=-1, stable=True)[:, :k]
+    pos_BxK = jnp.take_along_axis(perm_BxL, order, axis=-1)
+    return jnp.any(pos_BxK[..., None] == jnp.arange(score_BxL.shape[1])[None, None], axis=1)
+
+
+def _confidence(
+    key, logits_of, x, *, per_step, confidence, rank, threshold, mask_id, temperature, top_p
+):
+    """Confidence (``threshold is None``: the ``per_step`` most confident masked positions
+    per call) or threshold decoding (every masked position with confidence ``> threshold``,
+    and at least the most confident one); loops while any position is masked."""
+    per_step = min(per_step, x.shape[1])
+
+    def cond(carry):
+        x, _ = carry
+        return jnp.any(x == mask_id)
+
+    def body(carry):
+        x, calls = carry
+        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+        masked = x == mask_id
+        logits_BxLxV = process_logits(
+            logits_of(x), mask_id=mask_id, temperature=temperature, top_p=top_p
+        )
+        token_BxL = _draw(k_draw, logits_BxLxV, temperature)
+        if rank == "before":
+            conf_BxL = confidence_of(logits_BxLxV, confidence)
+        else:  # the probability of the token just drawn
+            logp = jax.nn.log_softmax(logits_BxLxV.astype(jnp.float32), axis=-1)
+            safe = jnp.clip(token_BxL, 0, logp.shape[-1] - 1)[..., None]
+            conf_BxL = jnp.exp(jnp.take_along_axis(logp, safe, axis=-1)[..., 0])
+            conf_BxL = jnp.where(token_BxL == INVALID, jnp.nan, conf_BxL)
+        # garbage first (so the row is flagged), never an unmasked position
+        conf_BxL = jnp.where(jnp.isnan(conf_BxL), jnp.inf, conf_BxL)
+        score_BxL = jnp.where(masked, conf_BxL, -jnp.inf)
+        if threshold is None:
+            reveal = _most_confident(k_pos, score_BxL, per_step)
+        else:
+            reveal = _most_confident(k_pos, score_BxL, 1) | (score_BxL > threshold)
+        reveal = reveal & masked
+        return jnp.where(reveal, token_BxL, x), calls + 1
 
     x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
     return Samples(x, calls)

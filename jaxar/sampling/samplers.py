@@ -10,8 +10,8 @@ sampler       options (defaults in ``sampler.defaults``)
 ============  ==============================================================
 sample_lm     length (counts the prompt), prompt, temperature, top_k, top_p
               (:mod:`.generate`)
-sample_mdlm   length, method, num_steps, prompt, temperature, top_p
-              (:mod:`.masked_diffusion`)
+sample_mdlm   length, method, num_steps, prompt, temperature, top_p, confidence,
+              rank, threshold (:mod:`.masked_diffusion`)
 sample_bd3    length, prompt, eos_id, pad_id, min_entropy, temperature, top_p,
               use_cache (:mod:`.block_diffusion`)
 sample_axial  method (:mod:`.axial`)
@@ -142,7 +142,21 @@ def _mdlm_jit(graphdef, state, key, prompt, options):
     ).tokens
 
 
-def _mdlm(model, key, num, *, length, method, num_steps, prompt, temperature, top_p):
+def _mdlm(
+    model,
+    key,
+    num,
+    *,
+    length,
+    method,
+    num_steps,
+    prompt,
+    temperature,
+    top_p,
+    confidence,
+    rank,
+    threshold,
+):
     _check_length(length)
     options = dict(
         batch_size=num,
@@ -151,6 +165,9 @@ def _mdlm(model, key, num, *, length, method, num_steps, prompt, temperature, to
         num_steps=num_steps,
         temperature=float(temperature),
         top_p=top_p,
+        confidence=confidence,
+        rank=rank,
+        threshold=threshold,
     )
     graphdef, state = nnx.split(model)
     prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
@@ -201,7 +218,15 @@ sample_lm = Sampler("sample_lm", _lm, dict(_TEXT, top_k=None, top_p=None))
 sample_mdlm = Sampler(
     "sample_mdlm",
     _mdlm,
-    dict(_TEXT, method="first_hitting", num_steps=None, top_p=None),
+    dict(
+        _TEXT,
+        method="first_hitting",
+        num_steps=None,
+        top_p=None,
+        confidence="prob",
+        rank="before",
+        threshold=None,
+    ),
     methods=masked_diffusion.METHODS,
 )
 sample_bd3 = Sampler(

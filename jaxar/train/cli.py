@@ -132,6 +132,7 @@ SAMPLE_FLAGS = {
     "temperature": "--temperature",
     "top_k": "--top-k",
     "top_p": "--top-p",
+    "threshold": "--threshold",
     "prompt": "--prompt",
     "length": "--length",
 }
@@ -187,6 +188,9 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--temperature", type=float, default=None)
     p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="nucleus mass")
+    p.add_argument(
+        "--threshold", type=float, default=None, help="confidence threshold (mdlm 'threshold')"
+    )
     p.add_argument("--prompt", default=None, help="text the samples continue (UTF-8 bytes)")
     p.add_argument("--out", default=None, help="output file (.txt or .png)")
     args = p.parse_args(argv)

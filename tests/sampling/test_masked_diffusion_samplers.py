@@ -14,7 +14,14 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from jaxar.sampling.masked_diffusion import Samples, process_logits, sample
+from jaxar.sampling.masked_diffusion import (
+    Samples,
+    _most_confident,
+    confidence_of,
+    process_logits,
+    sample,
+)
+from jaxar.testing import assert_allclose
 
 V, L, MASK = 3, 3, 3
 SEQS = np.asarray(list(itertools.product(range(V), repeat=L)))  # (27, 3), row-major index
@@ -276,3 +283,210 @@ def test_first_hitting_num_steps_bounds_the_calls():
     assert calls == calls_same == L
     fast, calls_fast = _run("first_hitting", 2, seed=3, n=64)
     assert calls_fast <= 2 and ((fast >= 0) & (fast < MASK)).all()
+
+
+# --- confidence and threshold decoding (LLaDA, Fast-dLLM) ---
+
+
+@functools.cache
+def _run_mdm(method, seed, n, temperature=1.0, **opts):
+    fn = functools.partial(
+        sample,
+        denoise_fn=exact_denoiser,
+        batch_size=n,
+        length=L,
+        mask_id=MASK,
+        method=method,
+        temperature=temperature,
+        **opts,
+    )
+    out = jax.jit(fn)(jax.random.key(seed))
+    assert isinstance(out, Samples)
+    return np.asarray(out.tokens), int(out.num_calls)
+
+
+N_MDM = 6000
+
+
+@pytest.mark.parametrize(
+    "method,opts",
+    [
+        ("confidence", dict(confidence="prob")),
+        ("threshold", dict(threshold=1.0, confidence="margin")),
+    ],
+)
+def test_confidence_rank_before_matches_joint(method, opts):
+    """Positions chosen from the input only, one token per step: an adaptive any-order
+    sampler, exact with the exact denoiser (so is threshold 1.0: one reveal per step).
+    On this joint the three kinds pick the same position in every state, so one run per
+    method suffices; test_confidence_kinds_choose_different_orders tells the kinds apart."""
+    tokens, calls = _run_mdm(method, 10 if method == "confidence" else 13, N_MDM, **opts)
+    assert calls == L
+    assert _chi2_pvalue(tokens, JOINT) > 1e-3
+
+
+def _order_denoiser(z_BxL):
+    """Length 2. Position 0: (0.5, 0.5, 0) while position 1 is masked, else token 2 surely;
+    position 1: (0.45, 0.35, 0.2) while position 0 is masked, else token 1 surely. So the
+    tokens tell which position went first: "prob" (0.5 > 0.45) and "entropy" (exp(-H) 0.5 >
+    0.35) pick position 0, "margin" (0.1 > 0) position 1."""
+    p0 = jnp.where(z_BxL[:, 1:2] == MASK, jnp.asarray([[0.5, 0.5, 0.0]]), jnp.eye(V)[2][None])
+    p1 = jnp.where(z_BxL[:, 0:1] == MASK, jnp.asarray([[0.45, 0.35, 0.2]]), jnp.eye(V)[1][None])
+    return jnp.log(jnp.stack([p0, p1], axis=1))
+
+
+@pytest.mark.parametrize(
+    "kind,first", [pytest.param("prob", 0, marks=pytest.mark.slow), ("margin", 1), ("entropy", 0)]
+)
+def test_confidence_kinds_choose_different_orders(kind, first):
+    out = sample(
+        jax.random.key(7),
+        _order_denoiser,
+        batch_size=64,
+        length=2,
+        mask_id=MASK,
+        method="confidence",
+        confidence=kind,
+    )
+    tokens = np.asarray(out.tokens)
+    assert int(out.num_calls) == 2
+    if first == 0:
+        assert (tokens[:, 1] == 1).all() and (tokens[:, 0] < 2).all()
+        assert len(set(tokens[:, 0])) == 2
+    else:
+        assert (tokens[:, 0] == 2).all() and len(set(tokens[:, 1])) == 3
+
+
+def test_confidence_of_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4, 5)).astype(np.float32) * 2
+    logits[1, 2] = -np.inf  # filtered token
+    logits[2] = np.nan  # garbage row
+    for dtype in (jnp.float32, jnp.bfloat16):
+        x = jnp.asarray(logits, dtype)
+        ref_logits = np.asarray(x.astype(jnp.float32), np.float64)
+        p = np.exp(ref_logits - ref_logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        top = -np.sort(-p, axis=-1)
+        neg_h = np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+        refs = dict(prob=top[:, 0], margin=top[:, 0] - top[:, 1], entropy=np.exp(neg_h))
+        for kind, ref in refs.items():
+            got = np.asarray(confidence_of(x, kind))
+            assert got.dtype == np.float32 and np.isnan(got[2])
+            keep = np.arange(4) != 2
+            assert_allclose(got[keep], ref[keep], dtype=jnp.float32)
+
+
+def test_ties_are_broken_uniformly_at_random():
+    """All four positions equally confident: each is chosen first about 1/4 of the time."""
+    keys = jax.random.split(jax.random.key(0), 4000)
+    pick = jax.vmap(lambda k: _most_confident(k, jnp.zeros((1, 4)), 1)[0])(keys)
+    counts = np.asarray(pick).sum(0)
+    assert counts.sum() == 4000
+    assert scipy.stats.chisquare(counts).pvalue > 1e-3
+
+
+def _greedy_confident_path():
+    """numpy reference at temperature 0: reveal the masked position of largest max
+    conditional probability with its argmax, until none is masked."""
+    z = np.full(L, MASK)
+    while (z == MASK).any():
+        consistent = np.all((z == MASK) | (SEQS == z), axis=-1)
+        best = (-1.0, None, None)
+        for l in np.flatnonzero(z == MASK):
+            mass = np.bincount(SEQS[consistent, l], JOINT[consistent], minlength=V)
+            p = mass / mass.sum()
+            if p.max() > best[0]:
+                best = (p.max(), l, int(p.argmax()))
+        z[best[1]] = best[2]
+    return z
+
+
+@pytest.mark.parametrize("rank", ["before", pytest.param("sampled", marks=pytest.mark.slow)])
+def test_confidence_temperature_zero_is_deterministic_greedy(rank):
+    runs = [_run_mdm("confidence", seed, 8, temperature=0.0, rank=rank)[0] for seed in (0, 1)]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    np.testing.assert_array_equal(runs[0], np.broadcast_to(_greedy_confident_path(), (8, L)))
+
+
+def test_confidence_rank_sampled_runs_and_is_biased_towards_likely_tokens():
+    """LLaDA's variant: valid tokens, one call per token; no exactness claim."""
+    tokens, calls = _run_mdm("confidence", 11, N_MDM, rank="sampled")
+    assert calls == L and ((tokens >= 0) & (tokens < V)).all()
+    assert _chi2_pvalue(tokens, JOINT) < 1e-3  # the bias is visible on this joint
+
+
+def _peaked_denoiser(z_BxL):
+    """Independent positions, p(token 1) = 0.8 everywhere (length free)."""
+    logits = jnp.log(jnp.asarray([0.1, 0.8, 0.1], jnp.float32))
+    return jnp.broadcast_to(logits, (*z_BxL.shape, V))
+
+
+def test_threshold_and_num_steps_reduce_calls():
+    """Threshold 0.5 reveals all 8 confident positions in one call (threshold 1.0 makes one
+    call per token: test_confidence_rank_before_matches_joint)."""
+    kw = dict(batch_size=4, length=8, mask_id=MASK)
+    key = jax.random.key(0)
+    run = functools.partial(sample, key, _peaked_denoiser, **kw)
+    fast = run(method="threshold", threshold=0.5)
+    assert int(fast.num_calls) == 1 and (np.asarray(fast.tokens) >= 0).all()
+    steps = run(method="confidence", num_steps=3)  # ceil(8 / 3) = 3 per call
+    assert int(steps.num_calls) == 3
+
+
+@pytest.mark.slow
+def test_confidence_with_prompt_keeps_it():
+    prompt = jnp.asarray([[MASK, 2, MASK]])
+    out = sample(
+        jax.random.key(3),
+        exact_denoiser,
+        batch_size=16,
+        length=L,
+        mask_id=MASK,
+        method="confidence",
+        confidence="margin",
+        prompt=prompt,
+    )
+    tokens = np.asarray(out.tokens)
+    assert int(out.num_calls) == 2 and (tokens[:, 1] == 2).all() and tokens.max() < V
+
+
+def test_confidence_and_threshold_argument_errors():
+    kw = dict(batch_size=1, length=L, mask_id=MASK)
+    key = jax.random.key(0)
+    cases = [
+        (dict(method="confidence", confidence="logit"), r"^confidence='logit' is not supported"),
+        (dict(method="confidence", rank="after"), r"^rank='after' is not supported"),
+        (
+            dict(method="confidence", rank="sampled", confidence="margin"),
+            r"^confidence='margin' is not accepted with rank='sampled'",
+        ),
+        (
+            dict(method="threshold"),
+            r"^threshold=None is not accepted; expected a float in \(0, 1\]",
+        ),
+        (dict(method="threshold", threshold=0.0), r"^threshold=0.0 is not accepted"),
+        (dict(method="threshold", threshold=1.5), r"^threshold=1.5 is not accepted"),
+        (dict(method="first_hitting", threshold=0.5), r"^threshold=0.5 is not accepted with"),
+    ]
+    for opts, match in cases:
+        with pytest.raises(ValueError, match=match):
+            sample(key, exact_denoiser, **kw, **opts)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        pytest.param(dict(method="confidence", confidence="entropy"), marks=pytest.mark.slow),
+        dict(method="threshold", threshold=0.9, rank="sampled"),
+    ],
+)
+def test_confidence_garbage_logits_give_invalid_rows(opts):
+    opts = dict(batch_size=3, length=L, mask_id=MASK, **opts)
+    tokens = np.asarray(
+        jax.jit(lambda k: sample(k, _garbage_denoiser, **opts))(jax.random.key(0)).tokens
+    )
+    assert ((tokens[0] >= 0) & (tokens[0] < V)).all()
+    np.testing.assert_array_equal(tokens[1:], -np.ones((2, L), int))
+    with pytest.raises(ValueError, match=r"masked_diffusion.sample: .* 2 of 3 row"):
+        sample(jax.random.key(0), _garbage_denoiser, **opts)

@@ -52,6 +52,7 @@ def use_run(monkeypatch):
         (["--length", "-5"], r"--length=-5 is invalid"),
         (["--length", "1000000000"], r"--length=1000000000 with --num=4 needs about .* GiB"),
         (["--num-steps", "0"], r"num_steps=0 is not accepted"),
+        (["--method", "threshold", "--threshold", "1.5"], r"threshold=1.5 is not accepted"),
     ],
 )
 def test_bad_flags_are_one_line_errors(use_run, capsys, argv, match):
@@ -78,6 +79,8 @@ def test_flags_reach_the_sampler(use_run, capsys, tmp_path):
     out = capsys.readouterr().out
     assert "sample 1" in out and "sample 2" not in out
     assert cli.sample_main([*argv, "--method", "first_hitting", "--num-steps", "64"]) == 0
+    assert "sample 1" in capsys.readouterr().out
+    assert cli.sample_main([*argv, "--method", "threshold", "--threshold", "0.9"]) == 0
     assert "sample 1" in capsys.readouterr().out
     use_run("lm")
     out_file = tmp_path / "s.txt"
