@@ -346,21 +346,28 @@ def _ancestral(
     return Samples(x, calls)
 
 
+def _reveal_loop(key, x, mask_id, step):
+    """``x = step(k_pos, k_draw, x)`` (one denoiser call each) while any position is
+    masked; call ``n`` uses the keys ``split(fold_in(key, n))``."""
+
+    def body(carry):
+        x, calls = carry
+        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+        return step(k_pos, k_draw, x), calls + 1
+
+    x, calls = lax.while_loop(lambda c: jnp.any(c[0] == mask_id), body, (x, jnp.int32(0)))
+    return Samples(x, calls)
+
+
 def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p, per_call=1):
     """The next ``per_call`` hitting positions of each sequence revealed in one call: the
     positions are a uniformly random subset of the masked ones (the order of the first
     hitting times), each token drawn from ``p_theta`` given the same partially masked input.
     ``per_call = 1`` is the exact sampler (one revealed token per call)."""
-    batch_size, length = x.shape
+    length = x.shape[1]
     per_call = min(per_call, length)
 
-    def cond(carry):
-        x, _ = carry
-        return jnp.any(x == mask_id)
-
-    def body(carry):
-        x, calls = carry
-        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+    def step(k_pos, k_draw, x):
         masked = x == mask_id
         u = jax.random.uniform(k_pos, x.shape, jnp.float32)
         score_BxR, pos_BxR = lax.top_k(jnp.where(masked, u, -1.0), per_call)
@@ -373,11 +380,9 @@ def _first_hitting(key, logits_of, x, *, mask_id, temperature, top_p, per_call=1
         live_BxRx1 = (score_BxR >= 0.0)[..., None]  # a masked position (not a filler)
         hit_BxRxL = (jnp.arange(length)[None, None] == pos_BxR[..., None]) & live_BxRx1
         new_BxL = jnp.sum(jnp.where(hit_BxRxL, token_BxR[..., None], 0), axis=1)
-        x = jnp.where(jnp.any(hit_BxRxL, axis=1), new_BxL, x)
-        return x, calls + 1
+        return jnp.where(jnp.any(hit_BxRxL, axis=1), new_BxL, x)
 
-    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
-    return Samples(x, calls)
+    return _reveal_loop(key, x, mask_id, step)
 
 
 def confidence_of(logits, kind: str = "prob"):
@@ -423,13 +428,7 @@ def _confidence(
     and at least the most confident one); loops while any position is masked."""
     per_step = min(per_step, x.shape[1])
 
-    def cond(carry):
-        x, _ = carry
-        return jnp.any(x == mask_id)
-
-    def body(carry):
-        x, calls = carry
-        k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
+    def step(k_pos, k_draw, x):
         masked = x == mask_id
         logits_BxLxV = process_logits(
             logits_of(x), mask_id=mask_id, temperature=temperature, top_p=top_p
@@ -450,7 +449,6 @@ def _confidence(
         else:
             reveal = _most_confident(k_pos, score_BxL, 1) | (score_BxL > threshold)
         reveal = reveal & masked
-        return jnp.where(reveal, token_BxL, x), calls + 1
+        return jnp.where(reveal, token_BxL, x)
 
-    x, calls = lax.while_loop(cond, body, (x, jnp.int32(0)))
-    return Samples(x, calls)
+    return _reveal_loop(key, x, mask_id, step)

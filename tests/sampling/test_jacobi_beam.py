@@ -1,30 +1,19 @@
 """Jacobi decoding == greedy generate; beam search == brute force when it covers the search."""
 
-import functools
 import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
-from jaxar.models import LM, LMConfig
 from jaxar.sampling import beam_search, generate, jacobi
+from tests.sampling.test_speculative import lm as _lm
 
 
-@functools.cache
-def lm(kind, seed=0, vocab=8, d_model=16):
-    cfg = LMConfig.preset(
-        kind,
-        vocab_size=vocab,
-        d_model=d_model,
-        num_heads=2,
-        num_layers=1,
-        mlp_ratio=2.0,
-        tie_embeddings=False,
-    )
-    return LM(cfg, rngs=nnx.Rngs(seed))
+def lm(kind, seed=0, vocab=8):
+    """The speculative tests' tiny untied LM, over 8 tokens by default."""
+    return _lm(kind, seed, vocab=vocab)
 
 
 @pytest.mark.parametrize(

@@ -56,7 +56,7 @@ N = 10_000
 
 
 @functools.cache
-def _run(method, num_steps, seed, prompt=False, n=N):
+def _run(method, num_steps, seed, prompt=False, n=N, **opts):
     fn = functools.partial(
         sample,
         denoise_fn=exact_denoiser,
@@ -66,6 +66,7 @@ def _run(method, num_steps, seed, prompt=False, n=N):
         method=method,
         num_steps=num_steps,
         prompt=jnp.asarray([[1]]) if prompt else None,
+        **opts,
     )
     out = jax.jit(fn)(jax.random.key(seed))
     assert isinstance(out, Samples)
@@ -288,23 +289,6 @@ def test_first_hitting_num_steps_bounds_the_calls():
 # --- confidence and threshold decoding (LLaDA, Fast-dLLM) ---
 
 
-@functools.cache
-def _run_mdm(method, seed, n, temperature=1.0, **opts):
-    fn = functools.partial(
-        sample,
-        denoise_fn=exact_denoiser,
-        batch_size=n,
-        length=L,
-        mask_id=MASK,
-        method=method,
-        temperature=temperature,
-        **opts,
-    )
-    out = jax.jit(fn)(jax.random.key(seed))
-    assert isinstance(out, Samples)
-    return np.asarray(out.tokens), int(out.num_calls)
-
-
 N_MDM = 6000
 
 
@@ -320,7 +304,7 @@ def test_confidence_rank_before_matches_joint(method, opts):
     sampler, exact with the exact denoiser (so is threshold 1.0: one reveal per step).
     On this joint the three kinds pick the same position in every state, so one run per
     method suffices; test_confidence_kinds_choose_different_orders tells the kinds apart."""
-    tokens, calls = _run_mdm(method, 10 if method == "confidence" else 13, N_MDM, **opts)
+    tokens, calls = _run(method, None, 10 if method == "confidence" else 13, n=N_MDM, **opts)
     assert calls == L
     assert _chi2_pvalue(tokens, JOINT) > 1e-3
 
@@ -404,14 +388,14 @@ def _greedy_confident_path():
 
 @pytest.mark.parametrize("rank", ["before", pytest.param("sampled", marks=pytest.mark.slow)])
 def test_confidence_temperature_zero_is_deterministic_greedy(rank):
-    runs = [_run_mdm("confidence", seed, 8, temperature=0.0, rank=rank)[0] for seed in (0, 1)]
+    runs = [_run("confidence", None, seed, n=8, temperature=0.0, rank=rank)[0] for seed in (0, 1)]
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], np.broadcast_to(_greedy_confident_path(), (8, L)))
 
 
 def test_confidence_rank_sampled_runs_and_is_biased_towards_likely_tokens():
     """LLaDA's variant: valid tokens, one call per token; no exactness claim."""
-    tokens, calls = _run_mdm("confidence", 11, N_MDM, rank="sampled")
+    tokens, calls = _run("confidence", None, 11, n=N_MDM, rank="sampled")
     assert calls == L and ((tokens >= 0) & (tokens < V)).all()
     assert _chi2_pvalue(tokens, JOINT) < 1e-3  # the bias is visible on this joint
 
