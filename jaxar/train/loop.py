@@ -11,6 +11,10 @@ rerunning the same command in the same workdir resumes from the newest good chec
 (params, optimizer, step, RNG and data position; a damaged newer step is moved to
 ``damaged_checkpoints/`` with a warning), truncating ``metrics.jsonl`` to that step. A
 rerun may change only resume-compatible fields (``jaxar.train.workdir.RESUMABLE``).
+
+Log lines carry ``steps_per_sec``, ``tokens_per_sec`` and ``mfu`` over the train-step time
+only: the first (compiling) step, evaluation and checkpoint saves are not timed
+(``jaxar.train.throughput``); the summary's ``throughput`` holds the whole run's figures.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from flax import nnx
 from jaxar import sharding
 from jaxar.train import optim, tasks
 from jaxar.train import step as step_lib
+from jaxar.train import throughput as throughput_lib
 from jaxar.train import workdir as workdir_lib
 from jaxar.train.checkpoint import Checkpointer, warn
 from jaxar.train.config import TrainConfig
@@ -409,7 +414,18 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
 
     tokens_per_step = cfg.batch_size * run.tokens_per_row()
     summary = {"workdir": str(workdir), "start_step": start, "skipped_steps": []}
-    last = {"time": time.time(), "step": start, "run": 0}
+    last = {"run": 0}
+    timer = throughput_lib.StepTimer()
+    perf = {}  # flops per step and peak FLOP/s, filled after the first (compiling) step
+
+    def rates(steps: int, seconds: float) -> dict:
+        if steps <= 0 or seconds <= 0:
+            return {}
+        sps = steps / seconds
+        out = dict(steps_per_sec=sps, tokens_per_sec=sps * tokens_per_step)
+        if perf:
+            out["mfu"] = throughput_lib.mfu(perf["flops"], 1.0 / sps, perf["peak"])
+        return out
 
     def handle(step_n: int, metrics) -> None:
         m = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -435,17 +451,36 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
         last["run"] = 0
         summary["loss"] = m["loss"]
         if step_n % cfg.log_every == 0 or step_n == cfg.steps:
-            now = time.time()
-            sps = (step_n - last["step"]) / max(now - last["time"], 1e-9)
-            last.update(time=now, step=step_n)
-            m.update(steps_per_sec=sps, tokens_per_sec=sps * tokens_per_step)
+            r = rates(*timer.take(step_n))
+            m.update(r)
             if step_n == cfg.steps:
                 m["skipped_total"] = writer.prior_skipped + len(summary["skipped_steps"])
             writer.write(step_n, m)
-            say(
-                f"step {step_n}/{cfg.steps}  loss {m['loss']:.4f}  "
-                f"{sps:.2f} steps/s  {sps * tokens_per_step:,.0f} tokens/s"
+            speed = (
+                f"  {r['steps_per_sec']:.2f} steps/s  {r['tokens_per_sec']:,.0f} tokens/s"
+                + (f"  MFU {r['mfu']:.2%}" if "mfu" in r else "")
+                if r
+                else "  (no timed step yet: the first step compiles)"
             )
+            say(f"step {step_n}/{cfg.steps}  loss {m['loss']:.4f}{speed}")
+
+    def first_step_done(step_n: int, batch, metrics) -> None:
+        """Compile is over: measure the FLOPs and the peak, then start the timer."""
+        jax.block_until_ready(metrics)
+        lowered = run.train_step.lower(run.state, batch)
+        perf["flops"], perf["flops_source"] = throughput_lib.step_flops(
+            lowered, run.model(), tokens_per_step, run.tokens_per_row()
+        )
+        perf["peak"], perf["peak_source"] = throughput_lib.peak_flops(
+            jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32,
+            run.mesh.devices.flat,
+        )
+        say(
+            f"MFU basis: {perf['flops'] / 1e9:.4g} GFLOP/step ({perf['flops_source']}), "
+            f"peak {perf['peak'] / 1e12:.4g} TFLOP/s ({perf['peak_source']}); "
+            "throughput excludes the first step, evaluation and checkpointing"
+        )
+        timer.resume(step_n)
 
     pending = None
     step_n = start
@@ -458,23 +493,27 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
             for step_n in range(start + 1, cfg.steps + 1):
                 batch = run.put_batch(next(train_iter))
                 run.state, metrics = run.train_step(run.state, batch)
+                if step_n == start + 1:
+                    first_step_done(step_n, batch, metrics)
                 if pending is not None:
                     handle(*pending)
                 pending = (step_n, metrics)
                 stop = stopper.event.is_set()
-                if step_n % cfg.eval_every == 0 or step_n == cfg.steps:
-                    handle(*pending)
+                do_eval = step_n % cfg.eval_every == 0 or step_n == cfg.steps
+                do_save = step_n % cfg.checkpoint_every == 0 or step_n == cfg.steps or stop
+                if do_eval or do_save:
+                    handle(*pending)  # a step must pass the skip guard before saving
                     pending = None
+                    timer.pause(step_n)  # step_n is done: evaluation and saves are not timed
+                if do_eval:
                     ev = evaluate(run)
                     writer.write(step_n, {f"eval/{k}": v for k, v in ev.items()})
                     summary["eval"] = ev
                     head = next((k for k in run.task.eval_keys if k in ev), "loss")
                     say(f"step {step_n}: held-out {head} {ev[head]:.4f}")
-                if step_n % cfg.checkpoint_every == 0 or step_n == cfg.steps or stop:
-                    if pending is not None:  # a step must pass the skip guard before saving
-                        handle(*pending)
-                        pending = None
+                if do_save:
                     ckpt.save(step_n, run.state, train_iter.get_state(), force=True)
+                timer.resume(step_n)
                 if stop:
                     ckpt.wait()
                     say(f"{stopper.name}: saved a checkpoint at step {step_n}; exiting")
@@ -486,6 +525,13 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
     finally:
         _close(ckpt, writer, raise_errors=not failed)
     summary["step"] = step_n
+    timer.pause(step_n)
+    summary["throughput"] = dict(
+        timed_steps=timer.total_steps,
+        timed_seconds=timer.total_seconds,
+        **rates(timer.total_steps, timer.total_seconds),
+        **perf,
+    )
     summary["num_skipped"] = writer.prior_skipped + len(summary["skipped_steps"])
     if not summary.get("preempted") and cfg.num_samples and step_n == cfg.steps:
         try:

@@ -6,6 +6,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -16,7 +17,7 @@ from jaxar.train import checkpoint, loop
 from tests.train import toy
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-TIMING = {"steps_per_sec", "tokens_per_sec"}
+TIMING = {"steps_per_sec", "tokens_per_sec", "mfu"}
 
 
 def _flat(params):
@@ -33,12 +34,40 @@ def _metrics(workdir):
     return [{k: v for k, v in r.items() if k not in TIMING} for r in rows]
 
 
+SLEEP_S = 0.5
+
+
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    """An uninterrupted 12-step toy run on the default 8-device data mesh."""
+    """An uninterrupted 12-step toy run on the default 8-device data mesh; every evaluation
+    and checkpoint save sleeps SLEEP_S first (time the throughput figures must not see)."""
     workdir = tmp_path_factory.mktemp("ref")
-    summary = loop.train(toy.config(), workdir, quiet=True)
+    real_eval, real_save = loop.evaluate, checkpoint.Checkpointer.save
+
+    def slow(fn):
+        def wrapped(*args, **kwargs):
+            time.sleep(SLEEP_S)
+            return fn(*args, **kwargs)
+
+        return wrapped
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(loop, "evaluate", slow(real_eval))
+        mp.setattr(checkpoint.Checkpointer, "save", slow(real_save))
+        summary = loop.train(toy.config(), workdir, quiet=True)
     return workdir, summary
+
+
+def test_throughput_excludes_compile_eval_and_saves(reference_run):
+    """2 evaluations + 3 saves slept 2.5 s; the timed steps (2..12; step 1 compiles) did not."""
+    workdir, summary = reference_run
+    tp = summary["throughput"]
+    assert tp["timed_steps"] == 11 and tp["timed_seconds"] < SLEEP_S, tp
+    assert tp["flops_source"] == "cost_analysis" and tp["peak_source"] == "measured"
+    assert 0 < tp["mfu"] <= 1
+    rows = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    logged = [r for r in rows if "loss" in r and "event" not in r]
+    assert logged and all(0 < r["mfu"] <= 1 and r["tokens_per_sec"] > 0 for r in logged)
 
 
 def test_loss_decreases_and_files_written(reference_run):
