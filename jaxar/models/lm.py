@@ -29,7 +29,7 @@ from jaxar.models.common import check_fields, from_preset
 from jaxar.nn import MIXERS
 from jaxar.nn.layers import MLP, MLP_ACTIVATIONS, Embed, RMSNorm, dense
 
-__all__ = ["PRESETS", "SIZES", "LMConfig", "Backbone", "LM", "lm_loss", "loss"]
+__all__ = ["PRESETS", "REMAT", "SIZES", "LMConfig", "Backbone", "LM", "lm_loss", "loss"]
 
 # size -> backbone shape; every text family (LM, MDLM, BD3) takes its sizes from here
 SIZES: dict[str, dict[str, int]] = {
@@ -48,6 +48,18 @@ def _kind(kind: str, size: dict[str, int]) -> dict[str, Any]:
     if kind == "gss_hybrid":
         return dict(size, mixer=("gss", "attention"), mixer_options={"attention": {"window": 512}})
     return dict(size, mixer="attention")
+
+
+# LMConfig.remat -> the jax.checkpoint policy of each block (None: no remat)
+REMAT: dict[str, Any] = {
+    "none": None,
+    "block": jax.checkpoint_policies.nothing_saveable,
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,
+}
+
+
+def _call_block(block, h, segment_ids, positions, mask):
+    return block(h, segment_ids=segment_ids, positions=positions, mask=mask)
 
 
 PRESET_KINDS = ("transformer", "gateloop", "gss", "gss_hybrid")
@@ -91,6 +103,11 @@ class LMConfig:
       dtype: compute dtype (activations), e.g. ``jnp.bfloat16``.
       param_dtype: parameter dtype.
       norm_eps: RMSNorm epsilon.
+      remat: rematerialisation of each block in the backward pass (one of ``REMAT``):
+        ``"none"`` keeps every activation; ``"block"`` keeps only each block's input and
+        recomputes the rest (``jax.checkpoint_policies.nothing_saveable``);
+        ``"dots_saveable"`` keeps matmul outputs and recomputes the elementwise rest.
+        Gradients are the same; memory and time are traded.
     """
 
     vocab_size: int = 256
@@ -106,6 +123,7 @@ class LMConfig:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
     norm_eps: float = 1e-6
+    remat: str = "none"
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
@@ -140,6 +158,10 @@ class LMConfig:
             raise ValueError(
                 f"LMConfig.mlp_activation={self.mlp_activation!r} is not supported; "
                 f"accepted: {MLP_ACTIVATIONS}"
+            )
+        if self.remat not in REMAT:
+            raise ValueError(
+                f"LMConfig.remat={self.remat!r} is not supported; accepted: {tuple(REMAT)}"
             )
         object.__setattr__(self, "_layer_mixers", self.mixers or self._build_mixers(names))
 
@@ -249,8 +271,11 @@ class Backbone(nnx.Module):
 
     def __call__(self, x_BxLxD, *, segment_ids=None, positions=None, mask=None):
         h = x_BxLxD.astype(self.config.dtype)
+        call = _call_block
+        if self.config.remat != "none":
+            call = nnx.remat(_call_block, policy=REMAT[self.config.remat])
         for block in self.blocks:
-            h = block(h, segment_ids=segment_ids, positions=positions, mask=mask)
+            h = call(block, h, segment_ids, positions, mask)
         return self.final_norm(h)
 
     def init_state(self, batch_size: int, max_len: int, dtype=None):

@@ -71,6 +71,7 @@ class MDLMConfig:
       schedule: ``"loglinear"`` or ``"cosine"`` (``jaxar.ops.masked_diffusion``).
       t_low, t_high: training times ``t ~ U(t_low, t_high]`` (``(0, 1]``: the NELBO).
       antithetic: stratified times across the batch (lower variance, same mean).
+      remat: the backbone's ``LMConfig.remat``.
     """
 
     vocab_size: int = 256
@@ -84,6 +85,7 @@ class MDLMConfig:
     t_low: float = 0.0
     t_high: float = 1.0
     antithetic: bool = True
+    remat: str = "none"
 
     def __post_init__(self):
         name = type(self).__name__
@@ -105,6 +107,7 @@ class MDLMConfig:
             mlp_ratio=self.mlp_ratio,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
+            remat=self.remat,
         )
 
     @property

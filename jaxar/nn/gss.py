@@ -5,8 +5,9 @@
 
 (the block's pre-norm plays LN(x); the residual is the block's). Full sequences use the
 FFT convolution with the DSS kernel; ``decode`` runs the equivalent diagonal recurrence
-with a (B, H, N) complex state. Packed sequences (``segment_ids``) use the recurrence with
-resets. GSS-Hybrid: ``LMConfig(mixers=(GSSConfig(), AttentionConfig(window=...)))``.
+with a (B, H, N) complex state. Packed sequences (``segment_ids``) use the chunked form
+with resets (``jaxar.ops.dss_chunked``: masked Toeplitz matmuls within chunks, the state
+carried across chunks), exactly the recurrence with resets. GSS-Hybrid: ``LMConfig(mixers=(GSSConfig(), AttentionConfig(window=...)))``.
 
 References:
   Mehta et al. 2022, "Long Range Language Modeling via Gated State Spaces", arXiv:2206.13947.
@@ -25,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.nn.layers import dense, partitioned
-from jaxar.ops.ssm import causal_conv, dss_kernel, dss_recurrent
+from jaxar.ops.ssm import causal_conv, dss_chunked, dss_kernel, dss_recurrent
 
 __all__ = ["GSSConfig", "GSS"]
 
@@ -138,7 +139,7 @@ class GSS(nnx.Module):
             start = jnp.concatenate(
                 [jnp.ones((u.shape[0], 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
             )
-            y, _ = dss_recurrent(u.astype(jnp.float32), lam, log_step, w, reset=start)
+            y = dss_chunked(u.astype(jnp.float32), lam, log_step, w, reset=start)
         return self._output(x_BxLxD, u, y, g)
 
     def init_state(self, batch_size: int, max_len: int = 0, dtype=jnp.float32):

@@ -44,7 +44,7 @@ from jaxar.ops.masks import (
     segment_mask,
 )
 from jaxar.ops.scan import linear_scan
-from jaxar.ops.ssm import causal_conv, dss_kernel, dss_recurrent
+from jaxar.ops.ssm import causal_conv, dss_chunked, dss_kernel, dss_recurrent
 
 __all__ = [
     "linear_scan",
@@ -52,6 +52,7 @@ __all__ = [
     "delta_rule",
     "causal_conv",
     "dss_kernel",
+    "dss_chunked",
     "dss_recurrent",
     "dot_product_attention",
     "axial_attention",
