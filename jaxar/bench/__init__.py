@@ -9,4 +9,5 @@ BENCHMARKS: dict[str, str] = {
     "recurrence": "jaxar.bench.recurrence",
     "attention": "jaxar.bench.attention",
     "train_step": "jaxar.bench.train_step",
+    "decode": "jaxar.bench.decode",
 }
