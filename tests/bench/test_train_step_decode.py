@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxar.bench import decode, harness, train_step
@@ -32,6 +33,7 @@ def test_vs_transformer_ratio():
     assert [r.extra["vs_transformer"] for r in rows] == [1.0, 0.5, 0.8]
 
 
+@pytest.mark.slow  # builds and compiles a trainer run (~5 s)
 def test_train_step_measure_smoke():
     (row,) = train_step.measure(
         [("lm", "tiny", {"num_layers": 1})], rounds=1, steps=1, seq_len=16, batch_size=2
@@ -63,6 +65,7 @@ def test_decode_steps_are_greedy_decoding():
     assert int(state[0]["index"]) == steps
 
 
+@pytest.mark.slow  # compiles a decode loop (~5 s)
 def test_fill_state_and_latency():
     cfg = LMConfig(**MICRO, mixer=("attention", "gateloop"))
     graphdef, params = _model(cfg)
