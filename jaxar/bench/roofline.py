@@ -1,10 +1,14 @@
-"""Measured device limits: matmul FLOP/s and copy bytes/s, so ratios to the limit show."""
+"""Measured device limits: matmul FLOP/s and copy bytes/s, so ratios to the limit show.
+
+The matmul figure is ``jaxar.train.throughput.matmul_flops``, the peak the trainer's MFU
+uses on CPU."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from jaxar.train.throughput import matmul_flops
 from pallas_kernels._bench import PUBLISHED, Result, published_peak, timeit
 
 __all__ = ["PUBLISHED", "measure", "published_peak", "run"]
@@ -15,9 +19,7 @@ def measure(quick: bool = False) -> dict[str, float]:
     n = 1024 if quick else 2048
     out = {}
     for dtype in (jnp.float32, jnp.bfloat16):
-        x = jnp.ones((n, n), dtype)
-        t = timeit(jax.jit(lambda a: a @ a), x, repeats=5)
-        out[f"matmul_{jnp.dtype(dtype).name}_flops"] = 2 * n**3 / t.median_s
+        out[f"matmul_{jnp.dtype(dtype).name}_flops"] = matmul_flops(dtype, n)
     m = (16 if quick else 64) * 2**20 // 4  # float32 elements
     y = jnp.ones((m,), jnp.float32)
     t = timeit(jax.jit(lambda a: a * 1.0001), y, repeats=5)
