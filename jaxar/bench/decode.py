@@ -27,7 +27,7 @@ from flax import nnx
 from jaxar.bench import harness
 from jaxar.models.lm import LM, PRESET_KINDS, LMConfig
 
-STEPS = 16
+STEPS = 8
 CONTEXTS = (1024, 8192, 32768)
 
 
