@@ -10,4 +10,5 @@ BENCHMARKS: dict[str, str] = {
     "attention": "jaxar.bench.attention",
     "train_step": "jaxar.bench.train_step",
     "decode": "jaxar.bench.decode",
+    "mdm_inference": "jaxar.bench.mdm_inference",
 }

@@ -37,10 +37,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax import lax
 
 from jaxar.models.common import from_preset
 from jaxar.models.lm import LM, SIZES, LMConfig
 from jaxar.ops import masked_diffusion as md_ops
+from jaxar.ops.attention import dot_product_attention
 
 __all__ = ["PRESETS", "MDLMConfig", "MDLM", "nelbo", "loss", "unigram_entropy"]
 
@@ -72,6 +74,10 @@ class MDLMConfig:
       t_low, t_high: training times ``t ~ U(t_low, t_high]`` (``(0, 1]``: the NELBO).
       antithetic: stratified times across the batch (lower variance, same mean).
       remat: the backbone's ``LMConfig.remat``.
+      position_skew: per-position time windows in ``[0, 1)``
+        (:func:`jaxar.ops.masked_diffusion.position_window`): position ``l`` is noised while
+        ``t`` crosses ``[a_l, b_l]``, with the matching NELBO weight (still a bound); 0 is
+        the uniform MDLM schedule, bit for bit. Sample with the same ``position_skew``.
     """
 
     vocab_size: int = 256
@@ -86,9 +92,13 @@ class MDLMConfig:
     t_high: float = 1.0
     antithetic: bool = True
     remat: str = "none"
+    position_skew: float = 0.0
 
     def __post_init__(self):
         name = type(self).__name__
+        skew = self.position_skew
+        if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew < 1:
+            raise ValueError(f"{name}.position_skew={skew!r}; accepted: a float in [0, 1)")
         if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
             raise ValueError(f"{name}.vocab_size={self.vocab_size!r}; accepted: an int >= 1")
         _check_times(name, self.t_low, self.t_high, self.schedule)
@@ -141,11 +151,52 @@ class MDLM(nnx.Module):
     def decode(self, tokens_BxT, state, *, positions=None, bidirectional=False):
         return self.lm.decode(tokens_BxT, state, positions=positions, bidirectional=bidirectional)
 
+    def forward_kv(self, tokens_BxL):
+        """The full bidirectional forward and every layer's keys and values.
 
-def nelbo(model, tokens, noisy, t, *, segment_ids=None):
-    """(B,) NELBO estimate (nats, summed over tokens) of ``model`` at noised ``noisy``."""
+        Returns ``(logits_BxLxV, kv)`` with ``kv`` a tuple over layers of ``(k_BxLxGxK,
+        v_BxLxGxK)`` (keys after RoPE), the cache of the approximate prefix / dual KV caches
+        (Fast-dLLM, arXiv:2505.22618) used by :func:`jaxar.sampling.masked_diffusion.sample`.
+        """
+        return self._forward(tokens_BxL, None, 0)
+
+    def forward_span(self, tokens_BxS, kv, start: int):
+        """Logits ``(B, S, V)`` of the span ``[start, start + S)`` alone: its queries attend
+        to its own fresh keys/values and to ``kv`` (from :meth:`forward_kv`) at every other
+        position, ``softmax(q [K_cached | K_span]^T / sqrt(K)) [V_cached | V_span]``. Exact
+        when the cached positions' K/V would not change, an approximation otherwise."""
+        return self._forward(tokens_BxS, kv, start)[0]
+
+    def _forward(self, tokens_BxS, kv, start):
+        lm = self.lm
+        B, S = tokens_BxS.shape
+        positions = jnp.broadcast_to(start + jnp.arange(S, dtype=jnp.int32)[None], (B, S))
+        h = lm._embed(tokens_BxS).astype(lm.config.dtype)
+        new_kv = []
+        for i, block in enumerate(lm.backbone.blocks):
+            mixer = block.mixer
+            if mixer.config.window is not None:
+                raise ValueError("MDLM KV caches need global attention; got a window")
+            x = block.norm1(h)
+            q, k, v = mixer.project(x, positions)
+            new_kv.append((k, v))
+            if kv is not None:
+                k_c, v_c = kv[i]
+                k = lax.dynamic_update_slice(k_c.astype(k.dtype), k, (0, start, 0, 0))
+                v = lax.dynamic_update_slice(v_c.astype(v.dtype), v, (0, start, 0, 0))
+            o = dot_product_attention(q, k, v, impl=mixer.config.impl)
+            h = block._mlp(h + mixer.output(o, x.dtype).astype(h.dtype))
+        return lm.logits(lm.backbone.final_norm(h)), tuple(new_kv)
+
+
+def nelbo(model, tokens, noisy, t, *, segment_ids=None, time_weights=None):
+    """(B,) NELBO estimate (nats, summed over tokens) of ``model`` at noised ``noisy``;
+    ``t`` (B,) or per-position (B, L), ``time_weights`` (B, L) ``dtau / dt`` of a
+    per-position schedule (None: 1)."""
     cfg = model.config
     weights = None if segment_ids is None else (segment_ids > 0).astype(jnp.float32)
+    if time_weights is not None:
+        weights = time_weights if weights is None else weights * time_weights
     logits = model(noisy, segment_ids=segment_ids)
     return md_ops.masked_diffusion_loss(
         logits, tokens, noisy, t, mask_id=cfg.mask_id, schedule=cfg.schedule, weights=weights
@@ -174,6 +225,8 @@ def loss(model, batch: dict, key):
     t = md_ops.sample_t(
         k_t, tokens.shape[0], low=cfg.t_low, high=cfg.t_high, antithetic=cfg.antithetic
     )
+    # per-position times (B, L) and dtau / dt; position_skew = 0 gives tau = t, weight 1
+    t, time_weights = md_ops.position_window(t, tokens.shape[1], cfg.position_skew)
     noisy = md_ops.add_mask_noise(k_noise, tokens, t, cfg.mask_id, cfg.schedule)
     if segment_ids is None:
         valid = jnp.ones(tokens.shape, bool)
@@ -181,7 +234,7 @@ def loss(model, batch: dict, key):
         segment_ids = jnp.asarray(segment_ids, jnp.int32)
         valid = segment_ids > 0
         noisy = jnp.where(valid, noisy, tokens)
-    nelbo_B = nelbo(model, tokens, noisy, t, segment_ids=segment_ids)
+    nelbo_B = nelbo(model, tokens, noisy, t, segment_ids=segment_ids, time_weights=time_weights)
     num_tokens = jnp.sum(valid).astype(jnp.float32)
     masked = jnp.sum((noisy == cfg.mask_id) & valid) / jnp.maximum(num_tokens, 1.0)
     return _metrics(nelbo_B, num_tokens, masked)

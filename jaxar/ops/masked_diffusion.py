@@ -14,12 +14,27 @@ Schedules (``alpha_t``, ``alpha'_t``, weight ``-alpha'_t / (1 - alpha_t)``):
     ``pi/2 sin(pi t/2) / (1 - cos(pi t/2))``.
 The network never sees ``t`` (time-agnostic), so the sampler's time grid is free.
 
+Per-position schedules (:func:`position_window`): position ``l`` is noised only while
+``t`` crosses its window ``[a_l, b_l]``, ``alpha_l(t) = alpha(tau_l(t))`` with
+``tau_l(t) = clip((t - a_l) / (b_l - a_l), 0, 1)``; the NELBO weight becomes
+``-alpha'(tau) tau'_l(t) / (1 - alpha(tau))`` (zero outside the window), still a valid bound
+since the forward process factorizes over positions. ``skew = 0`` is the window ``[0, 1]``
+for every position: ``tau = t`` and weight 1 exactly, the MDLM loss bit for bit.
+
+ReMDM (Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling",
+arXiv:2503.00307; :func:`remdm_sigma`): a revealed token is masked again from ``t`` to ``s``
+with probability ``sigma_t <= sigma_max = min(1, (1 - alpha_s) / alpha_t)``, and a masked
+one revealed with ``(alpha_s - (1 - sigma_t) alpha_t) / (1 - alpha_t)``; both keep the
+marginal ``P(masked at s) = 1 - alpha_s``.
+
 References:
   Sahoo et al. 2024, "Simple and Effective Masked Diffusion Language Models", arXiv:2406.07524.
   Shi et al. 2024, "Simplified and Generalized Masked Diffusion for Discrete Data",
     arXiv:2406.04329.
   Zheng et al. 2024, "Masked Diffusion Models are Secretly Time-Agnostic Masked Models and
     Exploit Inaccurate Categorical Sampling", arXiv:2409.02908.
+  Wang et al. 2025, "Remasking Discrete Diffusion Models with Inference-Time Scaling",
+    arXiv:2503.00307.
   Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
     Language Models", arXiv:2503.09573.
 """
@@ -40,9 +55,14 @@ __all__ = [
     "add_mask_noise",
     "subs_logits",
     "masked_diffusion_loss",
+    "REMASK_SCHEDULES",
+    "remdm_sigma",
+    "loop_time",
+    "position_window",
 ]
 
 SCHEDULES = ("loglinear", "cosine")
+REMASK_SCHEDULES = ("cap", "rescale", "loop")
 
 
 def _check_schedule(schedule):
@@ -189,3 +209,54 @@ def masked_diffusion_loss(
         w_BxL = w_BxL * weights
     per_token = jnp.where(counted_BxL & ~bad_BxL, -ll_BxL * w_BxL, 0.0)
     return jnp.where(jnp.any(bad_BxL, axis=-1), jnp.nan, jnp.sum(per_token, axis=-1))
+
+
+def remdm_sigma(alpha_t, alpha_s, schedule: str, eta: float):
+    """ReMDM's remasking probability ``sigma_t`` of a revealed token from ``t`` to ``s``.
+
+    ``sigma_max = min(1, (1 - alpha_s) / alpha_t)`` (the largest that keeps the marginal);
+    ``"cap"``: ``min(eta, sigma_max)``; ``"rescale"``: ``eta * sigma_max``; ``"loop"``:
+    ``min(eta, sigma_max)`` where ``alpha_s == alpha_t`` (the loop phase of
+    :func:`loop_time`), else 0. ``eta`` in ``[0, 1]``.
+    """
+    if schedule not in REMASK_SCHEDULES:
+        raise ValueError(f"remask={schedule!r} is not supported; accepted: {REMASK_SCHEDULES}")
+    alpha_t, alpha_s = jnp.asarray(alpha_t, jnp.float32), jnp.asarray(alpha_s, jnp.float32)
+    ratio = (1.0 - alpha_s) / jnp.where(alpha_t > 0, alpha_t, 1.0)
+    sigma_max = jnp.where(alpha_t > 0, jnp.clip(ratio, 0.0, 1.0), 1.0)
+    if schedule == "rescale":
+        return eta * sigma_max
+    sigma = jnp.minimum(eta, sigma_max)
+    if schedule == "loop":
+        sigma = jnp.where(alpha_s == alpha_t, sigma, 0.0)
+    return sigma
+
+
+def loop_time(t, t_on: float, t_off: float):
+    """ReMDM-loop's time map: ``t`` for ``t >= t_on`` (plain MDLM down to ``t_on``), held at
+    ``t_on`` on ``[t_off, t_on)`` (the loop: constant ``alpha``, remasking at rate
+    ``sigma``), then ``t_on * t / t_off`` down to 0 (MDLM again)."""
+    t = jnp.asarray(t, jnp.float32)
+    if t_off <= 0.0:
+        return jnp.where(t >= t_on, t, t_on)
+    return jnp.where(t >= t_on, t, jnp.where(t >= t_off, t_on, t_on * t / t_off))
+
+
+def position_window(t, length: int, skew: float):
+    """Per-position times ``(tau_BxL, dtau_BxL)`` for (B,) times ``t`` (module docstring).
+
+    Window of position ``l`` (``u_l = l / (L - 1)``): ``a_l = skew (1 - u_l)``,
+    ``b_l = a_l + 1 - skew``; ``skew`` in ``[0, 1)``: 0 is the uniform schedule, towards 1
+    positions are noised right to left (revealed left to right when sampling).
+    ``dtau = 1 / (b_l - a_l)`` inside ``(a_l, b_l]``, else 0.
+    """
+    if not 0.0 <= skew < 1.0:
+        raise ValueError(f"position_skew={skew!r} is not accepted; expected a float in [0, 1)")
+    t = jnp.asarray(t, jnp.float32)
+    u = jnp.arange(length, dtype=jnp.float32) / max(length - 1, 1)
+    a = jnp.reshape(skew * (1.0 - u), (1,) * t.ndim + (length,))
+    width = 1.0 - skew
+    t = t[..., None]
+    tau = jnp.clip((t - a) / width, 0.0, 1.0)
+    inside = (t > a) & (t <= a + width)
+    return tau, jnp.where(inside, 1.0 / width, 0.0)

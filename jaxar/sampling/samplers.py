@@ -11,7 +11,8 @@ sampler       options (defaults in ``sampler.defaults``)
 sample_lm     length (counts the prompt), prompt, temperature, top_k, top_p
               (:mod:`.generate`)
 sample_mdlm   length, method, num_steps, prompt, temperature, top_p, confidence,
-              rank, threshold (:mod:`.masked_diffusion`)
+              rank, threshold, remask, eta, t_on, t_off, eos_id, block_length, cache,
+              refresh_every, position_skew (None: the model's) (:mod:`.masked_diffusion`)
 sample_bd3    length, prompt, eos_id, pad_id, min_entropy, temperature, top_p,
               use_cache (:mod:`.block_diffusion`)
 sample_axial  method (:mod:`.axial`)
@@ -156,8 +157,12 @@ def _mdlm(
     confidence,
     rank,
     threshold,
+    position_skew,
+    **mdm,
 ):
     _check_length(length)
+    if position_skew is None:
+        position_skew = getattr(model.config, "position_skew", 0.0)
     options = dict(
         batch_size=num,
         length=length,
@@ -168,6 +173,8 @@ def _mdlm(
         confidence=confidence,
         rank=rank,
         threshold=threshold,
+        position_skew=position_skew,
+        **mdm,
     )
     graphdef, state = nnx.split(model)
     prompt = None if prompt is None else jnp.asarray(prompt, jnp.int32)
@@ -226,6 +233,15 @@ sample_mdlm = Sampler(
         confidence="prob",
         rank="before",
         threshold=None,
+        remask=None,
+        eta=None,
+        t_on=0.55,
+        t_off=0.05,
+        eos_id=None,
+        block_length=None,
+        cache=None,
+        refresh_every=None,
+        position_skew=None,
     ),
     methods=masked_diffusion.METHODS,
 )

@@ -133,6 +133,12 @@ SAMPLE_FLAGS = {
     "top_k": "--top-k",
     "top_p": "--top-p",
     "threshold": "--threshold",
+    "block_length": "--block-length",
+    "cache": "--cache",
+    "refresh_every": "--refresh-every",
+    "remask": "--remask",
+    "eta": "--eta",
+    "eos_id": "--eos-id",
     "prompt": "--prompt",
     "length": "--length",
 }
@@ -191,6 +197,16 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument(
         "--threshold", type=float, default=None, help="confidence threshold (mdlm 'threshold')"
     )
+    p.add_argument(
+        "--block-length", type=int, default=None, help="semi-AR blocks (mdlm; divides --length)"
+    )
+    p.add_argument("--cache", default=None, help="mdlm block KV cache: 'prefix' or 'dual'")
+    p.add_argument(
+        "--refresh-every", type=int, default=None, help="mdlm cache: full forward every k calls"
+    )
+    p.add_argument("--remask", default=None, help="mdlm 'remdm' schedule: cap, rescale, loop")
+    p.add_argument("--eta", type=float, default=None, help="mdlm 'remdm' remasking eta in [0, 1]")
+    p.add_argument("--eos-id", type=int, default=None, help="stop a row at this token id (mdlm)")
     p.add_argument("--prompt", default=None, help="text the samples continue (UTF-8 bytes)")
     p.add_argument("--out", default=None, help="output file (.txt or .png)")
     args = p.parse_args(argv)
