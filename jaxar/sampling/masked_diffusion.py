@@ -427,11 +427,11 @@ def sample(
     gen_BxL = x == mask_id  # the generated positions (remdm never remasks the prompt)
     per_step = -(-length // num_steps)
     if method == "first_hitting":
-        step = functools.partial(_first_hitting_step, per_call=min(per_step, length), **opts)
+        step = functools.partial(_first_hitting_step, per_call=min(per_step, block_length), **opts)
     elif method in ("confidence", "threshold"):
         step = functools.partial(
             _confidence_step,
-            per_step=min(per_step, length),
+            per_step=min(per_step, block_length),
             confidence=confidence,
             rank=rank,
             threshold=None if threshold is None else float(threshold),
@@ -452,7 +452,8 @@ def sample(
         else:
             den = _kv_denoiser(denoise_fn, x, start, end, refresh_every)
         if method in WHILE_METHODS:
-            x, calls = _while_block(key, x, calls, active_1xL, den, step, mask_id, eos_id)
+            stop = start + block_length
+            x, calls = _while_block(key, x, calls, start, stop, den, step, mask_id, eos_id)
         else:
             x, calls = _fixed_block(
                 key,
@@ -667,22 +668,23 @@ def _fill_after_eos(x, eos_id):
     return jnp.where(after, eos_id, x)
 
 
-def _while_block(key, x, calls, active_1xL, den, step, mask_id, eos_id):
-    """``x = step(k_pos, k_draw, x, logits, open_BxL)`` (one denoiser call each) while any
-    active position of a running row is masked; call ``c`` (counted over the whole
-    sequence) uses the keys ``split(fold_in(key, c))``."""
+def _while_block(key, x, calls, start, stop, den, step, mask_id, eos_id):
+    """``x[:, start:stop] = step(k_pos, k_draw, x_blk, logits_blk, open_blk)`` on the block's
+    columns (one denoiser call each) while any of them is masked in a running row; call
+    ``c`` (counted over the whole sequence) uses the keys ``split(fold_in(key, c))``."""
 
     def open_(x):
-        open_BxL = (x == mask_id) & active_1xL
+        open_BxS = x[:, start:stop] == mask_id
         if eos_id is not None:
-            open_BxL = open_BxL & ~_eos_done(x, eos_id, mask_id)[:, None]
-        return open_BxL
+            open_BxS = open_BxS & ~_eos_done(x, eos_id, mask_id)[:, None]
+        return open_BxS
 
     def body(carry):
         x, calls, n, aux = carry
         k_pos, k_draw = jax.random.split(jax.random.fold_in(key, calls))
         logits, aux = den.call(x, aux, n)
-        return step(k_pos, k_draw, x, logits, open_(x)), calls + 1, n + 1, aux
+        block = step(k_pos, k_draw, x[:, start:stop], logits[:, start:stop], open_(x))
+        return x.at[:, start:stop].set(block), calls + 1, n + 1, aux
 
     carry = (x, calls, jnp.int32(0), den.aux0)
     x, calls, _, _ = lax.while_loop(lambda c: jnp.any(open_(c[0])), body, carry)

@@ -67,6 +67,7 @@ def test_dual_cache_refreshed_every_call_equals_uncached_blocks(model):
     assert int(got.num_calls) == int(ref.num_calls) == 4
 
 
+@pytest.mark.slow
 def test_prefix_cache_with_one_block_equals_no_cache(model):
     opts = dict(method="threshold", threshold=0.2)
     ref = _mdlm_sample(model, 2, **opts)

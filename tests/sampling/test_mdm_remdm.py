@@ -56,7 +56,11 @@ def test_remdm_sigma_respects_the_bound(schedule):
 
 @pytest.mark.parametrize(
     "remask,eta",
-    [("cap", 0.3), ("rescale", 0.5), pytest.param("loop", 0.5, marks=pytest.mark.slow)],
+    [
+        ("cap", 0.3),
+        pytest.param("rescale", 0.5, marks=pytest.mark.slow),
+        pytest.param("loop", 0.5, marks=pytest.mark.slow),
+    ],
 )
 def test_remdm_keeps_the_marginal_masking_schedule(remask, eta):
     """Independent positions: after k of n steps each position is masked with probability
@@ -95,6 +99,7 @@ def test_remdm_keeps_the_marginal_masking_schedule(remask, eta):
         assert abs(float(masked_fraction(stop)) - expected) < 5 * sd + 1e-6
 
 
+@pytest.mark.slow
 def test_remdm_more_steps_than_length_and_remasks():
     calls = []
 

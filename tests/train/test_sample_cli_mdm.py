@@ -28,6 +28,7 @@ def test_bad_mdm_flags_are_one_line_errors(use_run, capsys, argv, match):  # noq
     assert re.search(match, err), err
 
 
+@pytest.mark.slow
 def test_mdm_flags_reach_the_sampler(use_run, capsys):  # noqa: F811
     use_run("mdlm")
     argv = ["--workdir", "unused", "--num", "1", "--length", "6"]
