@@ -3,7 +3,8 @@
 ``l = l_c + (s_t - 1) (l_c - l_u)`` (= ``l_u + s_t (l_c - l_u)``, written so that ``s_t = 1``
 returns the conditional logits bit for bit), with ``s_t = s`` (``"constant"``) or
 ``s_t = 1 + (s - 1) t / max(T - 1, 1)`` (``"linear"``: from 1 at the first of T steps to
-``s`` at the last). A token that either side forbids (``-inf``) stays forbidden.
+``s`` at the last). A token the conditional logits forbid (``-inf``) stays forbidden; where
+only the unconditional side is ``-inf`` the token gets no guidance (``l = l_c``).
 :class:`Guided` wraps any LM so that an LM sampler (``jaxar.sampling.generate``) draws
 from the guided logits.
 
@@ -34,14 +35,16 @@ def guidance_scale(scale, schedule: str = "constant", step=0, total: int = 1):
 
 
 def cfg(cond_logits, uncond_logits, scale, *, schedule: str = "constant", step=0, total: int = 1):
-    """Guided logits ``l_c + (s_t - 1)(l_c - l_u)`` (float32; ``-inf`` where either is)."""
+    """Guided logits ``l_c + (s_t - 1)(l_c - l_u)`` (float32; ``-inf`` where ``l_c`` is; no
+    guidance term where ``l_u`` is not finite), so ``s_t = 1`` returns ``l_c`` exactly."""
     c = jnp.asarray(cond_logits, jnp.float32)
     u = jnp.asarray(uncond_logits, jnp.float32)
     if c.shape != u.shape:
         raise ValueError(f"cond_logits {c.shape} and uncond_logits {u.shape} must match")
     s = guidance_scale(scale, schedule, step, total)
-    out = c + (s - 1.0) * (c - u)
-    return jnp.where(jnp.isneginf(c) | jnp.isneginf(u), -jnp.inf, out)
+    both = jnp.isfinite(c) & jnp.isfinite(u)
+    out = c + (s - 1.0) * jnp.where(both, c - u, 0.0)
+    return jnp.where(jnp.isneginf(c), -jnp.inf, out)
 
 
 class Guided(nnx.Module):
