@@ -118,15 +118,16 @@ class _Block(nnx.Module):
         o = dot_product_attention(q, k, v, mask=None if mask is None else mask[None, None])
         return self._rest(x, o, mods)
 
-    def decode(self, x, cond, positions, limits, state):
+    def decode(self, x, cond, positions, limits, state, kv_len=None):
         mods = self._mods(cond, x)
         q, k, v = self._qkv(self._mod(self.norm1(x), mods[0], mods[1]), positions)
         kc, vc, idx = state["k"], state["v"], state["index"]
         kc = jax.lax.dynamic_update_slice(kc, k.astype(kc.dtype), (0, idx, 0, 0))
         vc = jax.lax.dynamic_update_slice(vc, v.astype(vc.dtype), (0, idx, 0, 0))
-        allowed = jnp.arange(kc.shape[1])[None, :] < limits[:, None]  # (T, M)
+        m = kc.shape[1] if kv_len is None else kv_len  # keys past kv_len are never read
+        allowed = jnp.arange(m)[None, :] < limits[:, None]  # (T, m)
         o = dot_product_attention(
-            q, kc.astype(q.dtype), vc.astype(q.dtype), mask=allowed[None, None]
+            q, kc[:, :m].astype(q.dtype), vc[:, :m].astype(q.dtype), mask=allowed[None, None]
         )
         return self._rest(x, o, mods), {"k": kc, "v": vc, "index": idx + x.shape[1]}
 
@@ -171,12 +172,13 @@ class TokenTransformer(nnx.Module):
             for _ in self.blocks
         )  # fmt: skip
 
-    def decode(self, x_BxTxD, state, *, limits, cond=None, positions=None):
+    def decode(self, x_BxTxD, state, *, limits, cond=None, positions=None, kv_len=None):
         """Cached pass: the T inputs take slots ``index .. index + T - 1``; input t attends
-        to the slots ``< limits[t]`` (int (T,))."""
+        to the slots ``< limits[t]`` (int (T,)); a static ``kv_len >= max(limits)`` reads
+        only the first ``kv_len`` slots (less work when the cache is known to be shorter)."""
         h = x_BxTxD.astype(self.config.dtype)
         new = []
         for block, s in zip(self.blocks, state, strict=True):
-            h, s = block.decode(h, cond, positions, limits, s)
+            h, s = block.decode(h, cond, positions, limits, s, kv_len)
             new.append(s)
         return self._final(h, cond), tuple(new)

@@ -233,7 +233,6 @@ class VQ(nnx.Module):
         """(B, g, g, d) -> ``x_hat`` (B, H, W, C) in about ``[-1, 1]`` (float32)."""
         h = self.dec_res(self.dec_in(z_q.astype(self.config.dtype)))
         for conv in self.dec_up:
-            b, g, _, c = h.shape
             h = jax.nn.silu(conv(jnp.repeat(jnp.repeat(h, 2, 1), 2, 2)))
         return self.dec_out(h).astype(jnp.float32)
 

@@ -51,36 +51,38 @@ def check_options(num_classes, labels, num, cfg_scale, cfg_schedule, temperature
     return labels
 
 
-def _pick(key, logits, b, step, total, options):
-    scale, schedule, temperature, top_k, top_p = options
-    if scale is not None:
+def _pick(key, logits, b, step, total, options, scale):
+    guided, schedule, temperature, top_k, top_p = options
+    if guided:
         logits = cfg(logits[:b], logits[b:], scale, schedule=schedule, step=step, total=total)
     return sample_token(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "use_cache"))
-def _codes(graphdef, state, key, labels, options, use_cache):
+def _codes(graphdef, state, key, labels, scale, options, use_cache):
     model = nnx.merge(graphdef, state)
     c = model.config
     n = c.seq_len
     b = labels.shape[0]
     rows = (
-        labels
-        if options[0] is None
-        else jnp.concatenate([labels, jnp.full_like(labels, c.null_class)])
+        labels if not options[0] else jnp.concatenate([labels, jnp.full_like(labels, c.null_class)])
     )
     cls = model.class_tokens(rows)
     r = cls.shape[0]
     if use_cache:
         kv = model.init_state(r, n)
         logits, kv = model.decode(cls[:, None], kv, positions=jnp.zeros((r, 1), jnp.int32))
-        first = _pick(jax.random.fold_in(key, 0), logits[:, 0, : c.num_codes], b, 0, n, options)
+        first = _pick(
+            jax.random.fold_in(key, 0), logits[:, 0, : c.num_codes], b, 0, n, options, scale
+        )
 
         def step(carry, i):
             tok, kv = carry
             both = jnp.concatenate([tok, tok])[:, None] if r > b else tok[:, None]
             logits, kv = model.decode(both, kv, positions=jnp.full((r, 1), i, jnp.int32))
-            nxt = _pick(jax.random.fold_in(key, i), logits[:, 0, : c.num_codes], b, i, n, options)
+            nxt = _pick(
+                jax.random.fold_in(key, i), logits[:, 0, : c.num_codes], b, i, n, options, scale
+            )
             return (nxt, kv), nxt
 
         _, rest = jax.lax.scan(step, (first, kv), jnp.arange(1, n, dtype=jnp.int32))
@@ -91,7 +93,9 @@ def _codes(graphdef, state, key, labels, options, use_cache):
             [cls[:, None], (jnp.concatenate([codes, codes]) if r > b else codes)[:, :-1]], 1
         )
         logits = model(jnp.maximum(seq, 0))[:, i, : c.num_codes]
-        return codes.at[:, i].set(_pick(jax.random.fold_in(key, i), logits, b, i, n, options))
+        return codes.at[:, i].set(
+            _pick(jax.random.fold_in(key, i), logits, b, i, n, options, scale)
+        )
 
     return jax.lax.fori_loop(0, n, full, jnp.zeros((b, n), jnp.int32))
 
@@ -113,9 +117,7 @@ def sample_codes(
     None = no guidance (1.0 gives the same codes with twice the work)."""
     c = model.config
     labels = check_options(c.num_classes, labels, num, cfg_scale, cfg_schedule, temperature)
-    options = (
-        None if cfg_scale is None else float(cfg_scale), cfg_schedule, float(temperature),
-        top_k, top_p,
-    )  # fmt: skip
+    options = (cfg_scale is not None, cfg_schedule, float(temperature), top_k, top_p)
+    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
     graphdef, state = nnx.split(model)
-    return _codes(graphdef, state, key, labels, options, bool(use_cache))
+    return _codes(graphdef, state, key, labels, scale, options, bool(use_cache))

@@ -29,20 +29,20 @@ from jaxar.sampling.token_ar import check_options
 __all__ = ["sample", "sample_codes"]
 
 
-def _pick(key, logits, b, k, total, options):
-    scale, schedule, temperature, top_k, top_p = options
-    if scale is not None:
+def _pick(key, logits, b, k, total, options, scale):
+    guided, schedule, temperature, top_k, top_p = options
+    if guided:
         logits = cfg(logits[:b], logits[b:], scale, schedule=schedule, step=k, total=total)
     return sample_token(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "use_cache"))
-def _codes(graphdef, state, key, labels, options, use_cache):
+def _codes(graphdef, state, key, labels, scale, options, use_cache):
     model = nnx.merge(graphdef, state)
     c = model.config
     scales, n = c.scales, c.scales[-1]
     b = labels.shape[0]
-    guided = options[0] is not None
+    guided = options[0]
     rows = jnp.concatenate([labels, jnp.full_like(labels, c.null_class)]) if guided else labels
     r = rows.shape[0]
     cond = model.condition(rows)
@@ -61,7 +61,11 @@ def _codes(graphdef, state, key, labels, options, use_cache):
             inputs.append(x)
         if use_cache:
             h, kv = model.transformer.decode(
-                model.embed_block(k, x, cond), kv, limits=jnp.full((s * s,), ends[k]), cond=cond
+                model.embed_block(k, x, cond),
+                kv,
+                limits=jnp.full((s * s,), ends[k]),
+                cond=cond,
+                kv_len=ends[k],
             )
             logits = model.logits(h)
         else:
@@ -69,7 +73,7 @@ def _codes(graphdef, state, key, labels, options, use_cache):
             pad = c.seq_len - 1 - seq.shape[1]
             seq = jnp.concatenate([seq, jnp.zeros((r, pad, c.latent_dim), seq.dtype)], 1)
             logits = model(rows, seq, num_scales=k + 1)[:, ends[k] - s * s : ends[k]]
-        ids = _pick(jax.random.fold_in(key, k), logits, b, k, len(scales), options)
+        ids = _pick(jax.random.fold_in(key, k), logits, b, k, len(scales), options, scale)
         codes.append(ids)
         e = jnp.take(book, jnp.maximum(ids, 0), axis=0).reshape(b, s, s, c.latent_dim)
         up = qops.resize2d(e, *(2 * (qops.upsample_matrix(n, s),))) if s < n else e
@@ -94,12 +98,10 @@ def sample_codes(
     order, and the final latent map."""
     c = model.config
     labels = check_options(c.num_classes, labels, num, cfg_scale, cfg_schedule, temperature)
-    options = (
-        None if cfg_scale is None else float(cfg_scale), cfg_schedule, float(temperature),
-        top_k, top_p,
-    )  # fmt: skip
+    options = (cfg_scale is not None, cfg_schedule, float(temperature), top_k, top_p)
+    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
     graphdef, state = nnx.split(model)
-    return _codes(graphdef, state, key, labels, options, bool(use_cache))
+    return _codes(graphdef, state, key, labels, scale, options, bool(use_cache))
 
 
 def sample(model, key, num: int, **options):

@@ -24,8 +24,8 @@ QUANT = {
 
 
 @pytest.mark.parametrize(
-    "kind",  # fsq / lfq / rq are covered against float64 references in tests/ops
-    [k if k in ("vq", "msrq") else pytest.param(k, marks=pytest.mark.slow) for k in QUANT],
+    "kind",  # the quantizers are covered against float64 references in tests/ops
+    [k if k == "vq" else pytest.param(k, marks=pytest.mark.slow) for k in QUANT],
 )
 def test_vq_codes_round_trip_and_loss(kind):
     cfg = vq.VQConfig.preset("tiny", width=8, **QUANT[kind])
@@ -87,6 +87,7 @@ def test_var_no_leakage_from_later_scales():
             assert np.all(g[:seen] > 0), (k, g)
 
 
+@pytest.mark.slow  # shapes and loss levels; the samplers' tests run both models
 def test_var_loss_and_token_ar_shapes():
     cfg = var.VARConfig(num_codes=8, latent_dim=3, scales=(1, 2), d_model=16, num_heads=2)
     model = var.VAR(cfg, rngs=nnx.Rngs(0))

@@ -73,7 +73,7 @@ def test_token_ar_guided_law_chi_square(tar, scale):
         np.testing.assert_array_equal(codes, np.asarray(plain))
 
 
-@pytest.mark.parametrize("cfg_scale", [None, 2.0])
+@pytest.mark.parametrize("cfg_scale", [pytest.param(None, marks=pytest.mark.slow), 2.0])
 def test_token_ar_cached_equals_uncached(tar, cfg_scale):
     kw = dict(labels=jnp.asarray([0, 1, 1]), cfg_scale=cfg_scale, top_k=2, top_p=0.9)
     a = tas.sample_codes(tar, jax.random.key(3), 3, **kw)
