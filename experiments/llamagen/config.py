@@ -11,6 +11,8 @@ Variants (``llamagen:<variant>``):
   * ``tiny`` (digits; tokenizer ``vq_tokenizer:tiny_vq``: 4x4 codes of 64) and
     ``photos`` (tokenizer ``vq_tokenizer:photos_vq``: 8x8 codes, 2 classes): the ``tiny``
     preset (D=64, 2 layers, 4 heads), batch 32, 600 steps (a minute or two on 2 CPU cores).
+  * ``cifar10``: D=256, 8 layers, 8 heads on ``tfds:cifar10`` (prepared offline) through
+    ``vq_tokenizer:cifar10_vq`` (8x8 codes), batch 256, bfloat16. NOT run here.
   * ``full``: LlamaGen-B (``llamagen_b``: D=768, 12 layers, 12 heads, ~111M parameters)
     on ImageNet 256 through the ``vq_tokenizer:full`` tokenizer (16x16 codes of 16384),
     batch 256, AdamW 1e-4, bfloat16, 300 epochs in the paper: FID 5.46 with guidance 2.0
@@ -30,7 +32,7 @@ References:
 
 from jaxar.experiments.common import config_dict
 
-VARIANTS = ("tiny", "photos", "full")
+VARIANTS = ("tiny", "photos", "cifar10", "full")
 _TINY_RUN = dict(
     steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=30, log_every=50,
     eval_every=600, eval_batches=7, checkpoint_every=600, keep_checkpoints=1, num_samples=16,
@@ -50,6 +52,20 @@ def get_config(variant: str = "tiny"):
             recipe="image_accelerator",
             learning_rate=1e-4,
         )  # fmt: skip
+    if variant == "cifar10":
+        return config_dict(
+            model=dict(
+                family="token_ar",
+                preset="tiny",
+                d_model=256,
+                num_layers=8,
+                num_heads=8,
+                tokenizer_workdir="jaxar_runs/vq_tokenizer_cifar10_vq",
+            ),
+            data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
+            recipe="image_accelerator",
+            steps=100_000,
+        )
     data = "digits" if variant == "tiny" else "photos"
     tok = "tiny_vq" if variant == "tiny" else "photos_vq"
     return config_dict(

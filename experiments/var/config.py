@@ -10,6 +10,8 @@ Variants (``var:<variant>``):
   * ``tiny`` (digits: scales 1, 2, 4 over a 4x4 grid, 21 positions) and ``photos``
     (scales 1, 2, 4, 8, 85 positions, 2 classes): the ``tiny`` preset (D=64, 2 layers,
     4 heads), batch 32, 600 steps.
+  * ``cifar10``: D=256, 8 layers, 8 heads on ``tfds:cifar10`` (prepared offline) through
+    ``vq_tokenizer:cifar10_msrq`` (8x8 codes), batch 256, bfloat16. NOT run here.
   * ``full``: VAR-d16 (``var_d16``: depth 16, D=1024, 16 heads; 4096 codes of dim 32,
     scales 1, 2, 3, 4, 5, 6, 8, 10, 13, 16) on ImageNet 256 through
     ``vq_tokenizer:full_msrq``, batch 768, AdamW 8e-5 x batch/256 in the paper, 200
@@ -29,7 +31,7 @@ References:
 
 from jaxar.experiments.common import config_dict
 
-VARIANTS = ("tiny", "photos", "full")
+VARIANTS = ("tiny", "photos", "cifar10", "full")
 _TINY_RUN = dict(
     steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=30, log_every=50,
     eval_every=600, eval_batches=7, checkpoint_every=600, keep_checkpoints=1, num_samples=16,
@@ -50,6 +52,20 @@ def get_config(variant: str = "tiny"):
             recipe="image_accelerator",
             batch_size=768,
             learning_rate=2.4e-4,
+        )
+    if variant == "cifar10":
+        return config_dict(
+            model=dict(
+                family="var",
+                preset="tiny",
+                d_model=256,
+                num_layers=8,
+                num_heads=8,
+                tokenizer_workdir="jaxar_runs/vq_tokenizer_cifar10_msrq",
+            ),
+            data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
+            recipe="image_accelerator",
+            steps=100_000,
         )
     data = "digits" if variant == "tiny" else "photos"
     tok = "tiny_msrq" if variant == "tiny" else "photos_msrq"
