@@ -11,4 +11,5 @@ BENCHMARKS: dict[str, str] = {
     "train_step": "jaxar.bench.train_step",
     "decode": "jaxar.bench.decode",
     "mdm_inference": "jaxar.bench.mdm_inference",
+    "visual": "jaxar.bench.visual",
 }

@@ -3,7 +3,7 @@
 Imported lazily by the trainer; importing ``jaxar`` does not import grain or tfds.
 """
 
-from jaxar.data.corpora import digits, stdlib_documents
+from jaxar.data.corpora import digits, photos, stdlib_documents
 from jaxar.data.pipeline import (
     ArraySource,
     DataIterator,
@@ -24,5 +24,6 @@ __all__ = [
     "batched",
     "digits",
     "load",
+    "photos",
     "stdlib_documents",
 ]

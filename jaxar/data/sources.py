@@ -1,6 +1,7 @@
 """Datasets by name: the embedded corpora and tfds datasets read through ``tfds.data_source``.
 
-Names: ``"stdlib"`` (text), ``"digits"`` (8x8 images), ``"tfds:<name>"`` for any tfds
+Names: ``"stdlib"`` (text), ``"digits"`` (8x8 images), ``"photos"`` (32x32 RGB crops of
+scikit-learn's two sample photos, 2 classes), ``"tfds:<name>"`` for any tfds
 dataset prepared under ``data_dir`` in array_record format (``tfds:mnist``,
 ``tfds:cifar10``, ``tfds:imagenet_resized/32x32``, ``tfds:lm1b``). tfds is never asked
 to download: a dataset that is not prepared is an error telling how to prepare it.
@@ -14,7 +15,7 @@ import numpy as np
 
 from jaxar.data import corpora, pipeline
 
-EMBEDDED = ("stdlib", "digits")
+EMBEDDED = ("stdlib", "digits", "photos")
 TEXT_KEYS = ("text", "content", "sentence")
 
 
@@ -50,6 +51,10 @@ def load(name: str, split: str, *, seq_len: int, packing: str = "concat", data_d
         arrays = corpora.digits(split)
         info = DataInfo("image", image_shape=arrays["image"].shape[1:], num_classes=10)
         return pipeline.ArraySource(arrays, name=f"digits/{split}"), info
+    if name == "photos":
+        arrays = corpora.photos(split)
+        info = DataInfo("image", image_shape=arrays["image"].shape[1:], num_classes=2)
+        return pipeline.ArraySource(arrays, name=f"photos/{split}"), info
     return _tfds(name[len("tfds:") :], split, seq_len=seq_len, packing=packing, data_dir=data_dir)
 
 

@@ -8,7 +8,7 @@ share their function's name (``gateloop``, ``categorical``), and a lazy lookup w
 ``import jaxar.ops.gateloop`` replace the function ``jaxar.ops.gateloop`` by its module.
 """
 
-from jaxar.ops.attention import apply_rope, axial_attention, dot_product_attention
+from jaxar.ops.attention import apply_rope, apply_rope_nd, axial_attention, dot_product_attention
 from jaxar.ops.categorical import (
     INVALID,
     categorical,
@@ -41,7 +41,18 @@ from jaxar.ops.masks import (
     causal_mask,
     chunk_mask,
     local_mask,
+    scale_causal_mask,
     segment_mask,
+)
+from jaxar.ops.quantize import (
+    codebook_usage,
+    ema_codebook_update,
+    fsq,
+    lfq,
+    multiscale_residual_dequantize,
+    multiscale_residual_quantize,
+    residual_quantize,
+    vector_quantize,
 )
 from jaxar.ops.scan import linear_scan
 from jaxar.ops.ssm import causal_conv, dss_chunked, dss_kernel, dss_recurrent
@@ -57,6 +68,7 @@ __all__ = [
     "dot_product_attention",
     "axial_attention",
     "apply_rope",
+    "apply_rope_nd",
     "block_mask_for",
     "causal_mask",
     "local_mask",
@@ -64,6 +76,7 @@ __all__ = [
     "segment_mask",
     "block_causal_mask",
     "block_diffusion_mask",
+    "scale_causal_mask",
     "masked_diffusion_loss",
     "mask_schedule",
     "sample_t",
@@ -81,4 +94,12 @@ __all__ = [
     "add_gaussian_noise",
     "diffusion_target",
     "eps_from_prediction",
+    "vector_quantize",
+    "ema_codebook_update",
+    "fsq",
+    "lfq",
+    "residual_quantize",
+    "multiscale_residual_quantize",
+    "multiscale_residual_dequantize",
+    "codebook_usage",
 ]

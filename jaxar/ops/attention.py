@@ -25,7 +25,13 @@ import jax.numpy as jnp
 from jaxar import dispatch
 from jaxar.dispatch import AttentionImpl
 
-__all__ = ["dot_product_attention", "axial_attention", "apply_rope", "combine_masks"]
+__all__ = [
+    "dot_product_attention",
+    "axial_attention",
+    "apply_rope",
+    "apply_rope_nd",
+    "combine_masks",
+]
 
 
 def _compute_dtype(dtype):
@@ -267,3 +273,31 @@ def apply_rope(x, positions, *, base: float = 10000.0):
     xf = x.astype(cdt)
     x1, x2 = xf[..., :half], xf[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def apply_rope_nd(x, positions, *, base: float = 10000.0):
+    """N-dimensional RoPE (e.g. 2-D for image tokens) of ``x`` (B, L, H, K).
+
+    ``positions`` is int (B, L, N) or (L, N): token l sits at ``positions[l] = (p_1 ..
+    p_N)``. The head dimension is split into N equal chunks (K divisible by 2N); chunk n
+    is rotated by :func:`apply_rope` at ``p_n`` with its own frequency ladder, so
+    ``<R(p) q, R(p') k>`` depends only on ``p - p'`` per axis.
+    """
+    x = jnp.asarray(x)
+    positions = jnp.asarray(positions)
+    if positions.ndim == 2:
+        positions = jnp.broadcast_to(positions[None], (x.shape[0],) + positions.shape)
+    if x.ndim != 4 or positions.ndim != 3 or positions.shape[:2] != x.shape[:2]:
+        raise ValueError(
+            f"positions has shape {positions.shape} for x {x.shape}; accepted: (B, L, N) or "
+            "(L, N) with x (B, L, H, K)"
+        )
+    n = positions.shape[-1]
+    K = x.shape[-1]
+    if n < 1 or K % (2 * n):
+        raise ValueError(f"apply_rope_nd needs K={K} divisible by 2N = {2 * n}")
+    c = K // n
+    parts = [
+        apply_rope(x[..., i * c : (i + 1) * c], positions[..., i], base=base) for i in range(n)
+    ]
+    return jnp.concatenate(parts, -1)

@@ -27,6 +27,7 @@ __all__ = [
     "segment_mask",
     "block_causal_mask",
     "block_diffusion_mask",
+    "scale_causal_mask",
     "block_mask_for",
     "EMPTY",
     "PARTIAL",
@@ -111,6 +112,21 @@ def block_diffusion_mask(length: int, block_size: int):
     qn, kn = noisy[:, None], noisy[None, :]
     qb, kb = blk[:, None], blk[None, :]
     return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
+
+
+def scale_causal_mask(scales):
+    """``(L, L)`` with ``L = sum_k s_k^2``: VAR's next-scale mask (jaxar/MATHS.md s.10).
+
+    Position i belongs to scale ``b(i)`` (the scales' ``s_k^2`` tokens in order); query q
+    may attend to key k iff ``b(k) <= b(q)``: bidirectional inside a scale, causal across
+    scales (variable block sizes). ``scales`` must be strictly increasing ints >= 1.
+    """
+    scales = tuple(scales)
+    ok = bool(scales) and all(isinstance(s, int | np.integer) and s >= 1 for s in scales)
+    if not ok or any(a >= b for a, b in zip(scales, scales[1:], strict=False)):
+        raise ValueError(f"scales={scales!r} is invalid; accepted: strictly increasing ints >= 1")
+    blk = jnp.asarray(np.repeat(np.arange(len(scales)), [int(s) ** 2 for s in scales]))
+    return blk[None, :] <= blk[:, None]
 
 
 def block_mask_for(mask, block_q: int, block_k: int) -> np.ndarray:

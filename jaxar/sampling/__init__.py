@@ -5,13 +5,16 @@ family, checking its options once (:class:`Sampler`); the loops they drive are i
 modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
 ``diffusion_head``). Faster exact autoregressive decoding: ``speculative.generate`` (a
 draft LM proposes, the target verifies; same law as ``generate``), ``jacobi.generate``
-(fixed-point greedy) and :func:`beam_search`.
+(fixed-point greedy) and :func:`beam_search`. Discrete image tokens: ``token_ar`` (raster
+order) and ``var`` (next-scale), with classifier-free guidance on logits (:func:`cfg`,
+:class:`Guided` for any LM sampler).
 """
 
-from jaxar.sampling import jacobi, speculative
+from jaxar.sampling import guidance, jacobi, speculative, token_ar, var
 from jaxar.sampling.beam import beam_search
 from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
 from jaxar.sampling.generate import generate
+from jaxar.sampling.guidance import Guided, cfg
 from jaxar.sampling.masked_diffusion import Samples
 from jaxar.sampling.samplers import (
     Sampler,
@@ -20,6 +23,8 @@ from jaxar.sampling.samplers import (
     sample_lm,
     sample_mar,
     sample_mdlm,
+    sample_token_ar,
+    sample_var,
 )
 
 __all__ = (
@@ -29,6 +34,13 @@ __all__ = (
     "sample_bd3",
     "sample_axial",
     "sample_mar",
+    "sample_token_ar",
+    "sample_var",
+    "cfg",
+    "Guided",
+    "guidance",
+    "token_ar",
+    "var",
     "generate",
     "Samples",
     "BlockSamples",

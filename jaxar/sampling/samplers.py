@@ -18,6 +18,10 @@ sample_bd3    length, prompt, eos_id, pad_id, min_entropy, temperature, top_p,
 sample_axial  method (:mod:`.axial`)
 sample_mar    labels, num_iter, cfg_scale, cfg_schedule, temperature, num_steps,
               method, use_cache (:mod:`.mar`)
+sample_token_ar  labels, cfg_scale, cfg_schedule, temperature, top_k, top_p,
+              use_cache (:mod:`.token_ar`)
+sample_var    labels, cfg_scale, cfg_schedule, temperature, top_k, top_p, use_cache
+              (:mod:`.var`)
 ============  ==============================================================
 """
 
@@ -38,6 +42,8 @@ from jaxar.ops.categorical import check_draws
 from jaxar.sampling import axial as axial_sampling
 from jaxar.sampling import block_diffusion, masked_diffusion
 from jaxar.sampling import mar as mar_sampling
+from jaxar.sampling import token_ar as token_ar_sampling
+from jaxar.sampling import var as var_sampling
 from jaxar.sampling.generate import generate
 
 __all__ = [
@@ -48,6 +54,8 @@ __all__ = [
     "sample_bd3",
     "sample_axial",
     "sample_mar",
+    "sample_token_ar",
+    "sample_var",
 ]
 
 # a text sampler's default prompt: one newline byte per row (byte-level vocabularies)
@@ -270,3 +278,12 @@ sample_mar = Sampler(
         use_cache=True,
     ),
 )
+
+
+def _token_ar(model, key, num, **options):
+    return model.decode_codes(token_ar_sampling.sample_codes(model, key, num, **options))
+
+
+_TOKENS = dict(labels=None, cfg_scale=None, temperature=1.0, top_k=None, top_p=None, use_cache=True)
+sample_token_ar = Sampler("sample_token_ar", _token_ar, dict(_TOKENS, cfg_schedule="constant"))
+sample_var = Sampler("sample_var", var_sampling.sample, dict(_TOKENS, cfg_schedule="linear"))

@@ -20,8 +20,9 @@ from typing import Any, Literal
 import numpy as np
 
 from jaxar import models
-from jaxar.models import axial, bd3, lm, mar, mdlm
+from jaxar.models import axial, bd3, lm, mar, mdlm, token_ar, var, vq
 from jaxar.sampling import samplers
+from jaxar.train import tokenizer as tokenizer_lib
 from jaxar.train.config import ModelConfig
 
 __all__ = ["Family", "FAMILIES", "register", "families", "get", "text_fields", "text_sample_bytes"]
@@ -133,3 +134,96 @@ def get(name: str) -> Family:
     if name not in FAMILIES:
         raise ValueError(f"config.model.family={name!r} is not supported; accepted: {families()}")
     return FAMILIES[name]
+
+
+# --------------------------------------------------------------------------- image tokens
+
+
+def _vq_reconstructions(model, key, num, *, split):
+    """``num`` held-out images of ``model.config.data`` then their reconstructions: a
+    (2 num, H, W, C) uint8 grid (originals in the first half)."""
+    from jaxar.data import corpora  # the data layer is imported lazily, as by the trainer
+
+    del key
+    sets = {"digits": corpora.digits, "photos": corpora.photos}
+    name = model.config.data
+    if name not in sets:
+        raise ValueError(
+            f"config.model.data={name!r}: reconstruction grids need an embedded image set; "
+            f"accepted: {tuple(sets)}"
+        )
+    images = sets[name](split)["image"][:num]
+    return np.concatenate([images, np.asarray(model.reconstruct(images))], 0)
+
+
+sample_vq = samplers.Sampler("sample_vq", _vq_reconstructions, dict(split="test"))
+
+
+def _token_fields(info, dtype) -> dict[str, Any]:
+    h, w, c = info.image_shape
+    return dict(image_size=h, channels=c, num_classes=info.num_classes, dtype=dtype)
+
+
+# token family -> the tokenizer's fields it copies (token field name, tokenizer value)
+_FROM_TOKENIZER = {
+    "token_ar": lambda t: dict(num_codes=t.num_codes, grid=t.grid),
+    "var": lambda t: dict(num_codes=t.num_codes, latent_dim=t.latent_dim, scales=t.scales),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenFamily(Family):
+    """A family over a trained tokenizer's codes (``model.tokenizer_workdir``): the code
+    count, grid / scales and code dimension come from the tokenizer; an override that
+    disagrees with it, or data of another image shape, is an error."""
+
+    name: str = "token_ar"
+
+    def make_config(self, model_cfg: ModelConfig, info, dtype):
+        overrides = dict(model_cfg.overrides)
+        workdir = overrides.get("tokenizer_workdir", "")
+        tok = tokenizer_lib.tokenizer_config(workdir)
+        for k, v in _FROM_TOKENIZER[self.name](tok).items():
+            given = overrides.get(k, v)
+            if (tuple(given) if isinstance(given, list | tuple) else given) != v:
+                raise ValueError(
+                    f"config.model.{k}={given!r} does not match the tokenizer in "
+                    f"{workdir!r} ({k} = {v!r}); accepted: {v!r} or unset"
+                )
+            overrides[k] = v
+        if (tok.image_size, tok.image_size, tok.channels) != tuple(info.image_shape):
+            raise ValueError(
+                f"the tokenizer in {workdir!r} takes {tok.image_size}x{tok.image_size}x"
+                f"{tok.channels} images; the data's are {info.image_shape}"
+            )
+        if self.name == "token_ar" and tok.quantizer not in ("vq", "fsq", "lfq"):
+            raise ValueError(
+                f"token_ar needs one code per position (quantizer vq, fsq or lfq); the "
+                f"tokenizer in {workdir!r} uses {tok.quantizer!r}"
+            )
+        return self.config.preset(
+            model_cfg.preset, **{**self.data_fields(info, dtype), **overrides}
+        )
+
+
+def _with_tokenizer(cls):
+    def build(config, *, rngs):
+        return cls(
+            config, rngs=rngs, tokenizer=tokenizer_lib.load_tokenizer(config.tokenizer_workdir)
+        )
+
+    return build
+
+
+FAMILIES["vq"] = Family(
+    "image", vq.VQConfig, vq.VQ, vq.loss, sample_vq, tokenizer_lib.vq_fields,
+    ("mse", "recon", "loss"),
+)  # fmt: skip
+FAMILIES["token_ar"] = TokenFamily(
+    "image", token_ar.TokenARConfig, _with_tokenizer(token_ar.TokenAR), token_ar.loss,
+    samplers.sample_token_ar, _token_fields, ("bits_per_token", "loss"), name="token_ar",
+)  # fmt: skip
+FAMILIES["var"] = TokenFamily(
+    "image", var.VARConfig, _with_tokenizer(var.VAR), var.loss, samplers.sample_var,
+    _token_fields, ("bits_per_token", "loss"), name="var",
+)  # fmt: skip

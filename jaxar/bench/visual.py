@@ -1,0 +1,177 @@
+"""Discrete visual tokens: VAR vs raster token-AR sampling, tokenizer throughput and
+codebook usage (jaxar/MATHS.md s.10).
+
+``jaxar bench visual [--quick]``:
+
+* ``sampling``: one image (B=1, and B=8 without ``--quick``) of a 16x16 code grid from the
+  same transformer (D=128, 4 layers, 4 heads, 1024 codes), both on KV caches, no
+  guidance: raster token-AR (256 transformer calls, one position each) vs VAR's
+  next-scale sampling (scales 1, 2, 3, 4, 5, 6, 8, 10, 13, 16: 10 calls over 680
+  positions). ``ratio`` = token-AR time / VAR time; ``extra`` has the backbone calls.
+  Targets (issue): >= 5x fewer calls and >= 3x faster.
+* ``tokenizer``: encode (images -> codes) and decode (codes -> images) of the ``photos``
+  VQ preset (32x32x3 -> 8x8 codes) on a batch of 64, in images per second.
+* ``usage``: a tiny tokenizer (``vq_tokenizer:tiny_<q>`` shapes, 64 codes) trained here
+  with Adam for a few hundred steps on the embedded digits (``--quick``: vq only, 150
+  steps; else vq, fsq and lfq, 400 steps); held-out codebook usage (target >= 90%),
+  perplexity and MSE.
+
+References:
+  Tian et al. 2024, "Visual Autoregressive Modeling: Scalable Image Generation via
+    Next-Scale Prediction", arXiv:2404.02905.
+  Sun et al. 2024, "Autoregressive Model Beats Diffusion: Llama for Scalable Image
+    Generation", arXiv:2406.06525.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from jaxar.bench import harness
+from jaxar.data import corpora
+from jaxar.models import token_ar, var, vq
+from jaxar.ops import quantize as qops
+from jaxar.sampling import token_ar as tas
+from jaxar.sampling import var as vs
+
+SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+_SIZE = dict(d_model=128, num_layers=4, num_heads=4)
+_CODES = 1024
+
+
+def _sampling(batch: int, repeats: int) -> list[harness.Result]:
+    labels = jnp.zeros((batch,), jnp.int32)
+    options = (False, "constant", 1.0, None, None)
+    scale = jnp.ones((), jnp.float32)
+    tar = token_ar.TokenAR(
+        token_ar.TokenARConfig(num_codes=_CODES, grid=16, num_classes=10, **_SIZE),
+        rngs=nnx.Rngs(0),
+    )
+    vm = var.VAR(
+        var.VARConfig(num_codes=_CODES, latent_dim=8, scales=SCALES, num_classes=10, **_SIZE),
+        rngs=nnx.Rngs(0),
+    )
+    rows = []
+    for name, model, fn, calls, positions in (
+        ("token_ar", tar, tas._codes, 256, 257),
+        ("var", vm, vs._codes, len(SCALES), sum(s * s for s in SCALES)),
+    ):
+        graphdef, state = nnx.split(model)
+
+        def run(key, fn=fn, graphdef=graphdef, state=state):
+            return fn(graphdef, state, key, labels, scale, options, True)
+
+        t = harness.timeit(run, jax.random.key(0), repeats=repeats)
+        rows.append(
+            harness.Result(
+                bench="visual",
+                case=f"sample 16x16 codes B={batch} D=128 4 layers K={_CODES}",
+                impl=name,
+                dtype="float32",
+                median_ms=t.median_s * 1e3,
+                compile_s=t.compile_s,
+                extra={"backbone_calls": calls, "positions": positions,
+                       "ms_per_image": t.median_s * 1e3 / batch},
+            )
+        )  # fmt: skip
+    return harness.with_ratios(rows, baseline="token_ar")
+
+
+def _tokenizer(repeats: int) -> list[harness.Result]:
+    model = vq.VQ(vq.VQConfig.preset("photos", image_size=32, channels=3), rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    images = jnp.asarray(corpora.photos("test")["image"][:64])
+
+    @jax.jit
+    def encode(state, images):
+        return nnx.merge(graphdef, state).encode_ids(images)
+
+    @jax.jit
+    def decode(state, ids):
+        return nnx.merge(graphdef, state).decode_ids(ids)
+
+    ids = encode(state, images)
+    rows = []
+    for name, fn, arg in (("encode", encode, images), ("decode", decode, ids)):
+        t = harness.timeit(fn, state, arg, repeats=repeats)
+        rows.append(
+            harness.Result(
+                bench="visual",
+                case="tokenizer photos 32x32x3 -> 8x8 codes, B=64",
+                impl=name,
+                dtype="float32",
+                median_ms=t.median_s * 1e3,
+                compile_s=t.compile_s,
+                extra={"images_per_s": 64 / t.median_s},
+            )
+        )
+    return rows
+
+
+_AT_64 = {
+    "vq": dict(quantizer="vq", latent_dim=4, codebook_size=64),
+    "fsq": dict(quantizer="fsq", latent_dim=3, levels=(4, 4, 4)),
+    "lfq": dict(quantizer="lfq", latent_dim=6),
+}
+
+
+def train_tiny_tokenizer(quantizer: str, steps: int, *, batch: int = 32, seed: int = 0):
+    """A tiny digits tokenizer (64 codes) trained with Adam 2e-3; returns the model."""
+    model = vq.VQ(vq.VQConfig.preset("tiny", **_AT_64[quantizer]), rngs=nnx.Rngs(seed))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(2e-3)
+    opt = tx.init(params)
+    train = corpora.digits("train")["image"]
+
+    @jax.jit
+    def step(params, opt, images):
+        def f(p):
+            return vq.loss(nnx.merge(graphdef, p, rest), {"image": images})[0]
+
+        g = jax.grad(f)(params)
+        upd, opt = tx.update(g, opt, params)
+        return optax.apply_updates(params, upd), opt
+
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        params, opt = step(params, opt, train[rng.integers(0, len(train), batch)])
+    return nnx.merge(graphdef, params, rest)
+
+
+def _usage(quick: bool) -> list[harness.Result]:
+    rows = []
+    test = jnp.asarray(corpora.digits("test")["image"])
+    steps = 150 if quick else 400
+    for q in ("vq",) if quick else ("vq", "fsq", "lfq"):
+        t0 = time.perf_counter()
+        model = train_tiny_tokenizer(q, steps)
+        wall = time.perf_counter() - t0
+        _, metrics = vq.loss(model, {"image": test})
+        usage, ppl = qops.codebook_usage(model.encode_ids(test), 64)
+        rows.append(
+            harness.Result(
+                bench="visual",
+                case=f"tiny tokenizer, 64 codes, {steps} steps on digits; held-out 297",
+                impl=q,
+                dtype="float32",
+                median_ms=wall * 1e3,
+                extra={"usage": round(float(usage), 4), "perplexity": round(float(ppl), 2),
+                       "mse": round(float(metrics["mse"]), 4), "train_s": round(wall, 1)},
+            )
+        )  # fmt: skip
+    return rows
+
+
+def run(quick: bool) -> list[harness.Result]:
+    rows = _sampling(1, 2 if quick else 3)
+    if not quick:
+        rows += _sampling(8, 3)
+    rows += _tokenizer(3)
+    rows += _usage(quick)
+    return rows
