@@ -42,6 +42,7 @@ from jaxar.ops.masks import (
     chunk_mask,
     local_mask,
     segment_mask,
+    tree_mask,
 )
 from jaxar.ops.scan import linear_scan
 from jaxar.ops.ssm import causal_conv, dss_kernel, dss_recurrent
@@ -61,6 +62,7 @@ __all__ = [
     "local_mask",
     "chunk_mask",
     "segment_mask",
+    "tree_mask",
     "block_causal_mask",
     "block_diffusion_mask",
     "masked_diffusion_loss",

@@ -311,7 +311,7 @@ def _prefill_self(model, prompt, max_len: int, k: int):
     state = model.init_state(b, max_len)
     v = _logits_probe_shape(model)
     if p == 1:
-        return state, jnp.zeros((b, k, v), jnp.float32), jnp.zeros((b,), bool)
+        return _per_row_index(state, b), jnp.zeros((b, k, v), jnp.float32), jnp.zeros((b,), bool)
     pos = jnp.broadcast_to(jnp.arange(p - 1, dtype=jnp.int32)[None], (b, p - 1))
     h, state = model.decode_hidden(prompt[:, :-1], state, positions=pos)
     q = model.mtp_logits(h[:, -1:])[:, 0, :k].astype(jnp.float32)
