@@ -8,4 +8,5 @@ BENCHMARKS: dict[str, str] = {
     "heads": "jaxar.bench.heads",
     "recurrence": "jaxar.bench.recurrence",
     "attention": "jaxar.bench.attention",
+    "decoding": "jaxar.bench.decoding",
 }
