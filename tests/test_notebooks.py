@@ -30,6 +30,7 @@ def test_notebooks_exist():
         "masked_diffusion",
         "diffusion_heads",
         "sharding_tpu",
+        "decoding",
     }
     assert expected <= names, sorted(expected - names)
 

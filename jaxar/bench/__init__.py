@@ -12,4 +12,5 @@ BENCHMARKS: dict[str, str] = {
     "decode": "jaxar.bench.decode",
     "mdm_inference": "jaxar.bench.mdm_inference",
     "visual": "jaxar.bench.visual",
+    "decoding": "jaxar.bench.decoding",
 }

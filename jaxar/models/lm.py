@@ -108,6 +108,9 @@ class LMConfig:
         recomputes the rest (``jax.checkpoint_policies.nothing_saveable``);
         ``"dots_saveable"`` keeps matmul outputs and recomputes the elementwise rest.
         Gradients are the same; memory and time are traded.
+      mtp_heads: n >= 0 multi-token prediction heads; head j = 1..n predicts token t+j+1
+        from the trunk at t (Medusa-style residual heads on the shared unembedding).
+      mtp_weight: w, the loss adds ``w * mean_j CE_j`` of the heads.
     """
 
     vocab_size: int = 256
@@ -124,6 +127,8 @@ class LMConfig:
     param_dtype: Any = jnp.float32
     norm_eps: float = 1e-6
     remat: str = "none"
+    mtp_heads: int = 0
+    mtp_weight: float = 0.5
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
@@ -152,6 +157,16 @@ class LMConfig:
                 f"LMConfig.mixer_options={_thaw(self.mixer_options)!r} is unused with mixers=...;"
                 " accepted: set the options on the mixer configs, or use mixer= names"
             )
+        if (
+            not isinstance(self.mtp_heads, int)
+            or isinstance(self.mtp_heads, bool)
+            or (self.mtp_heads < 0)
+        ):
+            raise ValueError(
+                f"LMConfig.mtp_heads={self.mtp_heads!r} is invalid; accepted: an int >= 0"
+            )
+        if not self.mtp_weight >= 0:
+            raise ValueError(f"LMConfig.mtp_weight={self.mtp_weight!r} is invalid; accepted: >= 0")
         if self.mlp_ratio < 0:
             raise ValueError(f"LMConfig.mlp_ratio={self.mlp_ratio!r} is invalid; accepted: >= 0")
         if self.mlp_activation not in MLP_ACTIVATIONS:
@@ -217,6 +232,10 @@ class LMConfig:
         return from_preset(cls, PRESETS, name, overrides)
 
 
+def _kw(cfg: LMConfig) -> dict:
+    return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
+
+
 class Block(nnx.Module):
     """``x += mixer(norm(x)); x += mlp(norm(x))``."""
 
@@ -253,10 +272,16 @@ class Block(nnx.Module):
         y = self.mixer(self.norm1(x), segment_ids=segment_ids, positions=positions, **kw)
         return self._mlp(x + y.astype(x.dtype))
 
-    def decode(self, x, state, *, positions=None, bidirectional=False):
+    def decode(
+        self, x, state, *, positions=None, bidirectional=False, return_steps=False, mask=None
+    ):
         kw = {"bidirectional": True} if bidirectional else {}
-        y, state = self.mixer.decode(self.norm1(x), state, positions=positions, **kw)
-        return self._mlp(x + y.astype(x.dtype)), state
+        if return_steps:
+            kw["return_steps"] = True
+        if mask is not None:
+            kw["mask"] = mask
+        out = self.mixer.decode(self.norm1(x), state, positions=positions, **kw)
+        return (self._mlp(x + out[0].astype(x.dtype)),) + tuple(out[1:])
 
 
 class Backbone(nnx.Module):
@@ -283,17 +308,36 @@ class Backbone(nnx.Module):
         dtype = self.config.dtype if dtype is None else dtype
         return tuple(b.mixer.init_state(batch_size, max_len, dtype) for b in self.blocks)
 
-    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False):
-        """Appends T inputs after what ``state`` holds; returns ``(h_BxTxD, new_state)``."""
+    def decode(
+        self, x_BxTxD, state, *, positions=None, bidirectional=False, return_steps=False, mask=None
+    ):
+        """Appends T inputs after what ``state`` holds; returns ``(h_BxTxD, new_state)``.
+
+        ``return_steps``: also the per-layer states after each input (each a pytree like the
+        layer's state with a leading T axis; None for attention caches). ``mask``: optional
+        (T, T) / (B, T, T) visibility among the new tokens (attention layers only).
+        """
         if len(state) != len(self.blocks):
             raise ValueError(
                 f"state has {len(state)} layer states; the model has {len(self.blocks)} layers"
             )
         h = x_BxTxD.astype(self.config.dtype)
-        new = []
+        new, steps = [], []
         for block, s in zip(self.blocks, state, strict=True):
-            h, s = block.decode(h, s, positions=positions, bidirectional=bidirectional)
-            new.append(s)
+            out = block.decode(
+                h,
+                s,
+                positions=positions,
+                bidirectional=bidirectional,
+                return_steps=return_steps,
+                mask=mask,
+            )
+            h = out[0]
+            new.append(out[1])
+            if return_steps:
+                steps.append(out[2])
+        if return_steps:
+            return self.final_norm(h), tuple(new), tuple(steps)
         return self.final_norm(h), tuple(new)
 
 
@@ -320,6 +364,17 @@ class LM(nnx.Module):
                 dtype=jnp.float32,
                 param_dtype=cfg.param_dtype,
             )
+        # Medusa residual heads (arXiv:2401.10774) for multi-token prediction (2404.19737)
+        self.mtp = (
+            nnx.List(
+                [
+                    dense(cfg.d_model, cfg.d_model, ("embed", "mlp"), rngs=rngs, **_kw(cfg))
+                    for _ in range(cfg.mtp_heads)
+                ]
+            )
+            if cfg.mtp_heads
+            else None
+        )
 
     def _embed(self, tokens):
         if not jnp.issubdtype(jnp.asarray(tokens).dtype, jnp.integer):
@@ -332,20 +387,68 @@ class LM(nnx.Module):
             return self.embed.attend(h_BxLxD) / math.sqrt(self.config.d_model)
         return self.head(h_BxLxD.astype(jnp.float32))
 
-    def __call__(self, tokens_BxL, *, segment_ids=None, positions=None, mask=None):
-        h = self.backbone(
+    def mtp_logits(self, h_BxLxD):
+        """Multi-token logits (B, L, n, V): head j on ``h + silu(h W_j)``, shared unembedding."""
+        if self.mtp is None:
+            raise ValueError("mtp_logits: the model has mtp_heads=0; accepted: mtp_heads >= 1")
+        hs = [h_BxLxD + jax.nn.silu(w(h_BxLxD)).astype(h_BxLxD.dtype) for w in self.mtp]
+        return jnp.stack([self.logits(x) for x in hs], axis=2)
+
+    def hidden(self, tokens_BxL, *, segment_ids=None, positions=None, mask=None):
+        """The trunk's final-norm output (B, L, D)."""
+        return self.backbone(
             self._embed(tokens_BxL), segment_ids=segment_ids, positions=positions, mask=mask
         )
-        return self.logits(h)
+
+    def __call__(self, tokens_BxL, *, segment_ids=None, positions=None, mask=None):
+        return self.logits(
+            self.hidden(tokens_BxL, segment_ids=segment_ids, positions=positions, mask=mask)
+        )
 
     def init_state(self, batch_size: int, max_len: int, dtype=None):
         return self.backbone.init_state(batch_size, max_len, dtype)
 
-    def decode(self, tokens_BxT, state, *, positions=None, bidirectional=False):
-        h, state = self.backbone.decode(
-            self._embed(tokens_BxT), state, positions=positions, bidirectional=bidirectional
+    def decode_hidden(
+        self,
+        tokens_BxT,
+        state,
+        *,
+        positions=None,
+        bidirectional=False,
+        return_steps=False,
+        mask=None,
+    ):
+        """:meth:`Backbone.decode` on the embedded tokens: ``(h, state[, steps])``."""
+        return self.backbone.decode(
+            self._embed(tokens_BxT),
+            state,
+            positions=positions,
+            bidirectional=bidirectional,
+            return_steps=return_steps,
+            mask=mask,
         )
-        return self.logits(h), state
+
+    def decode(
+        self,
+        tokens_BxT,
+        state,
+        *,
+        positions=None,
+        bidirectional=False,
+        return_steps=False,
+        mask=None,
+    ):
+        """Appends T tokens: ``(logits_BxTxV, state)``; with ``return_steps`` also the
+        per-layer states after each token (:meth:`Backbone.decode`)."""
+        out = self.decode_hidden(
+            tokens_BxT,
+            state,
+            positions=positions,
+            bidirectional=bidirectional,
+            return_steps=return_steps,
+            mask=mask,
+        )
+        return (self.logits(out[0]),) + tuple(out[1:])
 
 
 def lm_loss(model: LM, batch: dict, key=None):
@@ -354,8 +457,12 @@ def lm_loss(model: LM, batch: dict, key=None):
     Predicts ``tokens[:, 1:]`` from ``tokens[:, :-1]``; with ``segment_ids`` a target counts
     only if its segment id equals its input's and is > 0.
 
+    With ``mtp_heads = n > 0`` the loss is ``CE + w * mean_j CE_j``, head j predicting
+    ``tokens[:, j+1:]`` (counted where the whole span stays in one segment); the metrics add
+    ``next_token_loss`` (CE) and ``mtp_loss_<j>``.
+
     Returns:
-      ``(loss, {"loss", "bits_per_token", "num_tokens"})``.
+      ``(loss, {"loss", "bits_per_token", "num_tokens", ...})``.
     """
     del key
     tokens = batch["tokens"]
@@ -369,18 +476,44 @@ def lm_loss(model: LM, batch: dict, key=None):
         weights = (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
     else:
         weights = jnp.ones(targets.shape, bool)
-    logits = model(inputs, **kw).astype(jnp.float32)
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    w = weights.astype(jnp.float32)
-    n = jnp.sum(w)
-    loss_value = jnp.sum(nll * w) / jnp.maximum(n, 1.0)
+    n_mtp = getattr(getattr(model, "config", None), "mtp_heads", 0)
+    if n_mtp:
+        h = model.hidden(inputs, **kw)
+        logits = model.logits(h)
+    else:
+        logits = model(inputs, **kw)
+    loss_value, n = _ce(logits, targets, weights)
     metrics = {
         "loss": loss_value,
         "bits_per_token": loss_value / jnp.log(2.0),
         "num_tokens": n,
     }
+    if n_mtp:
+        mtp = model.mtp_logits(h)  # (B, L-1, n, V)
+        extra = []
+        for j in range(1, n_mtp + 1):
+            if targets.shape[1] <= j:
+                break
+            w_j = weights[:, j:]
+            for i in range(j):  # the whole span t+1..t+j+1 in one segment
+                w_j = w_j & weights[:, i : weights.shape[1] - j + i]
+            ce_j, _ = _ce(mtp[:, : targets.shape[1] - j, j - 1], targets[:, j:], w_j)
+            metrics[f"mtp_loss_{j}"] = ce_j
+            extra.append(ce_j)
+        metrics["next_token_loss"] = loss_value
+        if extra:
+            loss_value = loss_value + model.config.mtp_weight * jnp.mean(jnp.stack(extra))
+        metrics["loss"] = loss_value
     return loss_value, metrics
+
+
+def _ce(logits, targets, weights):
+    """Mean cross-entropy over the counted targets and their count."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+    w = weights.astype(jnp.float32)
+    n = jnp.sum(w)
+    return jnp.sum(nll * w) / jnp.maximum(n, 1.0), n
 
 
 loss = lm_loss

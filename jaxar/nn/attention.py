@@ -166,8 +166,18 @@ class MultiHeadAttention(nnx.Module):
             "index": jnp.zeros((), jnp.int32),
         }
 
-    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False):
-        """Appends T tokens after the ``state["index"]`` cached ones; returns ``(y, state)``.
+    def decode(
+        self,
+        x_BxTxD,
+        state,
+        *,
+        positions=None,
+        bidirectional=False,
+        return_steps=False,
+        mask=None,
+    ):
+        """Appends T tokens after the ``state["index"]`` cached ones; returns ``(y, state)``
+        (``(y, state, None)`` with ``return_steps``: a cache is rolled back by its index).
 
         New token i (slot ``index + i``) attends to cached slots and to new tokens ``<= i``
         (causal config), or to all T new tokens (``bidirectional=True`` or a non-causal
@@ -175,6 +185,9 @@ class MultiHeadAttention(nnx.Module):
         ``index`` is a scalar (all rows alike, as from ``init_state``) or int32 (B,), one
         per row: rows then hold different numbers of tokens, and setting a row's index
         back rolls its cache back (slots at or past it are ignored, then overwritten).
+        ``mask``: optional bool (T, T) or (B, T, T), which new tokens each new token may see
+        (AND-ed with the rest; e.g. a token tree, :func:`jaxar.ops.tree_mask`, with
+        ``positions`` = depth); cached slots stay visible.
         """
         cfg = self.config
         B, T, _ = x_BxTxD.shape
@@ -210,8 +223,22 @@ class MultiHeadAttention(nnx.Module):
                 allowed = allowed & (kpos > qpos - cfg.window)
             else:
                 allowed = allowed & (jnp.abs(qpos - kpos) < cfg.window)
+        if mask is not None:
+            mask = jnp.asarray(mask, bool)
+            if mask.shape[-2:] != (T, T) or mask.ndim not in (2, 3):
+                raise ValueError(f"mask must be (T, T) or (B, T, T) with T={T}, got {mask.shape}")
+            if mask.ndim == 3 and allowed.ndim == 2:
+                allowed = jnp.broadcast_to(allowed, (B,) + allowed.shape)
+            rel = jnp.broadcast_to(kpos - end, allowed.shape)  # key slot - first new slot
+            new_ok = jnp.take_along_axis(
+                jnp.broadcast_to(mask, allowed.shape[:-1] + (T,)),
+                jnp.clip(rel, 0, T - 1),
+                axis=-1,
+            )
+            allowed = allowed & ((rel < 0) | new_ok)
         dt = q.dtype
-        mask = allowed[:, None] if per_row else allowed[None, None]
+        mask = allowed[:, None] if allowed.ndim == 3 else allowed[None, None]
         o = dot_product_attention(q, kc.astype(dt), vc.astype(dt), mask=mask, impl=cfg.impl)
         y = self.output(o, x_BxTxD.dtype)
-        return y, {"k": kc, "v": vc, "index": idx + T}
+        new_state = {"k": kc, "v": vc, "index": idx + T}
+        return (y, new_state, None) if return_steps else (y, new_state)

@@ -22,7 +22,7 @@ from jaxar import dispatch
 from jaxar.dispatch import GateLoopImpl
 from jaxar.nn.layers import dense, partitioned
 from jaxar.ops.gateloop import gateloop
-from jaxar.ops.scan import check_chunk_size
+from jaxar.ops.scan import check_chunk_size, linear_scan
 
 __all__ = ["GateLoopConfig", "GateLoop"]
 
@@ -177,11 +177,22 @@ class GateLoop(nnx.Module):
         sdt = jnp.complex64 if self.cfg.complex_gates else jnp.float32
         return jnp.zeros((batch_size, self.h, self.k, self.k), sdt)
 
-    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False):
+    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False, return_steps=False):
+        """Appends T inputs; ``(y, state)``, or ``(y, state, steps)`` with ``return_steps``:
+        ``steps`` (T, B, H, K, K) is the state ``S_t`` after each input, all T at once by
+        an associative scan of ``S_t = diag(a_t) S_{t-1} + k_t v_t^T``."""
         if bidirectional:
             raise ValueError("GateLoop is causal: bidirectional=True is not supported")
         del positions
         q, k, v, a = self._project(x_BxTxD)
+        if return_steps:
+            gate = state.dtype
+            kv = (k[..., None] * v[..., None, :]).astype(gate)  # (B, T, H, K, E)
+            s_all, last = linear_scan(a.astype(gate)[..., None], kv, state, impl="associative")
+            s_re = s_all.real if jnp.iscomplexobj(s_all) else s_all
+            y = jnp.einsum("bthk,bthke->bthe", q.astype(jnp.float32), s_re)
+            y = y.astype(jnp.result_type(q.dtype, v.dtype))
+            return self._output(x_BxTxD, y), last.astype(gate), jnp.moveaxis(s_all, 1, 0)
         impl = "recurrent" if x_BxTxD.shape[1] == 1 else self.cfg.impl
         y, state = gateloop(q, k, v, a, state0=state, impl=impl, chunk_size=self.cfg.chunk_size)
         return self._output(x_BxTxD, y), state

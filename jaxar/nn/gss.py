@@ -147,11 +147,18 @@ class GSS(nnx.Module):
         del max_len, dtype
         return jnp.zeros((batch_size, self.hd, self.n), jnp.complex64)
 
-    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False):
+    def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False, return_steps=False):
+        """Appends T inputs; ``(y, state)``, or ``(y, state, steps)`` with ``return_steps``:
+        ``steps`` (T, B, H, N) is the state after each input (one parallel scan)."""
         if bidirectional:
             raise ValueError("GSS is causal: bidirectional=True is not supported")
         del positions
         u, g = self._gates(x_BxTxD)
         lam, log_step, w = self.dss_params()
-        y, state = dss_recurrent(u.astype(jnp.float32), lam, log_step, w, state0=state)
-        return self._output(x_BxTxD, u, y, g), state
+        out = dss_recurrent(
+            u.astype(jnp.float32), lam, log_step, w, state0=state, return_states=return_steps
+        )
+        y = self._output(x_BxTxD, u, out[0], g)
+        if return_steps:
+            return y, out[1], jnp.moveaxis(out[2], 1, 0)
+        return y, out[1]

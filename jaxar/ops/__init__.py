@@ -43,6 +43,7 @@ from jaxar.ops.masks import (
     local_mask,
     scale_causal_mask,
     segment_mask,
+    tree_mask,
 )
 from jaxar.ops.quantize import (
     codebook_usage,
@@ -74,6 +75,7 @@ __all__ = [
     "local_mask",
     "chunk_mask",
     "segment_mask",
+    "tree_mask",
     "block_causal_mask",
     "block_diffusion_mask",
     "scale_causal_mask",

@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,6 +30,7 @@ __all__ = [
     "block_diffusion_mask",
     "scale_causal_mask",
     "block_mask_for",
+    "tree_mask",
     "EMPTY",
     "PARTIAL",
     "FULL",
@@ -127,6 +129,40 @@ def scale_causal_mask(scales):
         raise ValueError(f"scales={scales!r} is invalid; accepted: strictly increasing ints >= 1")
     blk = jnp.asarray(np.repeat(np.arange(len(scales)), [int(s) ** 2 for s in scales]))
     return blk[None, :] <= blk[:, None]
+
+
+def tree_mask(parents):
+    """``(N, N)`` token-tree mask: ``mask[i, j]`` iff node j is node i or an ancestor of it.
+
+    Tree attention (SpecInfer, arXiv:2305.09781; Medusa, arXiv:2401.10774) verifies all
+    branches of a token tree in one call: each node sees only its own path to the root.
+
+    Args:
+      parents: int (N,), the parent of each node, ``-1`` for a root; a parent comes before
+        its child (``parents[i] < i``), so the mask is lower triangular (causal).
+
+    Returns:
+      bool (N, N).
+    """
+    par = jnp.asarray(parents)
+    if par.ndim != 1 or par.shape[0] < 1 or not jnp.issubdtype(par.dtype, jnp.integer):
+        raise ValueError(
+            f"parents has shape {par.shape} and dtype {par.dtype}; accepted: int (N,), N >= 1"
+        )
+    n = par.shape[0]
+    if not isinstance(par, jax.core.Tracer):
+        bad = np.flatnonzero((np.asarray(par) < -1) | (np.asarray(par) >= np.arange(n)))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"parents[{i}]={int(par[i])} is invalid; accepted: -1 (a root) or a node index "
+                f"in [0, {i}) (a parent comes before its child)"
+            )
+    idx = jnp.arange(n)
+    reach = (idx[:, None] == idx[None]) | (par[:, None] == idx[None])  # self or parent
+    for _ in range(max(1, (n - 1).bit_length())):  # transitive closure by squaring
+        reach = reach | jnp.any(reach[:, :, None] & reach[None], axis=1)
+    return reach
 
 
 def block_mask_for(mask, block_q: int, block_k: int) -> np.ndarray:

@@ -82,7 +82,9 @@ def _re_contract(spec, a, b):
     return jnp.einsum(spec, jnp.real(a), jnp.real(b)) - jnp.einsum(spec, jnp.imag(a), jnp.imag(b))
 
 
-def dss_recurrent(u, lam_CxN, log_step_C, w_CxN, *, state0=None, reset=None, impl="auto"):
+def dss_recurrent(
+    u, lam_CxN, log_step_C, w_CxN, *, state0=None, reset=None, impl="auto", return_states=False
+):
     """The same DSS layer as a diagonal linear recurrence (O(1) per step).
 
     Args:
@@ -91,9 +93,11 @@ def dss_recurrent(u, lam_CxN, log_step_C, w_CxN, *, state0=None, reset=None, imp
       state0: optional (B, C, N) complex state (what the previous tokens left).
       reset: optional bool (B, T), True at document starts (state zeroed before the token).
       impl: :func:`jaxar.ops.linear_scan` implementation.
+      return_states: also return the state after every input, (B, T, C, N).
 
     Returns:
-      ``(y, state)``: y (B, T, C) in u's dtype; state (B, C, N) complex64 (or wider).
+      ``(y, state)``: y (B, T, C) in u's dtype; state (B, C, N) complex64 (or wider);
+      ``(y, state, states)`` with ``return_states``.
     """
     u = jnp.asarray(u)
     if u.ndim != 3:
@@ -102,6 +106,8 @@ def dss_recurrent(u, lam_CxN, log_step_C, w_CxN, *, state0=None, reset=None, imp
     x = jnp.broadcast_to(u[..., None], u.shape + (a.shape[1],)).astype(a.dtype)
     h, state = linear_scan(a[None, None], x, state0, reset=reset, impl=impl)
     y = _re_contract("btcn,cn->btc", h, w_CxN.astype(h.dtype))
+    if return_states:
+        return y.astype(u.dtype), state, h.astype(state.dtype)
     return y.astype(u.dtype), state
 
 

@@ -4,13 +4,14 @@
 family, checking its options once (:class:`Sampler`); the loops they drive are in the
 modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
 ``diffusion_head``). Faster exact autoregressive decoding: ``speculative.generate`` (a
-draft LM proposes, the target verifies; same law as ``generate``), ``jacobi.generate``
-(fixed-point greedy) and :func:`beam_search`. Discrete image tokens: ``token_ar`` (raster
-order) and ``var`` (next-scale), with classifier-free guidance on logits (:func:`cfg`,
-:class:`Guided` for any LM sampler).
+draft LM or the target's multi-token heads propose, the target verifies; same law as
+``generate``), ``tree.generate`` (greedy; a token tree of head candidates verified in one
+call), ``jacobi.generate`` (fixed-point greedy) and :func:`beam_search`. Discrete image
+tokens: ``token_ar`` (raster order) and ``var`` (next-scale), with classifier-free guidance
+on logits (:func:`cfg`, :class:`Guided` for any LM sampler).
 """
 
-from jaxar.sampling import guidance, jacobi, speculative, token_ar, var
+from jaxar.sampling import guidance, jacobi, speculative, token_ar, tree, var
 from jaxar.sampling.beam import beam_search
 from jaxar.sampling.block_diffusion import BlockSamples, sample_blocks
 from jaxar.sampling.generate import generate
@@ -47,5 +48,6 @@ __all__ = (
     "sample_blocks",
     "speculative",
     "jacobi",
+    "tree",
     "beam_search",
 )

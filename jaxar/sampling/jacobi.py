@@ -28,13 +28,13 @@ from flax import nnx
 from jaxar.ops.categorical import INVALID, check_draws, valid_logits
 from jaxar.sampling.generate import _check_prompt_ids
 from jaxar.sampling.speculative import (
-    _all_caches,
     _check_common,
     _check_lm,
     _commit,
     _decode_steps,
     _prefill,
     _rollback,
+    _verify_mode,
     _vocab,
 )
 
@@ -66,18 +66,20 @@ def generate(model, prompt_BxP, *, max_new_tokens: int, window: int = 16):
     graphdef, params = nnx.split(model)
     if not isinstance(prompt, jax.core.Tracer):
         _check_prompt_ids(np.asarray(prompt), _vocab(graphdef, params))
-    tokens, stats = _jacobi(graphdef, params, prompt.astype(jnp.int32), max_new_tokens, window)
+    mode = _verify_mode(model, prompt.shape[0])
+    tokens, stats = _jacobi(
+        graphdef, params, prompt.astype(jnp.int32), max_new_tokens, window, mode
+    )
     check_draws(tokens[:, prompt.shape[1] :], "jacobi.generate")
     return tokens, stats
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _jacobi(graphdef, params, prompt, max_new, w):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _jacobi(graphdef, params, prompt, max_new, w, mode):
     model = nnx.merge(graphdef, params)
     b, p = prompt.shape
     total = p + max_new
     max_len = total + 2 * w
-    parallel = _all_caches(model, b)
     bad_prompt = jnp.any((prompt < 0) | (prompt >= _vocab(graphdef, params)), axis=1)
     tokens = jnp.concatenate([prompt, jnp.zeros((b, max_new + w), jnp.int32)], axis=1)
     tokens = tokens.at[:, p:].set(jnp.where(bad_prompt[:, None], INVALID, 0))
@@ -98,7 +100,7 @@ def _jacobi(graphdef, params, prompt, max_new, w):
         x0 = jnp.maximum(c["tokens"][rows, n - 1], 0)  # a finished garbage row idles on 0
         block = jnp.concatenate([x0[:, None], c["guess"]], axis=1)  # (B, W)
         pos = (n - 1)[:, None] + j_w[None]
-        logits, new, steps = _decode_steps(model, block, c["state"], pos, parallel=parallel)
+        logits, new, steps = _decode_steps(model, block, c["state"], pos, mode=mode)
         y = jnp.argmax(logits, -1).astype(jnp.int32)  # (B, W)
         ok = valid_logits(logits)
         match = (c["guess"] == y[:, : w - 1]) & ok[:, : w - 1]

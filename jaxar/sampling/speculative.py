@@ -21,10 +21,19 @@ its own length:
   overwritten later), so a cache-only model verifies the ``K + 1`` tokens in one parallel
   ``decode`` call;
 - any other state (GateLoop, GSS: fixed-size recurrent states) is rolled back to the state
-  after the last accepted token, kept from the verification: such a model is verified by
-  ``K + 1`` one-token ``decode`` steps inside the same jitted call, which keeps each
-  position's state (no prefix is ever recomputed). Its cost per verification is that of
-  ``K + 1`` steps; a parallel form needs mixers that return per-position states.
+  after the last accepted token. The verification is one parallel ``decode(...,
+  return_steps=True)`` call, which also returns the state after each of its ``K + 1``
+  inputs (the mixers' scans produce them anyway); a mixer without ``return_steps`` is
+  verified by ``K + 1`` one-token steps in the same jitted call instead. No prefix is ever
+  recomputed.
+
+Self-speculation (``draft=None``; Medusa, arXiv:2401.10774; Gloeckle et al., "Better &
+Faster Large Language Models via Multi-token Prediction", arXiv:2404.19737): the target's
+multi-token heads at the last verified position (the input before the next round's first
+input ``x0``) give ``q_j``, j = 1..K, for the tokens after ``x0``; the drafts are drawn from
+them independently (greedy: their argmax). ``q_j`` is fixed before the round, so the same
+rejection rule keeps the law exact. The verification call returns the heads' logits at every
+position, so no extra call drafts the next round.
 
 The draft runs ``K + 1`` one-token steps per round (the last one only consumes ``d_K``, so
 that its state is ready when all drafts are accepted). The whole loop is one jitted
@@ -91,24 +100,48 @@ def _rollback(old, new, steps, n_B):
     return tuple(out)
 
 
-def _decode_steps(model, tokens_BxT, state, positions_BxT, *, parallel: bool):
-    """``decode`` of T tokens keeping what a rollback needs: ``(logits_BxTxV, new, steps)``."""
-    if parallel:
-        logits, new = model.decode(tokens_BxT, state, positions=positions_BxT)
-        return logits, new, None
+def _decode_steps(model, tokens_BxT, state, positions_BxT, *, mode: str, hidden: bool = False):
+    """``decode`` of T tokens keeping what a rollback needs: ``(out_BxTx., new, steps)``.
+
+    ``mode``: "cache" (all layers are caches: one call), "steps" (one call with
+    ``return_steps``) or "scan" (T one-token calls keeping each state). ``out`` is the
+    logits, or the trunk output with ``hidden`` (``model.decode_hidden``).
+    """
+    fn = model.decode_hidden if hidden else model.decode
+    if mode == "cache":
+        out, new = fn(tokens_BxT, state, positions=positions_BxT)
+        return out, new, None
+    if mode == "steps":
+        out, new, steps = fn(tokens_BxT, state, positions=positions_BxT, return_steps=True)
+        return (
+            out,
+            new,
+            tuple(None if _is_cache(s) else st for s, st in zip(new, steps, strict=True)),
+        )
 
     def step(s, inp):
         tok, pos = inp
-        logits, s = model.decode(tok[:, None], s, positions=pos[:, None])
-        return s, (logits[:, 0], _strip(s))
+        out, s = fn(tok[:, None], s, positions=pos[:, None])
+        return s, (out[:, 0], _strip(s))
 
-    new, (logits_TxBxV, steps) = jax.lax.scan(step, state, (tokens_BxT.T, positions_BxT.T))
-    return jnp.swapaxes(logits_TxBxV, 0, 1), new, steps
+    new, (out_TxBx, steps) = jax.lax.scan(step, state, (tokens_BxT.T, positions_BxT.T))
+    return jnp.swapaxes(out_TxBx, 0, 1), new, steps
 
 
-def _all_caches(model, batch: int) -> bool:
-    state = jax.eval_shape(lambda: model.init_state(batch, 1))
-    return all(_is_cache(s) for s in state)
+def _verify_mode(model, batch: int) -> str:
+    """How ``model`` is verified: "cache", "steps" (its decode has ``return_steps``) or
+    "scan" (a mixer without it: one-token steps)."""
+    state = jax.eval_shape(lambda: model.init_state(batch, 2))
+    if all(_is_cache(s) for s in state):
+        return "cache"
+    try:
+        jax.eval_shape(
+            lambda st: model.decode(jnp.zeros((batch, 1), jnp.int32), st, return_steps=True),
+            state,
+        )
+    except TypeError:
+        return "scan"
+    return "steps"
 
 
 def _vocab(graphdef, params) -> int:
@@ -160,6 +193,29 @@ def _check_lm(model, name: str):
         )
 
 
+def _mtp_heads(model) -> int:
+    return int(getattr(getattr(model, "config", None), "mtp_heads", 0) or 0)
+
+
+def _check_num_draft(num_draft, target, draft):
+    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
+        raise ValueError(f"num_draft={num_draft!r} is invalid; accepted: an int >= 1")
+    if draft is None and num_draft > _mtp_heads(target):
+        raise ValueError(
+            f"num_draft={num_draft} exceeds the target's mtp_heads={_mtp_heads(target)}; "
+            "accepted with draft=None: 1 <= num_draft <= mtp_heads"
+        )
+
+
+def _check_self(target, what: str = "draft=None (self-speculative decoding)"):
+    if _mtp_heads(target) < 1 or not callable(getattr(target, "mtp_logits", None)):
+        raise ValueError(
+            f"{what} needs multi-token prediction heads; the "
+            f"target {type(target).__name__} has mtp_heads={_mtp_heads(target)}; accepted: a "
+            "draft LM, or a target with LMConfig(mtp_heads >= 1)"
+        )
+
+
 def generate(
     key,
     target,
@@ -182,10 +238,11 @@ def generate(
       key: PRNG key.
       target: the LM sampled from (``init_state`` / ``decode`` protocol).
       draft: a cheaper LM with the same vocabulary that proposes ``num_draft`` tokens per
-        target call. (``None``, self-speculation with multi-token heads, is not built yet.)
+        target call; ``None``: self-speculative decoding, the target's multi-token heads
+        (``LMConfig(mtp_heads=n)``) propose (module docstring).
       prompt_BxP: int (B, P) prompt, P >= 1.
       max_new_tokens: >= 1 tokens to sample.
-      num_draft: K >= 1 draft tokens per target call.
+      num_draft: K >= 1 draft tokens per target call (K <= n with ``draft=None``).
       temperature: 0 = greedy; otherwise logits are divided by it.
       top_k, top_p: optional filtering, applied to both target and draft logits.
       return_stats: also return the statistics.
@@ -193,36 +250,40 @@ def generate(
     Returns:
       int32 (B, P + max_new_tokens), or ``(tokens, stats)`` with ``stats`` a dict:
       ``target_calls`` and ``draft_calls`` (batched calls after the prefill; a draft
-      round is ``K + 1`` one-token calls), ``row_calls`` (B,) target calls while each row
-      was unfinished, ``accepted`` (B,) accepted draft tokens, ``tokens_per_call`` (B,)
-      new tokens per target call, ``acceptance_rate`` (B,) accepted / proposed drafts.
-      A row whose target logits are garbage is ``-1`` from there on (as in ``generate``).
+      round is ``K + 1`` one-token calls; 0 with ``draft=None``), ``row_calls`` (B,)
+      target calls while each row was unfinished, ``accepted`` (B,) accepted draft tokens,
+      ``rejections`` (B,) calls that rejected a draft (``accepted / (accepted +
+      rejections)`` estimates the per-token acceptance probability alpha),
+      ``tokens_per_call`` (B,) new tokens per target call, ``acceptance_rate`` (B,)
+      accepted / proposed drafts. A row whose target logits are garbage is ``-1`` from
+      there on (as in ``generate``).
 
     Raises:
       ValueError: bad arguments (one line naming the argument and what is accepted).
     """
-    if draft is None:
-        raise ValueError(
-            "draft=None asks for self-speculative decoding with multi-token prediction heads, "
-            "which is not built yet; accepted: a draft LM with the target's vocabulary"
-        )
     _check_lm(target, "target")
-    _check_lm(draft, "draft")
+    if draft is None:
+        _check_self(target)
+    else:
+        _check_lm(draft, "draft")
     prompt = _check_common(prompt_BxP, max_new_tokens)
-    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
-        raise ValueError(f"num_draft={num_draft!r} is invalid; accepted: an int >= 1")
+    _check_num_draft(num_draft, target, draft)
     if temperature < 0:
         raise ValueError(f"temperature={temperature!r} must be >= 0")
     if temperature > 0:
         process(jnp.zeros((1,)), temperature=temperature, top_k=top_k, top_p=top_p)  # checks
     t_graph, t_params = nnx.split(target)
-    d_graph, d_params = nnx.split(draft)
-    v_t, v_d = _vocab(t_graph, t_params), _vocab(d_graph, d_params)
-    if v_t != v_d:
-        raise ValueError(
-            f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a draft "
-            "over the same vocabulary"
-        )
+    v_t = _vocab(t_graph, t_params)
+    if draft is None:
+        d_graph, d_params = None, None
+    else:
+        d_graph, d_params = nnx.split(draft)
+        v_d = _vocab(d_graph, d_params)
+        if v_t != v_d:
+            raise ValueError(
+                f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
+                "draft over the same vocabulary"
+            )
     if not isinstance(prompt, jax.core.Tracer):
         _check_prompt_ids(np.asarray(prompt), v_t)
     tokens, stats = _speculative(
@@ -237,22 +298,41 @@ def generate(
         float(temperature),
         top_k,
         top_p,
+        _verify_mode(target, prompt.shape[0]),
     )
     check_draws(tokens[:, prompt.shape[1] :], "speculative.generate")
     return (tokens, stats) if return_stats else tokens
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 8, 9, 10))
+def _prefill_self(model, prompt, max_len: int, k: int):
+    """:func:`_prefill` for self-speculation, plus the first drafts' head logits (B, K, V)
+    from the trunk at ``prompt[:, -2]`` and whether they exist (P >= 2)."""
+    b, p = prompt.shape
+    state = model.init_state(b, max_len)
+    v = _logits_probe_shape(model)
+    if p == 1:
+        return _per_row_index(state, b), jnp.zeros((b, k, v), jnp.float32), jnp.zeros((b,), bool)
+    pos = jnp.broadcast_to(jnp.arange(p - 1, dtype=jnp.int32)[None], (b, p - 1))
+    h, state = model.decode_hidden(prompt[:, :-1], state, positions=pos)
+    q = model.mtp_logits(h[:, -1:])[:, 0, :k].astype(jnp.float32)
+    return _per_row_index(state, b), q, jnp.ones((b,), bool)
+
+
+def _logits_probe_shape(model) -> int:
+    return model.config.vocab_size
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 8, 9, 10, 11))
 def _speculative(
-    t_graph, t_params, d_graph, d_params, key, prompt, max_new, k, temperature, top_k, top_p
+    t_graph, t_params, d_graph, d_params, key, prompt, max_new, k, temperature, top_k, top_p, mode
 ):
     target = nnx.merge(t_graph, t_params)
-    draft = nnx.merge(d_graph, d_params)
+    self_spec = d_graph is None
+    draft = None if self_spec else nnx.merge(d_graph, d_params)
     b, p = prompt.shape
     total = p + max_new
     # slack: an idle row still writes K + 1 slots past its length (then ignored)
     max_len = total + 2 * k + 1
-    t_par = _all_caches(target, b)
     greedy = temperature == 0
     proc = functools.partial(process, temperature=temperature, top_k=top_k, top_p=top_p)
     tokens = jnp.concatenate([prompt, jnp.zeros((b, max_new + k + 1), jnp.int32)], axis=1)
@@ -263,32 +343,35 @@ def _speculative(
     carry0 = dict(
         tokens=tokens,
         n=n0,
-        t_state=_prefill(target, prompt, max_len),
-        d_state=_prefill(draft, prompt, max_len),
         it=jnp.zeros((), jnp.int32),
         row_calls=zeros_b,
         accepted=zeros_b,
+        rejections=zeros_b,
     )
+    if self_spec:
+        carry0["t_state"], carry0["mtp_q"], carry0["mtp_ok"] = _prefill_self(
+            target, prompt, max_len, k
+        )
+    else:
+        carry0["t_state"] = _prefill(target, prompt, max_len)
+        carry0["d_state"] = _prefill(draft, prompt, max_len)
     rows = jnp.arange(b)
     j_k = jnp.arange(k + 1, dtype=jnp.int32)
 
-    def body(c):
-        active = c["n"] < total
-        n = c["n"]
-        x0 = jnp.maximum(c["tokens"][rows, n - 1], 0)  # a finished garbage row idles on 0
-        pos = (n - 1)[:, None] + j_k[None]  # (B, K+1)
-        kd, ku, kr = jax.random.split(jax.random.fold_in(key, c["it"]), 3)
+    def draw(kj, logits):
+        if greedy:
+            return jnp.argmax(logits, -1).astype(jnp.int32)
+        return categorical(kj, proc(logits))
 
-        # draft: K + 1 one-token steps (inputs x0, d_1 .. d_K)
+    def propose_draft(c, x0, pos, kd):
+        """The draft's K + 1 one-token steps (inputs x0, d_1 .. d_K)."""
+
         def d_step(carry, inp):
             s, tok = carry
             kj, pj = inp
             logits, s = draft.decode(tok[:, None], s, positions=pj[:, None])
             logits = logits[:, 0]
-            if greedy:
-                nxt = jnp.argmax(logits, -1).astype(jnp.int32)
-            else:
-                nxt = categorical(kj, proc(logits))
+            nxt = draw(kj, logits)
             ok = valid_logits(logits) & (nxt >= 0)
             return (s, jnp.where(ok, nxt, 0)), (logits, nxt, ok, _strip(s))
 
@@ -297,12 +380,34 @@ def _speculative(
             d_step, (c["d_state"], x0), (d_keys, pos.T)
         )
         q_logits = jnp.swapaxes(q_logits, 0, 1)[:, :k]  # (B, K, V)
-        drafts, d_ok = drafts.T[:, :k], d_ok.T[:, :k]  # (B, K)
+        return q_logits, drafts.T[:, :k], d_ok.T[:, :k], (d_new, d_steps)
+
+    def propose_self(c, kd):
+        """Independent draws from the heads' K logits at the last verified position."""
+        q_logits = c["mtp_q"]
+        keys = jax.random.split(kd, k)
+        drafts = jax.vmap(draw, in_axes=(0, 1), out_axes=1)(keys, q_logits)
+        d_ok = valid_logits(q_logits) & (drafts >= 0) & c["mtp_ok"][:, None]
+        return q_logits, drafts, d_ok
+
+    def body(c):
+        active = c["n"] < total
+        n = c["n"]
+        x0 = jnp.maximum(c["tokens"][rows, n - 1], 0)  # a finished garbage row idles on 0
+        pos = (n - 1)[:, None] + j_k[None]  # (B, K+1)
+        kd, ku, kr = jax.random.split(jax.random.fold_in(key, c["it"]), 3)
+        if self_spec:
+            q_logits, drafts, d_ok = propose_self(c, kd)
+        else:
+            q_logits, drafts, d_ok, (d_new, d_steps) = propose_draft(c, x0, pos, kd)
         drafts = jnp.where(d_ok, drafts, 0)
 
         # target: one verification of x0, d_1 .. d_K
         block = jnp.concatenate([x0[:, None], drafts], axis=1)
-        p_logits, t_new, t_steps = _decode_steps(target, block, c["t_state"], pos, parallel=t_par)
+        out, t_new, t_steps = _decode_steps(
+            target, block, c["t_state"], pos, mode=mode, hidden=self_spec
+        )
+        p_logits = target.logits(out) if self_spec else out
         t_ok = valid_logits(p_logits)  # (B, K+1)
         if greedy:
             t_arg = jnp.argmax(p_logits, -1).astype(jnp.int32)
@@ -335,23 +440,31 @@ def _speculative(
         tail = (jnp.arange(tokens.shape[1])[None] >= (n + a)[:, None]) & (dead & active)[:, None]
         tokens = jnp.where(tail, INVALID, tokens)
         n_next = jnp.where(active, jnp.where(dead, total, n + a + 1), n)
-        return dict(
+        nxt = dict(
             tokens=tokens,
             n=n_next.astype(jnp.int32),
             t_state=_rollback(c["t_state"], t_new, t_steps, keep),
-            d_state=_rollback(c["d_state"], d_new, d_steps, keep),
             it=c["it"] + 1,
             row_calls=c["row_calls"] + active,
             accepted=c["accepted"] + jnp.where(active, a, 0),
+            rejections=c["rejections"] + (active & (a < k)),
         )
+        if self_spec:
+            m_q = target.mtp_logits(out[rows, a][:, None])[:, 0, :k].astype(jnp.float32)
+            nxt["mtp_q"] = jnp.where(active[:, None, None], m_q, c["mtp_q"])
+            nxt["mtp_ok"] = jnp.where(active, True, c["mtp_ok"])
+        else:
+            nxt["d_state"] = _rollback(c["d_state"], d_new, d_steps, keep)
+        return nxt
 
     out = jax.lax.while_loop(lambda c: jnp.any(c["n"] < total), body, carry0)
     calls = out["row_calls"]
     stats = dict(
         target_calls=out["it"],
-        draft_calls=out["it"] * (k + 1),
+        draft_calls=out["it"] * (0 if self_spec else k + 1),
         row_calls=calls,
         accepted=out["accepted"],
+        rejections=out["rejections"],
         tokens_per_call=max_new / jnp.maximum(calls, 1).astype(jnp.float32),
         acceptance_rate=out["accepted"] / jnp.maximum(calls * k, 1).astype(jnp.float32),
     )

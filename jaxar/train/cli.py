@@ -209,11 +209,16 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--eos-id", type=int, default=None, help="stop a row at this token id (mdlm)")
     p.add_argument("--prompt", default=None, help="text the samples continue (UTF-8 bytes)")
     p.add_argument("--out", default=None, help="output file (.txt or .png)")
+    _add_speculative_flags(p)
     args = p.parse_args(argv)
     if args.num < 1:
         return _error(
             "sample", ValueError(f"--num={args.num} is invalid; accepted: an integer >= 1")
         )
+    try:
+        _check_speculative_flags(args)
+    except ValueError as e:
+        return _error("sample", e)
     from jaxar.train import loop
 
     try:
@@ -233,8 +238,11 @@ def sample_main(argv: list[str]) -> int:
     import jax
 
     try:
-        samples = run.task.sample(model, jax.random.key(args.seed), args.num, **options)
-    except ValueError as e:
+        if _speculative_requested(args):
+            samples = _speculative_sample(args, run, model, options)
+        else:
+            samples = run.task.sample(model, jax.random.key(args.seed), args.num, **options)
+    except (ValueError, FileNotFoundError) as e:
         return _error("sample", e)
     out = args.out
     if out is None and run.info.kind == "image":
@@ -250,6 +258,110 @@ def sample_main(argv: list[str]) -> int:
         out.write_text(loop.decode_text(samples))
     print(f"wrote {out}")
     return 0
+
+
+def _add_speculative_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--draft-workdir", default=None, help="speculative decoding with this run as the draft"
+    )
+    p.add_argument(
+        "--speculative",
+        default=None,
+        help="'self': speculative decoding drafted by the model's multi-token heads",
+    )
+    p.add_argument("--num-draft", type=int, default=None, help="draft tokens per call (4)")
+
+
+def _speculative_requested(args) -> bool:
+    return args.draft_workdir is not None or args.speculative is not None
+
+
+def _check_speculative_flags(args) -> None:
+    if args.speculative is not None and args.speculative != "self":
+        raise ValueError(f"--speculative={args.speculative!r} is not supported; accepted: 'self'")
+    if args.speculative is not None and args.draft_workdir is not None:
+        raise ValueError("--speculative=self and --draft-workdir both given; accepted: one of them")
+    if args.num_draft is not None:
+        if not _speculative_requested(args):
+            raise ValueError(
+                f"--num-draft={args.num_draft} needs --draft-workdir or --speculative=self"
+            )
+        if args.num_draft < 1:
+            raise ValueError(f"--num-draft={args.num_draft} is invalid; accepted: an int >= 1")
+    if _speculative_requested(args) and args.out is not None and args.out.endswith(".png"):
+        raise ValueError(f"--out={args.out!r}: speculative decoding samples text (.txt)")
+
+
+def _speculative_sample(args, run, model, options):
+    """Speculative samples; prints the acceptance rate and the measured speed-up over
+    ``generate`` (both timed after a compiling call) before the samples."""
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxar.sampling import generate, speculative
+    from jaxar.sampling.samplers import DEFAULT_PROMPT_ID
+    from jaxar.train import loop
+
+    if run.cfg.model.family != "lm":
+        raise ValueError(
+            f"--draft-workdir/--speculative need an autoregressive 'lm' run; --workdir is a "
+            f"{run.cfg.model.family!r} run"
+        )
+    draft = None
+    if args.draft_workdir is not None:
+        draft_run = loop.load_run(args.draft_workdir)
+        if draft_run.cfg.model.family != "lm":
+            raise ValueError(
+                f"--draft-workdir={args.draft_workdir!r} is a {draft_run.cfg.model.family!r} "
+                "run; accepted: an 'lm' run with the same vocabulary"
+            )
+        draft = draft_run.model()
+    prompt = options.get("prompt")
+    if prompt is None:
+        prompt = np.full((1, 1), DEFAULT_PROMPT_ID, np.int32)
+    prompt = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (args.num, np.shape(prompt)[1]))
+    length = options.get("length", run.cfg.sample_length)
+    if length <= prompt.shape[1]:
+        raise ValueError(f"--length={length} must exceed the prompt's {prompt.shape[1]} tokens")
+    kw = dict(
+        max_new_tokens=length - prompt.shape[1],
+        temperature=options.get("temperature", 1.0),
+        top_k=options.get("top_k"),
+        top_p=options.get("top_p"),
+    )
+    key = jax.random.key(args.seed)
+    num_draft = args.num_draft or (
+        min(4, model.config.mtp_heads) if draft is None and model.config.mtp_heads else 4
+    )
+
+    def spec():
+        return speculative.generate(
+            key, model, draft, prompt, num_draft=num_draft, return_stats=True, **kw
+        )
+
+    def plain():
+        return generate(key, model, prompt, **kw)
+
+    def timed(fn):
+        jax.block_until_ready(fn())  # compile
+        t0 = time.perf_counter()
+        out = jax.block_until_ready(fn())
+        return out, time.perf_counter() - t0
+
+    (samples, stats), t_spec = timed(spec)
+    _, t_plain = timed(plain)
+    rate = float(np.mean(np.asarray(stats["acceptance_rate"])))
+    per_call = float(np.mean(np.asarray(stats["tokens_per_call"])))
+    what = "self (multi-token heads)" if draft is None else f"draft {args.draft_workdir}"
+    print(
+        f"speculative [{what}, num_draft={num_draft}]: acceptance rate {rate:.3f}, "
+        f"{per_call:.2f} tokens/target call, speed-up {t_plain / t_spec:.2f}x "
+        f"({t_spec * 1e3:.1f} ms vs generate {t_plain * 1e3:.1f} ms)"
+    )
+    return samples
 
 
 def eval_main(argv: list[str]) -> int:

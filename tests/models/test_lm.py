@@ -120,3 +120,77 @@ def test_config_validation_and_presets():
     abstract = nnx.eval_shape(lambda: LM(cfg, rngs=nnx.Rngs(0)))
     n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
     assert 100e6 < n < 160e6, n
+
+
+@pytest.mark.parametrize(
+    "family", ["gateloop", pytest.param("gss", marks=pytest.mark.slow), FAMILIES[2]]
+)
+def test_decode_return_steps_are_per_position_states(family):
+    """Shared protocol: steps[t] is the state after t + 1 inputs; steps[-1] is the new state."""
+    model = LM(_cfg(family), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(4), (B, L), 0, V)
+    t = 3
+    _, state0 = _decode(model, tokens[:, :2], model.init_state(B, L))
+    logits, new, steps = nnx.jit(lambda m, x, s: m.decode(x, s, return_steps=True))(
+        model, tokens[:, 2 : 2 + t], state0
+    )
+    assert len(steps) == len(new)
+    s_i, want_logits = state0, []
+    for i in range(t):  # one input at a time: the state after i + 1 inputs
+        lg, s_i = _decode(model, tokens[:, 2 + i : 3 + i], s_i)
+        want_logits.append(lg)
+        for layer, (s_new, s_steps) in enumerate(zip(new, steps, strict=True)):
+            if isinstance(s_new, dict):  # attention: rolled back by its index
+                assert s_steps is None
+                continue
+            assert s_steps.shape == (t,) + s_new.shape, layer
+            np.testing.assert_allclose(np.asarray(s_steps[i]), np.asarray(s_i[layer]), atol=1e-5)
+            if i == t - 1:
+                np.testing.assert_array_equal(np.asarray(s_steps[-1]), np.asarray(s_new))
+    np.testing.assert_allclose(
+        np.asarray(logits), np.asarray(jnp.concatenate(want_logits, 1)), rtol=1e-4, atol=1e-4
+    )
+
+
+def test_mtp_heads_loss_and_validation():
+    """Head j predicts token t + j + 1; loss = CE + w * mean_j CE_j; spans stay in a segment."""
+    n, w = 2, 0.3
+    model = LM(_cfg("gss", mtp_heads=n, mtp_weight=w), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(5), (B, L), 0, V)
+    seg = jnp.asarray([[1, 1, 1, 1, 2, 2, 2, 2], [1, 1, 1, 1, 1, 1, 1, 1]], jnp.int32)
+    value, metrics = nnx.jit(lm_loss)(model, {"tokens": tokens, "segment_ids": seg}, None)
+
+    @nnx.jit
+    def heads(m, x, s):
+        h = m.hidden(x, segment_ids=s)
+        return m.logits(h), m.mtp_logits(h)
+
+    logits, mtp = (np.asarray(a, np.float64) for a in heads(model, tokens[:, :-1], seg[:, :-1]))
+    assert mtp.shape == (B, L - 1, n, V)
+    toks, sg = np.asarray(tokens), np.asarray(seg)
+
+    def ce(lg, off):  # mean CE of predicting tokens[t + off] from position t
+        tot, cnt = 0.0, 0
+        for b in range(B):
+            for i in range(L - off):
+                if sg[b, i] > 0 and all(sg[b, i + r] == sg[b, i] for r in range(off + 1)):
+                    lp = lg[b, i] - np.log(np.exp(lg[b, i]).sum())
+                    tot, cnt = tot - lp[toks[b, i + off]], cnt + 1
+        return tot / cnt
+
+    ce0 = ce(logits, 1)
+    ces = [ce(mtp[:, :, j - 1], j + 1) for j in range(1, n + 1)]
+    np.testing.assert_allclose(float(metrics["next_token_loss"]), ce0, rtol=1e-5)
+    for j in range(1, n + 1):
+        np.testing.assert_allclose(float(metrics[f"mtp_loss_{j}"]), ces[j - 1], rtol=1e-5)
+    np.testing.assert_allclose(float(value), ce0 + w * np.mean(ces), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["bits_per_token"]), ce0 / np.log(2), rtol=1e-5)
+    # the heads train: their loss has a gradient on their weights
+    grads = nnx.jit(nnx.grad(lambda m: lm_loss(m, {"tokens": tokens}, None)[0]))(model)
+    assert float(jnp.abs(grads.mtp[0].kernel[...]).sum()) > 0
+    with pytest.raises(ValueError, match="mtp_heads=-1"):
+        _cfg("gss", mtp_heads=-1)
+    with pytest.raises(ValueError, match="mtp_weight=-0.5"):
+        _cfg("gss", mtp_heads=1, mtp_weight=-0.5)
+    with pytest.raises(ValueError, match="mtp_heads=0"):
+        LM(_cfg("gss"), rngs=nnx.Rngs(0)).mtp_logits(jnp.zeros((1, 1, 16)))

@@ -16,11 +16,12 @@ from jaxar.sampling.logits import process
 
 V, P, N = 4, 2, 20_000
 PROMPT = jnp.asarray([[1, 3]], jnp.int32)
+MTP = 3  # multi-token heads of the self-speculative targets
 P_MIN = 1e-4  # fixed seeds; a wrong rule (accept always) gives p ~ 0 here
 
 
 @functools.cache
-def lm(kind, seed, d_model=16, vocab=V):
+def lm(kind, seed, d_model=16, vocab=V, mtp_heads=0):
     cfg = LMConfig.preset(
         kind,
         vocab_size=vocab,
@@ -29,6 +30,7 @@ def lm(kind, seed, d_model=16, vocab=V):
         num_layers=1,
         mlp_ratio=2.0,
         tie_embeddings=False,  # tied heads favour repeating the input: acceptance near 1
+        mtp_heads=mtp_heads,
     )
     return LM(cfg, rngs=nnx.Rngs(seed))
 
@@ -61,8 +63,11 @@ def chi2_pvalue(new_NxT, probs):
     return chisquare(np.asarray(o), np.asarray(e)).pvalue
 
 
-def _check_law(kind, num_draft, temperature, top_k=None, top_p=None, seed=0):
-    target, draft = lm(kind, 0), lm(kind, 1)
+def _check_law(kind, num_draft, temperature, top_k=None, top_p=None, seed=0, self_spec=False):
+    if self_spec:  # draft=None: the target's multi-token heads propose
+        target, draft = lm(kind, 0, mtp_heads=MTP), None
+    else:
+        target, draft = lm(kind, 0), lm(kind, 1)
     out, stats = speculative.generate(
         jax.random.key(seed),
         target,
@@ -151,6 +156,40 @@ def test_greedy_equals_greedy_generate(kind):
     np.testing.assert_allclose(np.asarray(self_stats["acceptance_rate"]), 1.0)
 
 
+@pytest.mark.parametrize(
+    "kind,num_draft,temperature,top_k",
+    [
+        ("gateloop-tiny", 2, 0.7, None),
+        pytest.param("transformer-tiny", 3, 1.0, 3, marks=pytest.mark.slow),
+        pytest.param("gss-tiny", 1, 0.7, None, marks=pytest.mark.slow),
+    ],
+)
+def test_self_speculative_joint_law(kind, num_draft, temperature, top_k):
+    _check_law(kind, num_draft, temperature, top_k, self_spec=True)
+
+
+@pytest.mark.parametrize(
+    "kind", ["transformer-tiny", pytest.param("gss-tiny", marks=pytest.mark.slow)]
+)
+def test_self_speculative_greedy_equals_greedy_generate(kind):
+    target = lm(kind, 0, mtp_heads=MTP)
+    prompt = jnp.asarray([[1, 2, 3], [3, 0, 2], [0, 1, 1]], jnp.int32)
+    want = generate(jax.random.key(0), target, prompt, max_new_tokens=9, temperature=0.0)
+    got, stats = speculative.generate(
+        jax.random.key(1),
+        target,
+        None,
+        prompt,
+        max_new_tokens=9,
+        num_draft=MTP,
+        temperature=0.0,
+        return_stats=True,
+    )
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert int(stats["draft_calls"]) == 0
+    assert int(stats["target_calls"]) <= 9
+
+
 def test_bad_input_errors():
     target = lm("transformer-tiny", 0)
     draft = lm("transformer-tiny", 1)
@@ -163,8 +202,10 @@ def test_bad_input_errors():
         call(target, draft, num_draft=0)
     with pytest.raises(ValueError, match="draft=function is not an LM"):
         call(target, lambda x: x)
-    with pytest.raises(ValueError, match="multi-token prediction heads.*not built yet"):
+    with pytest.raises(ValueError, match="draft=None .* mtp_heads=0; accepted"):
         call(target, None)
+    with pytest.raises(ValueError, match="num_draft=4 exceeds the target's mtp_heads=3"):
+        call(lm("transformer-tiny", 0, mtp_heads=MTP), None, num_draft=4)
     with pytest.raises(ValueError, match="max_new_tokens=0"):
         call(target, draft, max_new_tokens=0)
     with pytest.raises(ValueError, match="outside the vocabulary"):

@@ -1,0 +1,161 @@
+"""Speculative decoding speed (jaxar/MATHS.md s.9): tokens/s against plain ``generate``.
+
+``jaxar bench decoding [--quick]``. A target (``small`` with 3 multi-token heads) and a
+draft (``tiny``) trained on the embedded ``stdlib`` corpus (``experiments/speculative``):
+loaded from ``jaxar_runs/speculative_tiny_{target,draft}`` when those runs exist (or from
+``$JAXAR_SPECULATIVE_RUNS/{target,draft}``), otherwise trained here first (full: the
+experiment's 300 steps; ``--quick``: 30 steps, in a temporary folder). ``--quick``: T = 32
+new bytes, heads K = 3 only, 2 timed repeats; full: T = 128, K = 1..3, 3 repeats.
+
+Rows per batch size B in (1, 8), greedy decoding of T new bytes after a code prompt:
+``generate`` (the baseline), ``spec-K`` (the draft proposes K = 2, 4, 8), ``self-K``
+(the target's heads propose, K = 1..3) and ``tree-2x2x2`` (:mod:`jaxar.sampling.tree`:
+the heads' top-2 per depth, 15 nodes verified in one call). ``extra`` holds tokens/s, the
+acceptance probability ``alpha`` (accepted / (accepted + rejections)), the cost ratio ``c`` (the
+draft's ``generate`` time over the target's, per token), tokens per target call, and the
+predicted speed-up ``(1 - alpha^(K+1)) / ((1 - alpha) (c K + 1))`` (Leviathan et al.,
+arXiv:2211.17192; c = 0 for the heads, whose cost is inside the target call).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxar.bench import harness
+from jaxar.sampling import generate, speculative, tree
+from jaxar.train import config as config_lib
+from jaxar.train import experiments, loop
+
+PROMPT = b"def __init__(self, "
+TREES = ((2, 2, 2),)  # tree verification of the heads' top-k (greedy, attention targets)
+
+
+def predicted_speedup(alpha: float, k: int, c: float) -> float:
+    """``(1 - alpha^(K+1)) / ((1 - alpha)(c K + 1))``: expected tokens per call over the
+    cost of a call in target-call units (MATHS.md s.9)."""
+    tokens = k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
+    return tokens / (c * k + 1.0)
+
+
+def _workdir(variant: str) -> pathlib.Path:
+    root = os.environ.get("JAXAR_SPECULATIVE_RUNS")
+    if root:
+        return pathlib.Path(root) / variant.split("_")[-1]
+    return pathlib.Path("jaxar_runs") / f"speculative_{variant}"
+
+
+def _trained(variant: str) -> bool:
+    return (_workdir(variant) / "checkpoints").is_dir()
+
+
+def _model(variant: str, steps: int | None, tmp: pathlib.Path | None):
+    """A trained run's model: loaded when its workdir has checkpoints, else trained (in
+    ``tmp`` when given)."""
+    workdir = _workdir(variant) if tmp is None else tmp / variant.split("_")[-1]
+    if not (workdir / "checkpoints").is_dir():
+        cfg_dict = experiments.load_config(experiments.resolve(f"speculative:{variant}"))
+        if steps is not None:
+            config_lib.apply_overrides(
+                cfg_dict,
+                [
+                    f"steps={steps}",
+                    f"eval_every={steps}",
+                    f"checkpoint_every={steps}",
+                    "log_every=10",
+                ],
+            )
+        print(f"[bench decoding] training {variant} into {workdir}", flush=True)
+        loop.train(config_lib.from_config_dict(cfg_dict), str(workdir))
+    return loop.load_run(str(workdir)).model(), str(workdir)
+
+
+def _alpha(stats) -> float:
+    acc = float(np.sum(np.asarray(stats["accepted"])))
+    rej = float(np.sum(np.asarray(stats["rejections"])))
+    return acc / max(acc + rej, 1.0)
+
+
+def run(quick: bool) -> list[harness.Result]:
+    tmp = None
+    if quick and not all(_trained(v) for v in ("tiny_target", "tiny_draft")):
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix="jaxar_bench_decoding_"))
+    steps = 30 if quick else None
+    target, t_dir = _model("tiny_target", steps, tmp)
+    draft, d_dir = _model("tiny_draft", steps, tmp)
+    new = 32 if quick else 128
+    batches = (1, 8)
+    ks = (2, 4, 8)
+    self_ks = (3,) if quick else (1, 2, 3)
+    repeats = 2 if quick else 3
+    key = jax.random.key(0)
+    rows = []
+    for b in batches:
+        prompt = jnp.broadcast_to(
+            jnp.asarray(np.frombuffer(PROMPT, np.uint8), jnp.int32)[None], (b, len(PROMPT))
+        )
+        case = f"B={b} P={len(PROMPT)} T={new} target=small+3heads draft=tiny greedy"
+
+        def plain(model, prompt=prompt):
+            return generate(key, model, prompt, max_new_tokens=new, temperature=0.0)
+
+        t_target = harness.timeit(plain, target, repeats=repeats)
+        t_draft = harness.timeit(plain, draft, repeats=repeats)
+        c = t_draft.median_s / t_target.median_s
+        rows.append(_row(case, "generate", t_target, b * new, {"c": c}))
+        plans = [(f"spec-{k}", draft, k) for k in ks] + [(f"self-{k}", None, k) for k in self_ks]
+        for name, d, k in plans:
+
+            def spec(d=d, k=k, prompt=prompt):
+                return speculative.generate(
+                    key, target, d, prompt, max_new_tokens=new, num_draft=k, temperature=0.0,
+                    return_stats=True,
+                )  # fmt: skip
+
+            t = harness.timeit(spec, repeats=repeats)
+            _, stats = spec()
+            alpha = _alpha(stats)
+            cost = 0.0 if d is None else c
+            extra = {
+                "alpha": alpha,
+                "c": cost,
+                "tokens_per_call": float(np.mean(np.asarray(stats["tokens_per_call"]))),
+                "predicted": predicted_speedup(alpha, k, cost),
+            }
+            rows.append(_row(case, name, t, b * new, extra))
+        for shape in TREES:
+
+            def tree_fn(shape=shape, prompt=prompt):
+                return tree.generate(
+                    target, prompt, max_new_tokens=new, tree=shape, return_stats=True
+                )
+
+            t = harness.timeit(tree_fn, repeats=repeats)
+            _, stats = tree_fn()
+            extra = {
+                "tokens_per_call": float(np.mean(np.asarray(stats["tokens_per_call"]))),
+                "nodes": int(stats["tree_size"]),
+            }
+            name = "tree-" + "x".join(map(str, shape))
+            rows.append(_row(case, name, t, b * new, extra))
+    rows = harness.with_ratios(rows, baseline="generate")
+    for r in rows:
+        r.extra["workdirs"] = f"{t_dir},{d_dir}"
+    return rows
+
+
+def _row(case, impl, t, tokens, extra):
+    return harness.Result(
+        bench="decoding",
+        case=case,
+        impl=impl,
+        dtype="float32",
+        median_ms=t.median_s * 1e3,
+        compile_s=t.compile_s,
+        extra={"tokens_per_s": tokens / t.median_s, **extra},
+    )

@@ -1,0 +1,65 @@
+"""Tree verification: tree_mask == brute force; tree decoding == greedy generate; errors."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxar.ops import tree_mask
+from jaxar.sampling import generate, tree
+from tests.sampling.test_speculative import lm
+
+
+def _brute_mask(parents):
+    n = len(parents)
+    m = np.zeros((n, n), bool)
+    for i in range(n):
+        j = i
+        while j >= 0:
+            m[i, j] = True
+            j = parents[j]
+    return m
+
+
+def test_tree_mask_equals_brute_force():
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 17):
+        parents = np.array([-1] + [int(rng.integers(-1, i)) for i in range(1, n)], np.int32)
+        np.testing.assert_array_equal(np.asarray(tree_mask(parents)), _brute_mask(parents))
+    par, depth, rank = tree.tree_structure((2, 3))
+    assert len(par) == 1 + 2 + 6 and depth.tolist() == [0, 1, 1] + [2] * 6
+    np.testing.assert_array_equal(np.asarray(tree_mask(par)), _brute_mask(par))
+    assert rank.tolist() == [0, 0, 1, 0, 1, 2, 0, 1, 2]
+    with pytest.raises(ValueError, match=r"parents\[1\]=1 is invalid"):
+        tree_mask(np.array([-1, 1]))
+    with pytest.raises(ValueError, match="parents has shape"):
+        tree_mask(np.zeros((2, 2), np.int32))
+    with pytest.raises(ValueError, match=r"tree=\(2, 0\) is invalid"):
+        tree.tree_structure((2, 0))
+
+
+def test_tree_decoding_equals_greedy_generate():
+    target = lm("transformer-tiny", 0, vocab=8, mtp_heads=3)
+    prompt = jnp.asarray([[1, 2, 3], [4, 5, 6], [0, 7, 7], [6] * 3], jnp.int32)
+    want = generate(jax.random.key(0), target, prompt, max_new_tokens=9, temperature=0.0)
+    got, stats = tree.generate(target, prompt, max_new_tokens=9, tree=(2, 2, 1), return_stats=True)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    acc = np.asarray(stats["accepted"])
+    # rows accept different lengths in the same calls (a row alone is its greedy row)
+    assert len(set(acc.tolist())) > 1 and int(stats["target_calls"]) <= 9
+    assert np.all(np.asarray(stats["row_calls"]) + acc >= 9)  # a + 1 tokens per call
+
+
+def test_tree_bad_input():
+    target = lm("transformer-tiny", 0, mtp_heads=3)
+    prompt = jnp.asarray([[1, 2]], jnp.int32)
+    with pytest.raises(ValueError, match="depth 4 > the target's mtp_heads=3"):
+        tree.generate(target, prompt, max_new_tokens=2, tree=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="tree=\\(\\) is invalid"):
+        tree.generate(target, prompt, max_new_tokens=2, tree=())
+    with pytest.raises(
+        ValueError, match="tree decoding needs multi-token prediction heads; .* mtp_heads=0"
+    ):
+        tree.generate(lm("transformer-tiny", 0), prompt, max_new_tokens=2)
+    with pytest.raises(ValueError, match="recurrent or sliding-window layer"):
+        tree.generate(lm("gateloop-tiny", 0, mtp_heads=3), prompt, max_new_tokens=2)
