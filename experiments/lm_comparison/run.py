@@ -1,12 +1,13 @@
 """Recurrences vs attention at one parameter count and one token budget, side by side.
 
 Trains the ``tiny`` variants of ``transformer_lm``, ``gateloop_lm``, ``gss_lm`` and
-``gss_hybrid_lm`` one after another with the ``jaxar train`` command (same data, rows of
+``gss_hybrid_lm`` and the linear-attention LMs of ``config.py`` here (``gla``, ``retnet``,
+``mamba2``, ``gated_deltanet``) one after another with the ``jaxar train`` command (same data, rows of
 256 bytes, batch 8, 300 steps = 614k training bytes; ~0.43M parameters each), evaluates
 each with ``jaxar eval`` and writes a JSON file and a markdown table: exact parameter
 count, wall time, final train loss, held-out bits/byte and tokens/s.
 
-    python experiments/lm_comparison/run.py                      # all four, ~10-20 min
+    python experiments/lm_comparison/run.py                      # all eight, ~20-40 min
     python experiments/lm_comparison/run.py --only gss_lm --steps 50
 
 Tokens/s is the median over the logged intervals after the first (the first one holds
@@ -25,7 +26,16 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-MODELS = ("transformer_lm", "gateloop_lm", "gss_lm", "gss_hybrid_lm")
+# model -> its --config argument (an experiment's tiny variant, or this folder's config.py)
+CONFIGS = {
+    **{m: f"experiments/{m}/config.py:tiny" for m in ("transformer_lm", "gateloop_lm")},
+    **{m: f"experiments/{m}/config.py:tiny" for m in ("gss_lm", "gss_hybrid_lm")},
+    **{
+        m: f"experiments/lm_comparison/config.py:{m}"
+        for m in ("gla", "retnet", "mamba2", "gated_deltanet")
+    },
+}
+MODELS = tuple(CONFIGS)
 
 
 def param_count(name: str) -> int:
@@ -38,7 +48,7 @@ def param_count(name: str) -> int:
     from jaxar.train import config as config_lib
     from jaxar.train import experiments, tasks
 
-    cfg_dict = experiments.load_config(f"{name}:tiny")
+    cfg_dict = experiments.load_config(str(ROOT / CONFIGS[name]))
     cfg = config_lib.from_config_dict(cfg_dict)
     family = tasks.get(cfg.model.family)
     model = nnx.eval_shape(
@@ -61,7 +71,7 @@ def run_one(name: str, root: pathlib.Path, overrides: list[str]) -> dict:
     workdir = root / name
     if (workdir / "config.json").exists():  # a previous run: start afresh, never resume
         shutil.rmtree(workdir)
-    cfg_arg = f"experiments/{name}/config.py:tiny"
+    cfg_arg = CONFIGS[name]
     train_cmd = ["jaxar", "train", "--config", cfg_arg, "--workdir", str(workdir), *overrides]
     print(f"[{time.strftime('%H:%M:%S')}] {' '.join(train_cmd)}", flush=True)
     wall, _ = _run(train_cmd, root / f"{name}.train.log")
@@ -99,7 +109,7 @@ def throughput(names, *, rounds: int = 5, steps: int = 10) -> dict[str, int]:
 
     runs = {}
     for name in names:
-        cfg_dict = experiments.load_config(f"{name}:tiny")
+        cfg_dict = experiments.load_config(str(ROOT / CONFIGS[name]))
         run = loop.build(config_lib.from_config_dict(cfg_dict))
         ds = pipeline.batched(run.train_source, run.cfg.batch_size, seed=0)
         batch = run.put_batch(ds[0])

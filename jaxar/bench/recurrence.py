@@ -9,6 +9,18 @@ carry ``extra["vs_associative"]`` and ``extra["vs_sequential"]`` (baseline media
 this median, > 1 = faster, same run). Target (issue 3): chunked >= 3x associative and
 >= 1.5x sequential at L=4096.
 
+The linear-attention family (issue 16; :func:`linear_attention_rows`), fwd+bwd float32 at
+B=4, L=4096, H=4: the chunked core (diagonal gates: C=32; scalar gates: C=64) against
+``lax.scan`` (impl "recurrent") and ``lax.associative_scan`` (GateLoop "parallel", K=32
+only: its (B, L, H, K, E) state sequence is 1G elements at K=128), with real gates at
+K=E=32, 64, 128, complex gates at 32, scalar gates at 32; and the chunked delta rule
+against its recurrent form at K=32. Rows without a sequential loop carry
+``extra["flops"]`` (XLA's cost analysis of the compiled fwd+bwd), the achieved FLOP/s and
+``extra["of_roofline"]``, that as a fraction of the measured float32 matmul FLOP/s
+(:mod:`jaxar.bench.roofline`); XLA counts a while loop's body once, so rows whose work sits
+in a ``lax.scan`` (recurrent, the chunked delta rule) get no rate. Chunked rows carry the
+issue's target ratio to "recurrent".
+
 Skipped, with the reason in the row list: GateLoop "parallel" at L=16384 (its associative
 scan materialises the B*L*H*K*E = 268M-element state sequence several times: > the
 memory of the benchmark machine in the backward pass); the "attention" impl (O(L^2 K)
@@ -26,8 +38,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxar.bench import harness
+from jaxar.bench import harness, roofline
+from jaxar.ops.delta_rule import delta_rule
 from jaxar.ops.gateloop import gateloop
+from jaxar.ops.linear_attention import linear_attention
 from jaxar.ops.scan import linear_scan
 
 B, H, K, E, D = 4, 4, 32, 32, 256
@@ -127,4 +141,114 @@ def run(quick: bool) -> list[harness.Result]:
                     )
                 )
             results += _ratios(rows, "sequential", "associative")
+    return results + linear_attention_rows(quick)
+
+
+LA_DIAG_CHUNK, LA_SCALAR_CHUNK, DELTA_CHUNK = 32, 64, 16
+# case -> the issue's target for chunked / recurrent (and / associative where given)
+TARGETS = {"real": (2.5, 8.0), "complex": (2.0, None), "wide": (3.0, None), "scalar": (4.0, None)}
+
+
+def _la_inputs(kk, gate, cplx, length):
+    ks = jax.random.split(jax.random.key(2), 5)
+    q = jax.random.normal(ks[0], (B, length, H, kk))
+    k = jax.random.normal(ks[1], (B, length, H, kk)) / kk**0.5
+    v = jax.random.normal(ks[2], (B, length, H, kk))
+    shape = (B, length, H) if gate == "scalar" else (B, length, H, kk)
+    la = jax.nn.log_sigmoid(2.0 + jax.random.normal(ks[3], shape))
+    if cplx:
+        la = la + 0.1j * jax.random.normal(ks[4], shape)
+    return q, k, v, la
+
+
+def _la_fn(impl, gate):
+    chunk = LA_SCALAR_CHUNK if gate == "scalar" else LA_DIAG_CHUNK
+
+    def loss(q, k, v, la):
+        if impl == "associative":
+            y, s = gateloop(q, k, v, jnp.exp(la), impl="parallel")
+        else:
+            y, s = linear_attention(q, k, v, la, gate=gate, impl=impl, chunk_size=chunk)
+        return jnp.sum(y * y) + jnp.sum(jnp.abs(s))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+
+
+def _delta_fn(impl):
+    def loss(q, k, v, beta, lg):
+        y, s = delta_rule(
+            q, k, v, beta, gate=lg, impl=impl, chunk_size=DELTA_CHUNK, return_state=True
+        )
+        return jnp.sum(y * y) + jnp.sum(jnp.abs(s))
+
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
+
+
+def _flops(fn, *args) -> float:
+    cost = fn.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harness.Result]:
+    """The issue-16 table: chunked core / delta rule vs their sequential and associative
+    baselines, with FLOP/s as a fraction of the measured matmul roofline."""
+    peak = roofline.measure(quick=True)["matmul_float32_flops"]
+    repeats = 3 if quick else 5
+    cases = [("real", 32, "diag", False), ("complex", 32, "diag", True)]
+    cases += [("wide", kk, "diag", False) for kk in (64, 128)]
+    cases += [("scalar", 32, "scalar", False)]
+    results = []
+
+    def row(case, impl, dt, fn, args, target=None, loop=False):
+        t = harness.timeit(fn, *args, repeats=repeats)
+        extra = {}
+        if not loop:  # XLA's cost analysis counts a while loop's body once: no rate for loops
+            flops = _flops(fn, *args)
+            extra = {"flops": flops, "gflop_per_s": round(flops / t.median_s / 1e9, 2)}
+            extra["of_roofline"] = round(flops / t.median_s / peak, 4)
+        if target is not None:
+            extra["target_vs_sequential"] = target
+        return harness.Result(
+            "recurrence", case, impl, dt, t.median_s * 1e3, t.compile_s, extra=extra
+        )
+
+    for name, kk, gate, cplx in cases:
+        case = f"linear_attention {name} gate={gate} B={B} L={length} H={H} K=E={kk} fwd+bwd"
+        dt = "complex64" if cplx else "float32"
+        args = _la_inputs(kk, gate, cplx, length)
+        impls = ["recurrent", "chunked"] + (["associative"] if kk == 32 and gate == "diag" else [])
+        rows = [
+            row(
+                case,
+                impl,
+                dt,
+                _la_fn(impl, gate),
+                args,
+                TARGETS[name][0] if impl == "chunked" else None,
+                loop=impl == "recurrent",
+            )
+            for impl in impls
+        ]
+        results += _ratios(rows, "recurrent", "associative")
+    ks = jax.random.split(jax.random.key(3), 5)
+    q = jax.random.normal(ks[0], (B, length, H, K))
+    k = jax.random.normal(ks[1], (B, length, H, K))
+    v = jax.random.normal(ks[2], (B, length, H, E))
+    beta = jax.nn.sigmoid(jax.random.normal(ks[3], (B, length, H)))
+    lg = jax.nn.log_sigmoid(3.0 + jax.random.normal(ks[4], (B, length, H)))
+    case = f"delta_rule gated B={B} L={length} H={H} K=V={K} fwd+bwd"
+    rows = [
+        row(
+            case,
+            impl,
+            "float32",
+            _delta_fn(impl),
+            (q, k, v, beta, lg),
+            2.0 if impl == "chunked" else None,
+            loop=True,  # both forms scan (the chunked one over chunks, matmuls inside)
+        )
+        for impl in ("recurrent", "chunked")
+    ]
+    results += _ratios(rows, "recurrent", "associative")
     return results

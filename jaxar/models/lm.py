@@ -10,7 +10,9 @@ a size ``tiny`` (D=128, 2 layers, 4 heads), ``small`` (256, 4, 4), ``medium`` (5
 or ``base`` (768, 12, 12: ~85M non-embedding parameters as a transformer), alone (an
 attention LM) or as ``"<kind>-<size>"`` with kind ``transformer``, ``gateloop``, ``gss``
 (twice the layers and no MLP: a GSS block has its own gated expansion) or ``gss_hybrid``
-(GSS alternating with attention over a window of 512).
+(GSS alternating with attention over a window of 512), ``gla``, ``retnet``, ``mamba2``
+(twice the layers and no MLP, as gss) or ``gated_deltanet`` (the linear-attention mixers of
+:mod:`jaxar.nn.linear_attention`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ def _kind(kind: str, size: dict[str, int]) -> dict[str, Any]:
         return dict(size, mixer="gateloop")
     if kind == "gss":
         return dict(size, mixer="gss", num_layers=2 * size["num_layers"], mlp_ratio=0.0)
+    if kind == "mamba2":  # a Mamba-2 block has its own gated expansion, like GSS
+        return dict(size, mixer="mamba2", num_layers=2 * size["num_layers"], mlp_ratio=0.0)
+    if kind in ("gla", "retnet", "gated_deltanet"):
+        return dict(size, mixer=kind)
     if kind == "gss_hybrid":
         return dict(size, mixer=("gss", "attention"), mixer_options={"attention": {"window": 512}})
     return dict(size, mixer="attention")
@@ -62,7 +68,16 @@ def _call_block(block, h, segment_ids, positions, mask):
     return block(h, segment_ids=segment_ids, positions=positions, mask=mask)
 
 
-PRESET_KINDS = ("transformer", "gateloop", "gss", "gss_hybrid")
+PRESET_KINDS = (
+    "transformer",
+    "gateloop",
+    "gss",
+    "gss_hybrid",
+    "gla",
+    "retnet",
+    "mamba2",
+    "gated_deltanet",
+)
 PRESETS: dict[str, dict[str, Any]] = {
     **SIZES,
     **{f"{k}-{s}": _kind(k, SIZES[s]) for k in PRESET_KINDS for s in SIZES},

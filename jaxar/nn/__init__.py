@@ -19,6 +19,16 @@ from jaxar.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig, timestep
 from jaxar.nn.gateloop import GateLoop, GateLoopConfig
 from jaxar.nn.gss import GSS, GSSConfig
 from jaxar.nn.layers import MLP, Embed, RMSNorm
+from jaxar.nn.linear_attention import (
+    GLA,
+    GatedDeltaNet,
+    GatedDeltaNetConfig,
+    GLAConfig,
+    Mamba2,
+    Mamba2Config,
+    RetNet,
+    RetNetConfig,
+)
 
 __all__ = (
     "MIXERS",
@@ -31,6 +41,14 @@ __all__ = (
     "GateLoop",
     "GSSConfig",
     "GSS",
+    "GLAConfig",
+    "GLA",
+    "RetNetConfig",
+    "RetNet",
+    "Mamba2Config",
+    "Mamba2",
+    "GatedDeltaNetConfig",
+    "GatedDeltaNet",
     "AxialAttention",
     "DiffusionHeadConfig",
     "DiffusionHead",
@@ -69,4 +87,8 @@ MIXERS: Mapping[str, type] = {
     "attention": AttentionConfig,
     "gateloop": GateLoopConfig,
     "gss": GSSConfig,
+    "gla": GLAConfig,
+    "retnet": RetNetConfig,
+    "mamba2": Mamba2Config,
+    "gated_deltanet": GatedDeltaNetConfig,
 }

@@ -27,6 +27,7 @@ from jaxar.ops.gaussian_diffusion import (
     gaussian_diffusion_loss,
     sample_diffusion_noise,
 )
+from jaxar.ops.linear_attention import linear_attention
 from jaxar.ops.masked_diffusion import (
     add_mask_noise,
     mask_schedule,
@@ -61,6 +62,7 @@ from jaxar.ops.ssm import causal_conv, dss_chunked, dss_kernel, dss_recurrent
 __all__ = [
     "linear_scan",
     "gateloop",
+    "linear_attention",
     "delta_rule",
     "causal_conv",
     "dss_kernel",

@@ -35,6 +35,7 @@ from jax import lax
 
 from jaxar import dispatch
 from jaxar.dispatch import DeltaRuleImpl
+from jaxar.ops.linear_attention import segment_sum
 
 __all__ = ["delta_rule", "DeltaRuleImpl", "IMPLS"]
 
@@ -158,20 +159,6 @@ def _recurrent(q, k, v, beta, log_gate, s0):
     return jnp.moveaxis(y, 0, 1), s
 
 
-def _segment_sum(x):
-    """``out[..., t, j] = sum_{j < m <= t} x[..., m]`` for t >= j, ``-inf`` above the
-    diagonal; each entry sums exactly its own terms (no difference of cumulative sums, so
-    no cancellation; ``-inf`` safe). One matmul with a 0/1 lower-triangular matrix."""
-    c = x.shape[-1]
-    lead = (1,) * (x.ndim - 1)
-    lower = jnp.tril(jnp.ones((c, c), bool)).reshape(*lead, c, c)
-    strict = jnp.tril(jnp.ones((c, c), bool), -1).reshape(*lead, c, c)
-    terms = jnp.where(strict, x[..., :, None], 0.0)  # [m, j] = x_m for m > j
-    ones = jnp.tril(jnp.ones((c, c), x.dtype))
-    out = jnp.einsum("tm,...mj->...tj", ones, terms, precision=lax.Precision.HIGHEST)
-    return jnp.where(lower, out, -jnp.inf)
-
-
 def _unit_lower_inverse(a):
     """``(I + a)^-1`` for strictly lower-triangular ``a`` (..., C, C), by recursive 2x2
     blocks: ``[[T11, 0], [-T22 M T11, T22]]`` for ``[[L11, 0], [M, L22]]``, all pairs of
@@ -209,7 +196,7 @@ def _chunked(q, k, v, beta, log_gate, s0, c):
 
     q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)  # (B, H, N, C, K|V)
     beta_c, lg_c = chunks(beta), chunks(log_gate)  # (B, H, N, C)
-    seg = _segment_sum(lg_c)  # (B, H, N, C, C): log(gamma_t / gamma_j), t >= j
+    seg = segment_sum(lg_c)  # (B, H, N, C, C): log(gamma_t / gamma_j), t >= j
     decay = jnp.exp(seg)
     log_gamma = jnp.cumsum(lg_c, axis=-1)  # decay from the chunk start to t (inclusive)
     to_end = jnp.exp(seg[..., -1, :])  # gamma_C / gamma_j

@@ -3,14 +3,14 @@
     S_t = diag(a_t) S_{t-1} + k_t v_t^T,    y_t = Re(q_t^T S_t)
 
 Implementations (``impl``): ``recurrent`` (``lax.scan`` over t), ``parallel`` (associative
-scan over ``(a_t, k_t v_t^T)``), ``attention`` (the O(L^2) surrogate form), ``chunked``
-(attention form inside chunks of C, state carried across chunks) and ``pallas`` (the
-``pallas_kernels.gateloop`` kernel, which reuses this module's gate maths).
+scan over ``(a_t, k_t v_t^T)``), ``chunked`` (the shared linear-attention core,
+:func:`jaxar.ops.linear_attention.linear_attention`, on ``log a``; chunks of C rounded up
+to a power of two), ``attention`` (the same core with one chunk of the whole sequence) and
+``pallas`` (the ``pallas_kernels.gateloop`` kernel, which reuses this module's gate maths).
 
-Stability: every relative decay ``prod_{r=s+1}^t a_r`` is formed as a product of at most
-C (chunked) or L (attention) factors with |a| <= 1, never as a ratio ``P_t / P_s``; so
-gates near 0 underflow to the exact limit 0 instead of overflowing, and nothing is
-divided.
+Stability: every relative decay ``prod_{r=s+1}^t a_r`` is formed as ``exp`` of a sum of its
+own log-gates (<= 0), never as a ratio ``P_t / P_s``; so gates near 0 underflow to the
+exact limit 0 instead of overflowing, and nothing is divided.
 
 One gate floor, ``LOG_FLOOR = -30``, for the attention / chunked forms and the Pallas
 kernel (:func:`log_gate`): a gate with |a| < e^-30 (9.4e-14) acts as e^-30. Exact: that
@@ -43,12 +43,12 @@ from __future__ import annotations
 
 import warnings
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from jaxar import dispatch
 from jaxar.dispatch import GateLoopImpl
+from jaxar.ops.linear_attention import linear_attention
 from jaxar.ops.scan import check_chunk_size, linear_scan
 
 __all__ = ["LOG_FLOOR", "fold_gate_signs", "gateloop", "log_gate"]
@@ -137,8 +137,10 @@ def gateloop(
         sign = None
         if not jnp.iscomplexobj(a):
             q, k, a, sign = fold_gate_signs(q, k, a)
-        c = length if impl == "attention" else min(chunk_size, length)
-        y, s = _chunked(q, k, v, a.astype(gate), s0, c)
+        log_mag, phase = log_gate(a.astype(gate))
+        la = log_mag if phase is None else lax.complex(log_mag, phase)
+        c = length if impl == "attention" else chunk_size
+        y, s = linear_attention(q, k, v, la, state0=s0, impl="chunked", chunk_size=c)
         if sign is not None:
             s = s * sign[..., None].astype(s.dtype)
     return y.astype(out_dtype), s
@@ -205,81 +207,3 @@ def log_gate(a):
         return log_mag, phase
     ok = a > jnp.exp(LOG_FLOOR)
     return jnp.log(jnp.where(ok, a, jnp.exp(LOG_FLOOR))), None
-
-
-def _decays(log_mag, phase):
-    """``D[..., t, s, :] = prod_{r=s+1}^{t} a_r`` (real part) for s <= t, 0 for s > t, from
-    within-chunk cumulative logs: ``exp(Lc_t - Lc_s)`` masked before the exp, so every
-    exponent is <= 0 and nothing overflows."""
-    c = log_mag.shape[-2]
-    causal = (jnp.arange(c)[:, None] >= jnp.arange(c)[None, :])[..., None]  # (C, C, 1)
-    lc = jnp.cumsum(log_mag, axis=-2)
-    diff = lc[..., :, None, :] - lc[..., None, :, :]
-    diff = jnp.where(causal, diff, -jnp.inf)
-    mag = jnp.exp(diff)
-    if phase is None:
-        return mag, None
-    pc = jnp.cumsum(phase, axis=-2)
-    ang = pc[..., :, None, :] - pc[..., None, :, :]
-    return mag * jnp.cos(ang), mag * jnp.sin(ang)
-
-
-@jax.checkpoint
-def _intra_scores(q, k, log_mag, phase):
-    """``sum_k q_tk k_sk Re(prod_{r=s+1}^t a_rk)`` per chunk; rematerialised in the
-    backward pass instead of storing the (..., C, C, K) decay tensor."""
-    dec_re, _ = _decays(log_mag, phase)
-    return jnp.einsum("bhntk,bhntsk->bhnts", q, dec_re * k[..., None, :, :])
-
-
-def _chunked(q, k, v, a, s0, c):
-    b, length, h, kk = q.shape
-    e = v.shape[-1]
-    n = -(-length // c)
-    pad = n * c - length
-    if pad:
-        widths = [(0, 0), (0, pad), (0, 0), (0, 0)]
-        q, k, v = (jnp.pad(t, widths) for t in (q, k, v))
-        a = jnp.pad(a, widths, constant_values=1)
-
-    # (B, H, N, C, K)
-    def split(t):
-        return jnp.moveaxis(t.reshape((b, n, c, h, t.shape[-1])), 3, 1)
-
-    qc, kc, vc, ac = split(q), split(k), split(v), split(a)
-    log_mag, phase = log_gate(ac)
-    scores = _intra_scores(qc, kc, log_mag, phase)
-    y_intra = jnp.einsum("bhnts,bhnse->bhnte", scores, vc)
-    # chunk summaries: S_end = diag(P_C) S_in + sum_s diag(D[C, s]) k_s v_s^T
-    lc = jnp.cumsum(log_mag, axis=-2)
-    end = jnp.exp(lc[..., -1:, :] - lc)  # |D[C, s]|, exponent <= 0
-    if phase is None:
-        k_end = kc * end
-        p = jnp.exp(lc)
-    else:
-        pc = jnp.cumsum(phase, axis=-2)
-        k_end = kc * end * jnp.exp(1j * (pc[..., -1:, :] - pc))
-        p = jnp.exp(lc) * jnp.exp(1j * pc)
-    p = p.astype(ac.dtype)
-    u = jnp.einsum("bhnsk,bhnse->bhnke", k_end, vc.astype(k_end.dtype)).astype(ac.dtype)
-    g = p[..., -1, :]  # (B, H, N, K)
-    if n == 1:
-        s_in = s0[:, :, None]
-        s_last = g[:, :, 0, :, None] * s0 + u[:, :, 0]
-    else:
-        # state entering each chunk via a diagonal scan over the N chunk boundaries
-        s_all, s_last = linear_scan(
-            g.reshape(b * h, n, kk, 1),
-            u.reshape(b * h, n, kk, e),
-            s0.reshape(b * h, kk, e),
-            impl="sequential",
-        )
-        s_all = s_all.reshape(b, h, n, kk, e)
-        s_last = s_last.reshape(b, h, kk, e)
-        s_in = jnp.concatenate([s0[:, :, None], s_all[:, :, :-1]], axis=2)
-    qp = qc * p  # (B, H, N, C, K)
-    y_inter = jnp.einsum("bhntk,bhnke->bhnte", qp, s_in.astype(qp.dtype))
-    y_inter = y_inter.real if jnp.iscomplexobj(y_inter) else y_inter
-    y = y_intra + y_inter  # (B, H, N, C, E)
-    y = jnp.moveaxis(y, 1, 3).reshape(b, n * c, h, e)[:, :length]
-    return y, s_last

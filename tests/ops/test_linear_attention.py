@@ -1,0 +1,207 @@
+"""linear_attention: recurrent == chunked (fwd + grad, gates included) vs a float64 loop, for
+diagonal real / complex and scalar gates with state0 and resets; bf16; identities (RetNet ==
+GLA with a constant gate == GateLoop with a real constant gate; SSD == scalar core); extreme
+gates at long length; argument errors."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxar.ops import gateloop, linear_attention
+from jaxar.testing import assert_allclose, reference_x64
+
+B, L, H, K, E = 2, 13, 2, 3, 2
+GATES = ["diag", "complex", "scalar"]
+
+
+def _inputs(kind, seed=0):
+    ks = jax.random.split(jax.random.key(seed), 7)
+    q = 0.5 * jax.random.normal(ks[0], (B, L, H, K))
+    k = 0.5 * jax.random.normal(ks[1], (B, L, H, K))
+    v = jax.random.normal(ks[2], (B, L, H, E))
+    shape = (B, L, H) if kind == "scalar" else (B, L, H, K)
+    la = jax.nn.log_sigmoid(2.0 * jax.random.normal(ks[3], shape))
+    s0 = jax.random.normal(ks[4], (B, H, K, E))
+    if kind == "complex":
+        la = la + 1j * jax.random.normal(ks[5], shape)
+        s0 = s0.astype(jnp.complex64)
+    reset = jnp.zeros((B, L), bool).at[0, 5].set(True).at[1, 0].set(True).at[1, 8].set(True)
+    return q, k, v, la, s0, reset
+
+
+def _plain(q, k, v, la, s0, reset):
+    """The definition, one step at a time."""
+    a = jnp.where(reset.reshape(reset.shape + (1,) * (la.ndim - 2)), 0.0, jnp.exp(la))
+    if a.ndim == 3:
+        a = a[..., None]
+
+    def step(s, inp):
+        q_t, k_t, v_t, a_t = inp
+        s = a_t[..., None] * s + k_t[..., None] * v_t[..., None, :]
+        return s, jnp.einsum("bhk,bhke->bhe", q_t, jnp.real(s))
+
+    s, ys = jax.lax.scan(step, s0, tuple(jnp.moveaxis(t, 1, 0) for t in (q, k, v, a)))
+    return jnp.moveaxis(ys, 0, 1), s
+
+
+def _loss(fn):
+    def f(q, k, v, la, s0, reset):
+        y, s = fn(q, k, v, la, s0, reset)
+        w = jnp.cos(jnp.arange(y.size, dtype=y.dtype)).reshape(y.shape)
+        return jnp.sum(y * w) + jnp.sum(jnp.abs(s))
+
+    return f
+
+
+def _both(fn):
+    def both(*args):
+        return fn(*args), jax.grad(_loss(fn), argnums=(0, 1, 2, 3, 4))(*args)
+
+    return both
+
+
+@functools.cache
+def _reference(kind):
+    return reference_x64(jax.jit(_both(_plain)), *_inputs(kind))
+
+
+CASES = [(kind, "chunked") for kind in GATES] + [
+    ("diag", "recurrent"),
+    pytest.param("complex", "recurrent", marks=pytest.mark.slow),
+    pytest.param("scalar", "recurrent", marks=pytest.mark.slow),
+]
+
+
+@pytest.mark.parametrize(("kind", "impl"), CASES)
+def test_matches_float64_reference(kind, impl):
+    """Forward and gradients of q, k, v, log_a and state0; state0 and resets included."""
+    gate = "scalar" if kind == "scalar" else "diag"
+
+    def ours(q, k, v, la, s0, reset):
+        return linear_attention(
+            q, k, v, la, gate=gate, state0=s0, reset=reset, impl=impl, chunk_size=4
+        )
+
+    out, g = jax.jit(_both(ours))(*_inputs(kind))
+    out_ref, g_ref = _reference(kind)
+    assert_allclose(out, out_ref)
+    assert_allclose(g, g_ref, kind="grad")
+
+
+@pytest.mark.parametrize("kind", ["diag", "scalar"])
+def test_bfloat16_inputs_float32_state(kind):
+    q, k, v, la, _, reset = _inputs(kind, seed=1)
+    qb, kb, vb = (t.astype(jnp.bfloat16) for t in (q, k, v))
+    y, s = jax.jit(functools.partial(linear_attention, gate=kind, chunk_size=8))(
+        qb, kb, vb, la, reset=reset
+    )
+    assert y.dtype == jnp.bfloat16 and s.dtype == jnp.float32
+    s0 = jnp.zeros((B, H, K, E))
+    ref = reference_x64(_plain, qb, kb, vb, la, s0, reset)
+    assert_allclose((y, s), ref, dtype=jnp.bfloat16)
+
+
+def test_identities_retnet_gla_gateloop_ssd():
+    """RetNet (a fixed scalar gate per head) == GLA with that constant diagonal gate ==
+    GateLoop with the real constant gate; Mamba-2's SSD (quadratic form) == scalar core."""
+    q, k, v, _, _, _ = _inputs("diag", seed=2)
+    gamma = jnp.array([0.9, 0.6])  # per head
+
+    @jax.jit
+    def three(q, k, v):
+        la_s = jnp.broadcast_to(jnp.log(gamma), (B, L, H))
+        la_d = jnp.broadcast_to(jnp.log(gamma)[:, None], (B, L, H, K))
+        return (
+            linear_attention(q, k, v, la_s, gate="scalar", chunk_size=4),
+            linear_attention(q, k, v, la_d, chunk_size=4),
+            gateloop(q, k, v, jnp.exp(la_d), impl="chunked", chunk_size=4),
+        )
+
+    (y_ret, s_ret), (y_gla, s_gla), (y_gl, s_gl) = three(q, k, v)
+    assert_allclose((y_gla, s_gla), (y_ret, s_ret))
+    assert_allclose((y_gl, s_gl), (y_ret, s_ret))
+
+    # SSD: h_t = exp(dt_t A) h_{t-1} + dt_t B_t x_t^T, y_t = h_t^T C_t, as
+    # y = (C B^T o exp(segsum(dt A)) o dt) X (Dao & Gu 2024, arXiv:2405.21060)
+    ks = jax.random.split(jax.random.key(3), 4)
+    x = jax.random.normal(ks[0], (B, L, H, E))
+    bm = jax.random.normal(ks[1], (B, L, H, K))
+    cm = jax.random.normal(ks[2], (B, L, H, K))
+    dt = jax.nn.softplus(jax.random.normal(ks[3], (B, L, H)))
+    a_log = -jnp.array([0.5, 2.0]).reshape(1, 1, H)
+
+    def ssd(x, bm, cm, dt):
+        da = dt * a_log
+        cs = jnp.cumsum(da, axis=1)
+        dec = jnp.exp(cs[:, :, None] - cs[:, None, :])  # (B, T, S, H)
+        causal = jnp.tril(jnp.ones((L, L), bool))[None, :, :, None]
+        w = jnp.einsum("bthk,bshk->btsh", cm, bm) * jnp.where(causal, dec, 0.0)
+        return jnp.einsum("btsh,bsh,bshe->bthe", w, dt, x)
+
+    want = reference_x64(ssd, x, bm, cm, dt)
+    core = jax.jit(functools.partial(linear_attention, gate="scalar", chunk_size=4))
+    got, _ = core(cm, bm * dt[..., None], x, dt * a_log)
+    assert_allclose(got, want)
+
+
+def _extreme(n, kind):
+    """Gates at 1e-30 and at 1 - 1e-7 (alternating over key dims / heads)."""
+    ks = jax.random.split(jax.random.key(4), 3)
+    q = jax.random.normal(ks[0], (1, n, 2, 2))
+    k = jax.random.normal(ks[1], (1, n, 2, 2))
+    v = jax.random.normal(ks[2], (1, n, 2, 2))
+    lo, hi = np.log(1e-30), np.log1p(-1e-7)
+    if kind == "scalar":
+        la = jnp.broadcast_to(jnp.array([lo, hi], jnp.float32), (1, n, 2))
+    else:
+        la = jnp.broadcast_to(jnp.array([lo, hi], jnp.float32), (1, n, 2, 2))
+        if kind == "complex":
+            la = la + 0.3j
+    return q, k, v, la
+
+
+def _check_extreme(n, kind):
+    q, k, v, la = _extreme(n, kind)
+    gate = "scalar" if kind == "scalar" else "diag"
+    y, s = jax.jit(lambda *t: linear_attention(*t, gate=gate, impl="chunked"))(q, k, v, la)
+    assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(s)).all()
+    want = reference_x64(
+        jax.jit(lambda *t: linear_attention(*t, gate=gate, impl="recurrent")), q, k, v, la
+    )
+    assert_allclose((y, s), want, kind="long")
+
+
+@pytest.mark.parametrize("kind", GATES)
+def test_extreme_gates_short(kind):
+    _check_extreme(256, kind)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", GATES)
+def test_extreme_gates_long(kind):
+    _check_extreme(16384, kind)
+
+
+def test_argument_errors():
+    q, k, v, la, s0, reset = _inputs("diag")
+    with pytest.raises(ValueError, match="gate='full' is not supported"):
+        linear_attention(q, k, v, la, gate="full")
+    with pytest.raises(ValueError, match=r"log_a must be \(B, L, H\)"):
+        linear_attention(q, k, v, la, gate="scalar")
+    with pytest.raises(ValueError, match="real part must be <= 0"):
+        linear_attention(q, k, v, -la)
+    with pytest.raises(ValueError, match="NaN"):
+        linear_attention(q, k, v, la.at[0, 0, 0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match="impl='fast' is not supported"):
+        linear_attention(q, k, v, la, impl="fast")
+    with pytest.raises(ValueError, match="chunk_size=0 is not supported"):
+        linear_attention(q, k, v, la, chunk_size=0)
+    with pytest.raises(ValueError, match="reset must be bool"):
+        linear_attention(q, k, v, la, reset=reset.astype(jnp.int32))
+    with pytest.raises(ValueError, match="state0 must be"):
+        linear_attention(q, k, v, la, state0=s0[..., :1])
+    with pytest.raises(ValueError, match="must be real for gate='scalar'"):
+        linear_attention(q, k, v, la[..., 0] + 0j, gate="scalar")
