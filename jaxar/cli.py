@@ -1,4 +1,4 @@
-"""The ``jaxar`` command: ``train``, ``sample``, ``eval``, ``bench``, ``info``.
+"""The ``jaxar`` command: ``train``, ``sample``, ``eval``, ``compile``, ``bench``, ``info``.
 
 Each subcommand's implementation lives with the code it drives and is imported only
 when that subcommand runs, so ``jaxar --help`` and ``jaxar info`` start fast.
@@ -19,6 +19,11 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
         "sample from a trained workdir (text or PNG grid)",
     ),
     "eval": ("jaxar.train.cli", "eval_main", "held-out NLL of a trained workdir"),
+    "compile": (
+        "jaxar.train.cli",
+        "compile_main",
+        "compile the sharded train step for a TPU slice (no TPU needed): memory, FLOPs",
+    ),
     "bench": ("jaxar.bench.cli", "bench_main", "benchmarks against in-run baselines"),
     "info": (
         "jaxar.cli",

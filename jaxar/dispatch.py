@@ -9,6 +9,7 @@ jaxar asks which platform it runs on. Pallas kernels are imported lazily, on fir
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 from collections.abc import Callable
@@ -31,6 +32,7 @@ __all__ = [
     "kernel_backends",
     "platform",
     "resolve",
+    "target_platform",
 ]
 
 LinearScanImpl = Literal["auto", "sequential", "associative", "chunked", "pallas"]
@@ -76,10 +78,32 @@ KERNELS: dict[str, str] = {
 }
 
 
+_TARGET: list[str] = []  # platforms pushed by ``target_platform`` (innermost last)
+
+
 def platform() -> str:
-    """The default backend's platform: 'cpu', 'gpu' or 'tpu'."""
-    p = jax.default_backend()
+    """The platform code is traced for: 'cpu', 'gpu' or 'tpu' (the default backend's, or
+    the innermost ``target_platform``)."""
+    p = _TARGET[-1] if _TARGET else jax.default_backend()
     return "gpu" if p in ("cuda", "rocm", "gpu") else p
+
+
+@contextlib.contextmanager
+def target_platform(name: str):
+    """Traces for ``name`` ('cpu', 'gpu' or 'tpu') instead of the default backend: ``auto``
+    implementations, the kernels' ``interpret`` flag and their lowering (Mosaic / Triton)
+    follow it. ``jaxar compile`` compiles for a TPU slice on a CPU host this way.
+
+    Raises:
+      ValueError: for another platform name.
+    """
+    if name not in INTERPRET:
+        raise ValueError(f"target platform {name!r} is unknown; accepted: {sorted(INTERPRET)}")
+    _TARGET.append(name)
+    try:
+        yield
+    finally:
+        _TARGET.pop()
 
 
 def resolve(op: str, impl: str, *, arg: str = "impl") -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 from jax.sharding import AxisType, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "tensor")
@@ -80,7 +81,12 @@ def make_mesh(data: int = -1, fsdp: int = 1, tensor: int = 1, *, devices=None) -
             f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
             f"{sizes[0] * sizes[1] * sizes[2]} devices; {n} available"
         )
-    return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
+    axis_types = (AxisType.Auto,) * 3
+    try:
+        return jax.make_mesh(tuple(sizes), MESH_AXES, axis_types=axis_types, devices=devices)
+    except AssertionError:  # TPU v4 slices listed per core: no physical layout, device order
+        grid = np.array(devices, dtype=object).reshape(sizes)
+        return jax.sharding.Mesh(grid, MESH_AXES, axis_types=axis_types)
 
 
 def _axis_size(mesh, axes) -> int:

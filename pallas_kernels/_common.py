@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 from jax.experimental.pallas import tpu as pltpu
+
+from jaxar import dispatch
 
 
 def select_lowering(interpret: Any, kernel: str) -> str:
@@ -13,7 +14,8 @@ def select_lowering(interpret: Any, kernel: str) -> str:
 
     ``interpret=True`` runs the generic ("triton") kernel in the Pallas interpreter; a
     ``pltpu.InterpretParams`` runs the Mosaic kernel in the TPU interpreter; ``False``
-    compiles for the default backend (Mosaic on TPU, Triton on GPU).
+    compiles for the platform being traced for (``jaxar.dispatch.platform``: Mosaic on
+    TPU, Triton on GPU).
     """
     if isinstance(interpret, pltpu.InterpretParams):
         return "mosaic"
@@ -24,10 +26,10 @@ def select_lowering(interpret: Any, kernel: str) -> str:
             f"interpret={interpret!r} is not supported; accepted: False, True or "
             "jax.experimental.pallas.tpu.InterpretParams()"
         )
-    backend = jax.default_backend()
+    backend = dispatch.platform()
     if backend == "tpu":
         return "mosaic"
-    if backend in ("gpu", "cuda", "rocm"):
+    if backend == "gpu":
         return "triton"
     raise ValueError(
         f"{kernel} has no compiled lowering for platform {backend!r}; accepted: tpu, gpu, "

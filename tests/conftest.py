@@ -8,6 +8,9 @@ enabled only inside them); every comparison takes its tolerance from the one tab
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# With libtpu installed (the tpu extra) every process that compiles for a TPU topology
+# loads it; without this, the first one locks /tmp/libtpu_lockfile and the others fail.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 
 import absl.flags  # noqa: E402
 import jax  # noqa: E402

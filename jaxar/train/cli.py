@@ -56,25 +56,20 @@ def _error(cmd: str, e: Exception) -> int:
     return EXIT_ERROR
 
 
-def parse_train_args(argv: list[str]):
-    """``(TrainConfig, workdir)`` from ``jaxar train`` arguments."""
-    from jaxar.train import config as config_lib
-    from jaxar.train import experiments
-
-    p = argparse.ArgumentParser(
-        prog="jaxar train",
-        description="Train a model from an ml_collections config (default: the quickstart).",
-        epilog="Override any field with --config.<field>=<value>, e.g. --config.steps=100 "
-        "--config.model.d_model=256.",
-    )
+def _config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--config",
         default="quickstart",
         help="an experiment NAME[:variant] (see 'jaxar info') or a config file "
         "PATH[:variant] with get_config() (default: quickstart)",
     )
-    p.add_argument("--workdir", default=None, help=f"run directory (default {DEFAULT_ROOT}/<name>)")
-    args, rest = p.parse_known_args(argv)
+
+
+def _config_from(p: argparse.ArgumentParser, args, rest: list[str]):
+    """``(TrainConfig, ConfigRef)`` from ``--config`` and the ``--config.a.b=v`` overrides."""
+    from jaxar.train import config as config_lib
+    from jaxar.train import experiments
+
     overrides = []
     for item in rest:
         if not item.startswith("--config."):
@@ -83,7 +78,21 @@ def parse_train_args(argv: list[str]):
     ref = experiments.resolve(args.config)
     cfg_dict = experiments.load_config(ref)
     config_lib.apply_overrides(cfg_dict, overrides)
-    cfg = config_lib.from_config_dict(cfg_dict)
+    return config_lib.from_config_dict(cfg_dict), ref
+
+
+def parse_train_args(argv: list[str]):
+    """``(TrainConfig, workdir)`` from ``jaxar train`` arguments."""
+    p = argparse.ArgumentParser(
+        prog="jaxar train",
+        description="Train a model from an ml_collections config (default: the quickstart).",
+        epilog="Override any field with --config.<field>=<value>, e.g. --config.steps=100 "
+        "--config.model.d_model=256.",
+    )
+    _config_arg(p)
+    p.add_argument("--workdir", default=None, help=f"run directory (default {DEFAULT_ROOT}/<name>)")
+    args, rest = p.parse_known_args(argv)
+    cfg, ref = _config_from(p, args, rest)
     workdir = args.workdir or str(pathlib.Path(DEFAULT_ROOT) / ref.run_name)
     return cfg, workdir
 
@@ -112,6 +121,58 @@ def train_main(argv: list[str]) -> int:
     w = summary["workdir"]
     print(f"next: jaxar sample --workdir {w}   |   jaxar eval --workdir {w}")
     return 0
+
+
+def compile_main(argv: list[str]) -> int:
+    """``jaxar compile``: compiles a config's sharded train step for a TPU slice (no TPU
+    needed) and prints per-chip memory against HBM, FLOPs and the roofline bound; exit 2
+    when it does not fit."""
+    _setup()
+    p = argparse.ArgumentParser(
+        prog="jaxar compile",
+        description="Compile the sharded train step for a TPU slice on this host (needs "
+        "libtpu: pip install 'jaxar[tpu]'); print memory per chip, FLOPs and the roofline.",
+        epilog="The mesh comes from --config.mesh.data/fsdp/tensor (default: all chips on "
+        "data), e.g. --config.mesh.fsdp=8.",
+    )
+    _config_arg(p)
+    p.add_argument(
+        "--topology", required=True, help="a TPU slice GEN:AxB[xC], e.g. v5e:2x2, v5p:4x4x4"
+    )
+    args, rest = p.parse_known_args(argv)
+    import os
+
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu compiles; it must not claim the host
+    try:
+        cfg, ref = _config_from(p, args, rest)
+        from jaxar.train import compile as compile_lib
+
+        devices = compile_lib.topology_devices(args.topology)
+        chip = compile_lib.CHIPS[args.topology.split(":")[0]]
+        compiled, mesh = compile_lib.compile_train_step(cfg, devices)
+    except ValueError as e:
+        return _error("compile", e)
+    rep = compile_lib.report(compiled, devices, chip)
+    rows = cfg.batch_size * (cfg.data.seq_len if cfg.model.family in _TEXT else 1)
+    print(
+        f"jaxar compile: {ref.run_name} ({cfg.model.family}/{cfg.model.preset}) on "
+        f"{args.topology}, mesh {dict(mesh.shape)}, batch {cfg.batch_size}"
+    )
+    for line in rep.lines(tokens_per_step=rows if cfg.model.family in _TEXT else None):
+        print("  " + line)
+    if not rep.fits:
+        return _error(
+            "compile",
+            ValueError(
+                f"the train step needs {rep.peak_bytes / 2**30:.2f} GiB per device; a "
+                f"{chip.name} device has {rep.hbm_bytes / 2**30:.2f} GiB (shard more: "
+                "--config.mesh.fsdp=..., or lower --config.batch_size)"
+            ),
+        )
+    return 0
+
+
+_TEXT = ("lm", "mdlm", "bd3")  # families whose rows are data.seq_len tokens
 
 
 def _workdir_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -30,3 +30,14 @@ def test_kernel_binds_interpret_for_the_platform(backend, interpret):
 def test_unknown_kernel_names_the_accepted_ones():
     with pytest.raises(ValueError, match=r"kernel 'nope' is unknown; accepted: \['flash_att"):
         dispatch.kernel("nope")
+
+
+def test_target_platform_overrides_the_backend():
+    with dispatch.target_platform("tpu"):
+        assert dispatch.platform() == "tpu"
+        assert dispatch.resolve("gateloop", "auto") == dispatch.AUTO["gateloop"]["tpu"]
+        assert dispatch.kernel("gateloop").keywords == {"interpret": False}
+    assert dispatch.platform() == jax.default_backend()
+    with pytest.raises(ValueError, match=r"target platform 'tpu7' is unknown; accepted: \["):
+        with dispatch.target_platform("tpu7"):
+            pass

@@ -4,7 +4,8 @@
 
 ``--kill-after-log S`` SIGKILLs this process right after the metrics line of step S is
 written (a crash between checkpoints). With ``JAX_COORDINATOR_ADDRESS`` etc. set it
-joins a ``jax.distributed`` job. Writes final params to ``WORKDIR/params_p<i>.npz``.
+joins a ``jax.distributed`` job. Writes final params to ``WORKDIR/params_p<i>.npz`` and
+the training rows this process read, step by step, to ``WORKDIR/rows_p<i>.npy``.
 """
 
 import argparse
@@ -43,6 +44,15 @@ def main():
                 os.kill(os.getpid(), signal.SIGKILL)
 
         loop.MetricsWriter.write = write_then_die
+    rows = []
+    put_batch = loop.Run.put_batch
+
+    def put_and_record(self, local):
+        if local["tokens"].shape[0] * jax.process_count() == self.cfg.batch_size:  # training
+            rows.append(np.asarray(local["tokens"]))
+        return put_batch(self, local)
+
+    loop.Run.put_batch = put_and_record
     cfg = toy.config(
         steps=args.steps,
         async_checkpoints=bool(args.async_checkpoints),
@@ -61,6 +71,7 @@ def main():
         for k, v in jax.tree_util.tree_leaves_with_path(summary["params"])
     }
     np.savez(os.path.join(args.workdir, f"params_p{jax.process_index()}.npz"), **flat)
+    np.save(os.path.join(args.workdir, f"rows_p{jax.process_index()}.npy"), np.stack(rows))
 
 
 if __name__ == "__main__":

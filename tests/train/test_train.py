@@ -209,3 +209,18 @@ def test_two_processes_train_like_one(tmp_path):
     assert len(rows_two) == len(rows_one)
     for a, b in zip(rows_two, rows_one, strict=True):
         assert a == pytest.approx(b, rel=1e-5)
+    # each process read only its own half of every global batch: together exactly the rows
+    # one process reads, none twice
+    one_rows = np.load(tmp_path / "one" / "rows_p0.npy")  # (steps, 8, L)
+    p0, p1 = (np.load(tmp_path / "two" / f"rows_p{i}.npy") for i in range(2))  # (steps, 4, L)
+    assert p0.shape[1] == p1.shape[1] == one_rows.shape[1] // 2
+    np.testing.assert_array_equal(np.concatenate([p0, p1], axis=1), one_rows)
+    for a, b in zip(p0, p1, strict=True):
+        assert not {r.tobytes() for r in a} & {r.tobytes() for r in b}
+    # the checkpoint the two processes wrote restores in this one process to their params
+    run = loop.load_run(tmp_path / "two")
+    restored = _flat(run.state["params"])
+    two = dict(np.load(tmp_path / "two" / "params_p0.npz"))
+    assert restored.keys() == two.keys()
+    for k in two:
+        np.testing.assert_array_equal(restored[k], two[k], err_msg=k)
