@@ -22,14 +22,19 @@ import os
 import pathlib
 import time
 
+import absl.flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from jaxar.bench import harness
+from jaxar.data import pipeline
 from jaxar.models.mdlm import unigram_entropy
 from jaxar.sampling import masked_diffusion as md
+from jaxar.train import loop
+from jaxar.train.config import from_config_dict
+from jaxar.train.experiments import load_config
 
 __all__ = ["judge_nll", "run", "settings"]
 
@@ -68,10 +73,6 @@ def judge_nll(judge, tokens_BxL) -> float:
 
 
 def _trained(variant: str, root: pathlib.Path):
-    from jaxar.train import loop
-    from jaxar.train.config import from_config_dict
-    from jaxar.train.experiments import load_config
-
     cfg = from_config_dict(load_config(f"mdm_inference:{variant}"))
     workdir = root / f"mdm_inference_{variant}"
     loop.train(cfg, workdir)
@@ -86,12 +87,8 @@ def _sample(graphdef, state, key, options):
 
 
 def run(quick: bool) -> list[harness.Result]:
-    import absl.flags
-
     if not absl.flags.FLAGS.is_parsed():
-        absl.flags.FLAGS.mark_as_parsed()
-    from jaxar.data import pipeline
-
+        absl.flags.FLAGS.mark_as_parsed()  # grain workers read absl flags
     size = "quick" if quick else "tiny"
     root = pathlib.Path(os.environ.get("JAXAR_BENCH_ROOT", "/tmp/jaxar_bench"))
     mdlm_run, cfg = _trained(f"{size}_mdlm", root)
