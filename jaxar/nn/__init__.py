@@ -64,7 +64,10 @@ class Mixer(Protocol):
 
     ``decode`` appends ``T`` inputs after the ``state`` (from ``init_state``) and returns
     the outputs and the new state; ``decode`` over a sequence in pieces equals
-    ``__call__`` on the whole sequence (tested per mixer).
+    ``__call__`` on the whole sequence (tested per mixer). With ``return_steps`` it also
+    returns the state after each of the ``T`` inputs (a pytree like ``state`` with a
+    leading ``T`` axis; ``None`` for attention caches, rolled back by their index), which
+    speculative decoding uses to roll a recurrent mixer back without recomputing.
     """
 
     def __call__(self, x_BxLxD, *, segment_ids=None, positions=None, mask=None) -> Any: ...
@@ -72,8 +75,14 @@ class Mixer(Protocol):
     def init_state(self, batch_size: int, max_len: int, dtype: Any) -> Any: ...
 
     def decode(
-        self, x_BxTxD, state, *, positions=None, bidirectional: bool = False
-    ) -> tuple[Any, Any]: ...
+        self,
+        x_BxTxD,
+        state,
+        *,
+        positions=None,
+        bidirectional: bool = False,
+        return_steps: bool = False,
+    ) -> tuple[Any, ...]: ...
 
 
 class MixerConfig(Protocol):
