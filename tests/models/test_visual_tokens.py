@@ -25,7 +25,7 @@ QUANT = {
 
 @pytest.mark.parametrize(
     "kind",  # the quantizers are covered against float64 references in tests/ops
-    [k if k == "vq" else pytest.param(k, marks=pytest.mark.slow) for k in QUANT],
+    [pytest.param(k, marks=pytest.mark.slow) for k in QUANT],  # eager convs: slow on CPU
 )
 def test_vq_codes_round_trip_and_loss(kind):
     cfg = vq.VQConfig.preset("tiny", width=8, **QUANT[kind])
@@ -54,6 +54,7 @@ def test_vq_config_errors():
         var.VARConfig(scales=(2, 4))
 
 
+@pytest.mark.slow  # eager convs of the tokenizer inside the loss
 def test_frozen_tokenizer_is_not_a_parameter():
     tok = vq.VQ(vq.VQConfig(width=8), rngs=nnx.Rngs(0))
     n_tok = len(jax.tree.leaves(nnx.state(tok, nnx.Param)))
