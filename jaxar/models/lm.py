@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
 from jaxar.models.common import check_fields, from_preset
 from jaxar.nn import MIXERS
 from jaxar.nn.layers import MLP, MLP_ACTIVATIONS, Embed, RMSNorm, dense
@@ -195,6 +196,9 @@ class LMConfig:
         return from_preset(cls, PRESETS, name, overrides)
 
 
+BLD = ("batch", "length", "embed")  # activations between blocks
+
+
 class Block(nnx.Module):
     """``x += mixer(norm(x)); x += mlp(norm(x))``."""
 
@@ -250,8 +254,9 @@ class Backbone(nnx.Module):
     def __call__(self, x_BxLxD, *, segment_ids=None, positions=None, mask=None):
         h = x_BxLxD.astype(self.config.dtype)
         for block in self.blocks:
+            h = sharding.constrain(h, BLD)
             h = block(h, segment_ids=segment_ids, positions=positions, mask=mask)
-        return self.final_norm(h)
+        return self.final_norm(sharding.constrain(h, BLD))
 
     def init_state(self, batch_size: int, max_len: int, dtype=None):
         """Per-layer mixer states (a tuple), fixed size for recurrent mixers."""
