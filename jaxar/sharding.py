@@ -12,11 +12,18 @@ Logical names:
   norm                     per-feature scales and biases (replicated)
 Mesh axes: ``data`` (pure data parallel), ``fsdp`` (data parallel with parameters
 sharded), ``tensor`` (tensor / model parallel).
+
+Activations are constrained by the same names at block boundaries
+(``constrain(x_BxLxD, ("batch", "length", "embed"))``): with a mesh active while tracing
+(``jax.set_mesh``, or :func:`traced_on`) the names become a sharding constraint through
+``RULES``, with none it is the identity. A mesh axis used by an earlier dimension is not
+used again, so ``embed`` activations stay whole when ``batch`` takes ``fsdp``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -32,7 +39,7 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
-    ("kv_heads", None),
+    ("kv_heads", "tensor"),  # GQA with fewer kv heads than the axis: replicated
     ("head_dim", None),
     ("state", None),
     ("conv", None),
@@ -146,6 +153,36 @@ def state_shardings(state, mesh, rules=RULES):
         return logical_sharding(None, getattr(v, "shape", ()), mesh, rules)
 
     return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def _active_mesh():
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or not set(MESH_AXES) <= set(mesh.axis_names):
+        return None
+    return mesh
+
+
+def constrain(x, names: Sequence[str | None], rules=RULES):
+    """``x`` constrained to the sharding of its logical axis ``names`` on the active mesh
+    (identity without one, or on a mesh of other axes); dimensions the mapped mesh axes do
+    not divide stay whole (:func:`logical_sharding`)."""
+    mesh = _active_mesh()
+    if mesh is None:
+        return x
+    spec = logical_sharding(names, x.shape, mesh, rules).spec
+    return jax.lax.with_sharding_constraint(x, spec)
+
+
+def traced_on(fn: Callable, mesh) -> Callable:
+    """``fn`` traced with ``mesh`` active, so that :func:`constrain` applies inside a
+    ``jax.jit`` of it (jit it as usual; calling it needs no mesh context)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return wrapped
 
 
 def batch_sharding(mesh, ndim: int = 2, rules=RULES) -> jax.sharding.NamedSharding:

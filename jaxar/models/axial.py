@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
 from jaxar.models.common import from_preset
 from jaxar.nn.attention import AttentionImpl
 from jaxar.nn.axial import AxialAttention
@@ -118,6 +119,9 @@ class AxialTransformerConfig:
     def preset(cls, name: str, **overrides) -> AxialTransformerConfig:
         """``PRESETS[name]`` with ``overrides`` (any field)."""
         return from_preset(cls, PRESETS, name, overrides)
+
+
+BHWD = ("batch", "length", "length", "embed")  # activations between blocks
 
 
 class _Residual(nnx.Module):
@@ -213,7 +217,8 @@ class AxialTransformer(nnx.Module):
     def embed_pixels(self, x_xC):
         """``sum_ch E_ch[x[..., ch]]``: (..., C) ints -> (..., D)."""
         x = x_xC.astype(jnp.int32)
-        table = self.pixel_embed[...].astype(self.config.dtype)
+        table = sharding.constrain(self.pixel_embed[...], (None, "vocab", None))  # whole rows
+        table = table.astype(self.config.dtype)
         out = table[0][x[..., 0]]
         for ch in range(1, self.config.channels):
             out = out + table[ch][x[..., ch]]
@@ -222,7 +227,8 @@ class AxialTransformer(nnx.Module):
     def embed_channels(self, x_xC):
         """Per-channel embeddings ``F_ch[x[..., ch]]``: (..., C) -> (..., C, D)."""
         x = x_xC.astype(jnp.int32)
-        table = self.chan_embed[...].astype(self.config.dtype)
+        table = sharding.constrain(self.chan_embed[...], (None, "vocab", None))
+        table = table.astype(self.config.dtype)
         return jnp.stack([table[ch][x[..., ch]] for ch in range(self.config.channels)], axis=-2)
 
     def _pos(self):
@@ -236,15 +242,15 @@ class AxialTransformer(nnx.Module):
         u = jnp.pad(e_BxHxWxD[:, :-1], ((0, 0), (1, 0), (0, 0), (0, 0)))
         u = u + self._pos()[None]
         for blk in self.outer:
-            u = blk(u)
-        return self.outer_norm(u)
+            u = blk(sharding.constrain(u, BHWD))
+        return self.outer_norm(sharding.constrain(u, BHWD))
 
     def inner_decoder(self, e_BxHxWxD, o_BxHxWxD):
         """``h``: (B, H, W, D); (r, c) depends on rows < r and pixels (r, < c)."""
         z = jnp.pad(e_BxHxWxD[:, :, :-1], ((0, 0), (0, 0), (1, 0), (0, 0))) + o_BxHxWxD
         for blk in self.inner:
-            z = blk(z)
-        return self.inner_norm(z)
+            z = blk(sharding.constrain(z, BHWD))
+        return self.inner_norm(sharding.constrain(z, BHWD))
 
     def channel_logits(self, h_xD, f_xCxD):
         """Logits (..., C, levels) float32 from pixel context ``h`` and channel embeddings

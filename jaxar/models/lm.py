@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
 from jaxar.models.common import check_fields, from_preset
 from jaxar.nn import MIXERS
 from jaxar.nn.layers import MLP, MLP_ACTIVATIONS, Embed, RMSNorm, dense
@@ -251,6 +252,9 @@ def _kw(cfg: LMConfig) -> dict:
     return dict(dtype=cfg.dtype, param_dtype=cfg.param_dtype)
 
 
+BLD = ("batch", "length", "embed")  # activations between blocks
+
+
 class Block(nnx.Module):
     """``x += mixer(norm(x)); x += mlp(norm(x))``."""
 
@@ -315,8 +319,9 @@ class Backbone(nnx.Module):
         if self.config.remat != "none":
             call = nnx.remat(_call_block, policy=REMAT[self.config.remat])
         for block in self.blocks:
+            h = sharding.constrain(h, BLD)
             h = call(block, h, segment_ids, positions, mask)
-        return self.final_norm(h)
+        return self.final_norm(sharding.constrain(h, BLD))
 
     def init_state(self, batch_size: int, max_len: int, dtype=None):
         """Per-layer mixer states (a tuple), fixed size for recurrent mixers."""

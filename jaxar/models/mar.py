@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
 from jaxar.models.common import from_preset
 from jaxar.models.lm import Backbone, LMConfig
 from jaxar.nn.diffusion_head import PRESETS as HEAD_PRESETS
@@ -302,7 +303,8 @@ class MAR(nnx.Module):
     def embed_prefix(self, labels_B):
         """Class tokens with their positions: ``(B, buffer_size, D)``."""
         cfg = self.config
-        cls = jnp.take(self.class_emb[...], labels_B, axis=0)[:, None, :]
+        table = sharding.constrain(self.class_emb[...], ("vocab", None))  # gathered over embed
+        cls = jnp.take(table, labels_B, axis=0)[:, None, :]
         cls = jnp.broadcast_to(cls, (labels_B.shape[0], cfg.buffer_size, cfg.d_model))
         return (cls + self.pos_emb[: cfg.buffer_size][None]).astype(cfg.dtype)
 
@@ -382,6 +384,7 @@ def loss_on_tokens(model: MAR, tokens_BxLxN, labels_B, key):
     else:
         z = model.conditions(tokens_BxLxN, labels_B)
         weights = jnp.ones((b, cfg.seq_len), jnp.float32)
+    z = sharding.constrain(z, ("batch", "length", "embed"))
     if cfg.head == "diffusion":
         per_token = gd.gaussian_diffusion_loss(
             k_head,
@@ -396,6 +399,7 @@ def loss_on_tokens(model: MAR, tokens_BxLxN, labels_B, key):
         per_token = gd.flow_matching_loss(
             k_head, model.head_fn, tokens_BxLxN, z, num_draws=cfg.num_draws
         )
+    per_token = sharding.constrain(per_token, ("batch", "length"))
     num = jnp.sum(weights)
     value = jnp.sum(per_token * weights) / jnp.maximum(num, 1.0)
     return value, {

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxar import dispatch
+from jaxar import dispatch, sharding
 from jaxar.nn.layers import partitioned
 from jaxar.ops.attention import apply_rope, dot_product_attention
 from jaxar.ops.masks import local_mask
@@ -149,12 +149,15 @@ class MultiHeadAttention(nnx.Module):
         if positions is None:
             positions = self._default_positions(B, L)
         q, k, v = self.project(x_BxLxD, positions)
+        q = sharding.constrain(q, ("batch", "length", "heads", "head_dim"))
+        k, v = (sharding.constrain(t, ("batch", "length", "kv_heads", "head_dim")) for t in (k, v))
         if cfg.window is not None:
             win = local_mask(L, window=cfg.window, causal=cfg.causal)[None, None]
             mask = win if mask is None else mask & win
         o = dot_product_attention(
             q, k, v, causal=cfg.causal, mask=mask, segment_ids=segment_ids, impl=cfg.impl
         )
+        o = sharding.constrain(o, ("batch", "length", "heads", "head_dim"))
         return self.output(o, x_BxLxD.dtype)
 
     def init_state(self, batch_size: int, max_len: int, dtype=jnp.float32):

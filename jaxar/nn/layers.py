@@ -11,6 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
+
 MLP_ACTIVATIONS = ("gelu", "swiglu", "relu", "silu")
 
 
@@ -90,7 +92,8 @@ class MLP(nnx.Module):
         self.down = dense(d_hidden, d_model, ("mlp", "embed"), **kw)
 
     def __call__(self, x_BxLxD):
-        h = self.up(x_BxLxD)
+        h = self.up(x_BxLxD)  # (B, ..., F): batch first, hidden units last
+        h = sharding.constrain(h, ("batch",) + ("length",) * (h.ndim - 2) + ("mlp",))
         if self.activation == "swiglu":
             h = jax.nn.silu(self.gate(x_BxLxD)) * h
         elif self.activation == "gelu":
@@ -113,13 +116,13 @@ class Embed(nnx.Module):
         )
 
     def __call__(self, tokens):
-        table = self.embedding[...]
+        table = sharding.constrain(self.embedding[...], ("vocab", None))  # gathered over embed
         if self.dtype is not None:
             table = table.astype(self.dtype)
         return jnp.take(table, tokens, axis=0)
 
     def attend(self, h_BxLxD):
         """Logits ``h E^T`` (float32)."""
-        return jnp.einsum(
-            "bld,vd->blv", h_BxLxD.astype(jnp.float32), self.embedding[...].astype(jnp.float32)
-        )
+        table = sharding.constrain(self.embedding[...], ("vocab", None))
+        logits = jnp.einsum("bld,vd->blv", h_BxLxD.astype(jnp.float32), table.astype(jnp.float32))
+        return sharding.constrain(logits, ("batch", "length", "vocab"))

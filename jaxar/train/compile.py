@@ -173,7 +173,7 @@ def abstract_train_step(cfg: TrainConfig, mesh, info=None):
     batch = _batch(cfg, info, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     step = jax.jit(
-        train_fn,
+        sharding.traced_on(train_fn, mesh),
         in_shardings=(state_sh, jax.tree.map(lambda x: x.sharding, batch)),
         out_shardings=(state_sh, replicated),
         donate_argnums=(0,),

@@ -179,10 +179,11 @@ def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
         ema_decay=cfg.ema_decay,
         lr_schedule=optim.schedule(cfg),
     )
+    # traced with the mesh active: the models' activation constraints apply (jaxar.sharding)
+    train_fn = sharding.traced_on(train_fn, mesh)
     train_step = jax.jit(train_fn, out_shardings=(state_sh, replicated), donate_argnums=(0,))
-    eval_step = jax.jit(
-        step_lib.make_eval_step(graphdef, rest, task.loss), out_shardings=replicated
-    )
+    eval_fn = sharding.traced_on(step_lib.make_eval_step(graphdef, rest, task.loss), mesh)
+    eval_step = jax.jit(eval_fn, out_shardings=replicated)
     return Run(
         cfg, task, info, mesh, graphdef, rest, state, train_step, eval_step,
         train_source, eval_source,
