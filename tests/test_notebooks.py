@@ -48,7 +48,15 @@ def test_notebook_is_clean_and_has_size_switch(path):
             )
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+# executed in the fast suite; the others run with -m slow (each 15-45 s on 2 cores)
+FAST_NOTEBOOKS = {"quickstart", "decoding", "visual_tokens"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p if p.stem in FAST_NOTEBOOKS else pytest.param(p, marks=pytest.mark.slow) for p in NOTEBOOKS],
+    ids=lambda p: p.stem,
+)
 def test_notebook_executes(path, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")

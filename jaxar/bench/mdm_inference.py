@@ -1,5 +1,6 @@
 """Masked-diffusion inference: generative perplexity and entropy against denoiser calls and
-wall time, for every method x steps x cache setting (jaxar/MATHS.md s.11).
+wall time, for every method x steps x cache setting (jaxar/MATHS.md s.11: MDLM, Sahoo et al.
+arXiv:2406.07524; Fast-dLLM, Wu et al. arXiv:2505.22618; ReMDM, Wang et al. arXiv:2503.00307).
 
 ``jaxar bench mdm_inference [--quick]``: trains (or reuses) the ``mdm_inference``
 experiment's tiny MDLM and its AR judge (``experiments/mdm_inference/config.py``; workdirs

@@ -149,6 +149,7 @@ def _clean(b=2, length=8, seed=1):
     return jax.random.randint(jax.random.key(seed), (b, length), 0, V)
 
 
+@pytest.mark.slow
 def test_block_size_one_is_autoregressive():
     """L'=1: every block's term is [masked]/t * -log p(x_l | x_<l), where the AR
     conditional is the same network run causally on [x_<l, MASK]."""

@@ -132,6 +132,7 @@ def _batch(cfg, b=4):
     }
 
 
+@pytest.mark.slow
 @needs_backbone
 @pytest.mark.parametrize("order", ["masked", "causal"])
 def test_loss_hook(order):

@@ -23,6 +23,7 @@ def _model(**kw):
     return lm.LM(cfg, nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_cached_decode_equals_full_forward():
     model = _model()
     tokens = jax.random.randint(jax.random.key(1), (2, 10), 0, 32)

@@ -18,6 +18,7 @@ def _x(seed=0):
     return jax.random.normal(jax.random.key(seed), (B, L, D))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "cfg",
     [
@@ -86,6 +87,7 @@ def test_causal_config_bidirectional_decode():
     testing.assert_allclose(jnp.concatenate([y1, y2], axis=1), want)
 
 
+@pytest.mark.slow
 def test_segments_equal_separate_sequences():
     mixer = AttentionConfig(num_heads=2).make(D, rngs=nnx.Rngs(3))
     x = _x(3)[:1]

@@ -145,6 +145,7 @@ def test_bfloat16():
     testing.assert_allclose(out, want, dtype=jnp.bfloat16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("causal", [False, True])
 def test_axial_equals_reshaped_attention(causal):
     key = jax.random.split(jax.random.key(1), 3)

@@ -61,6 +61,7 @@ def _check(n, seed, naive_below):
     assert z_tail < naive_below and z_ent < naive_below, (z_tail, z_ent)
 
 
+@pytest.mark.slow
 def test_faithful_tail_and_entropy_v50257():
     _check(n=10_000, seed=0, naive_below=-3.0)
 

@@ -39,6 +39,7 @@ def _dss_params(seed=1):
     return lam.astype(jnp.complex64), log_step, w.astype(jnp.complex64)
 
 
+@pytest.mark.slow
 def test_dss_convolution_equals_recurrence():
     lam, log_step, w = _dss_params()
     u = jax.random.normal(jax.random.key(2), (B, L, C))

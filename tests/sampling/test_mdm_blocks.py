@@ -31,6 +31,7 @@ def model():
     return mdlm.MDLM(cfg, rngs=nnx.Rngs(0))
 
 
+@pytest.mark.slow
 def test_forward_kv_and_span_match_the_full_forward(model):
     x = jax.random.randint(jax.random.key(0), (2, TL), 0, TV + 1)
     full = model(x)

@@ -8,6 +8,7 @@ from jaxar.train import cli, loop
 from jaxar.train import config as config_lib
 
 
+@pytest.mark.slow
 def test_quickstart_sized_lm_loss_decreases(tmp_path):
     pytest.importorskip("jaxar.models.lm")
     pytest.importorskip("jaxar.nn.attention")
