@@ -88,7 +88,12 @@ def _resets(length, seed=3):
 
 @pytest.mark.parametrize(
     "chunk",
-    [3, 32, pytest.param(1, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)],
+    [
+        3,
+        pytest.param(32, marks=pytest.mark.slow),
+        pytest.param(1, marks=pytest.mark.slow),
+        pytest.param(4, marks=pytest.mark.slow),
+    ],
 )
 def test_dss_chunked_equals_recurrence_with_resets(chunk):
     """Forward and gradients (u and every DSS parameter) vs the sequential recurrence with

@@ -110,7 +110,12 @@ def single_device_params(tmp_path_factory):
     return _flat(run["params"])
 
 
-@pytest.mark.parametrize("mesh", [(8, 1, 1), (2, 4, 1), (2, 1, 4)])
+# (2, 2, 2) shards data, fsdp and tensor at once; the pure axes are the slow cases.
+@pytest.mark.parametrize(
+    "mesh",
+    [(2, 2, 2)]
+    + [pytest.param(m, marks=pytest.mark.slow) for m in [(8, 1, 1), (2, 4, 1), (2, 1, 4)]],
+)
 def test_sharded_equals_single_device(mesh, single_device_params, tmp_path, tol):
     from jaxar.train.config import MeshConfig
 
