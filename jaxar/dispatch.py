@@ -39,7 +39,7 @@ LinearScanImpl = Literal["auto", "sequential", "associative", "chunked", "pallas
 GateLoopImpl = Literal["auto", "recurrent", "parallel", "attention", "chunked", "pallas"]
 AttentionImpl = Literal["auto", "xla", "reference", "jax", "pallas"]
 DeltaRuleImpl = Literal["auto", "recurrent", "chunked"]
-LinearAttentionImpl = Literal["auto", "recurrent", "chunked"]
+LinearAttentionImpl = Literal["auto", "recurrent", "chunked", "pallas"]
 
 # op -> implementations it accepts (besides "auto"), from the Literal types above.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -74,6 +74,7 @@ INTERPRET: dict[str, bool] = {"cpu": True, "gpu": False, "tpu": False}
 KERNELS: dict[str, str] = {
     "flash_attention": "pallas_kernels.flash_attention.ops",
     "gateloop": "pallas_kernels.gateloop.ops",
+    "linear_attention": "pallas_kernels.gateloop.ops",
     "linear_scan": "pallas_kernels.linear_scan.ops",
 }
 

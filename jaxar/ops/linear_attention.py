@@ -89,7 +89,9 @@ def linear_attention(
       state0: optional (B, H, K, E) state before position 0 (real or complex).
       reset: optional bool (B, L): True where a document starts; the state before that
         position is dropped (at t = 0 this drops ``state0``).
-      impl: "auto", "recurrent" or "chunked" (resolved in ``jaxar.dispatch``).
+      impl: "auto", "recurrent", "chunked" or "pallas" (``pallas_kernels.gateloop``, log
+        gates floored at e^-30 there; float32 / complex64 only) (resolved in
+        ``jaxar.dispatch``).
       chunk_size: C of "chunked", an int >= 1 (capped near L); diagonal gates round it
         up to a power of two.
 
@@ -119,6 +121,10 @@ def linear_attention(
     s0 = jnp.zeros((b, h, kk, e), sdt) if state0 is None else jnp.asarray(state0).astype(sdt)
     if impl == "recurrent":
         y, s = _recurrent(q, k, v, la, s0)
+    elif impl == "pallas":  # pallas_kernels.gateloop: one kernel for the three gate kinds
+        y, s = dispatch.kernel("linear_attention")(
+            q, k, v, la, gate=gate, state0=s0, chunk_size=chunk_size
+        )
     else:
         y, s = _chunked(q, k, v, la, s0, gate, chunk_size)
     return y.astype(out_dtype), s

@@ -15,6 +15,8 @@ def test_choices_are_the_literal_types():
         ("linear_scan", dispatch.LinearScanImpl),
         ("gateloop", dispatch.GateLoopImpl),
         ("attention", dispatch.AttentionImpl),
+        ("linear_attention", dispatch.LinearAttentionImpl),
+        ("delta_rule", dispatch.DeltaRuleImpl),
     ):
         assert ("auto", *dispatch.CHOICES[op]) == typing.get_args(lit)
         assert set(dispatch.AUTO[op].values()) <= set(dispatch.CHOICES[op])
