@@ -21,6 +21,9 @@ Implementations (``impl``):
     ``Y = diag(gamma) Q S_0 + (QK^T o D) U`` and
     ``S_C = gamma_C S_0 + (diag(gamma_C / gamma) K)^T U``, all matmuls; only the (K, V)
     state is carried across chunks (``lax.scan``).
+  * ``"pallas"``: ``pallas_kernels.delta_rule``: the same chunk terms (:func:`chunk_terms`),
+    the state carried over the chunks in a Pallas kernel, and its adjoint in a reverse
+    kernel (custom VJP). Reached through ``jaxar.dispatch.kernel``.
 Decays are exponentials of sums of log-gates over the exact index ranges (a segment sum,
 never a difference of cumulative sums and never a ratio), so every factor is
 ``exp(<= 0) <= 1``: gates down to 0 underflow to the exact limit and nothing overflows.

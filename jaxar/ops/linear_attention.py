@@ -23,6 +23,10 @@ Implementations (``impl``, ``jaxar.dispatch.LinearAttentionImpl``):
       K log2(C) exponentials, against K C for a (C, C, K) decay tensor; no
       log-space tensor at all.
 
+  * ``"pallas"``: ``pallas_kernels.gateloop.linear_attention``, one kernel for the three
+    gate kinds (a scalar gate broadcast over K before it), log-gates floored at e^-30;
+    float32 / complex64. Reached through ``jaxar.dispatch.kernel``.
+
 Complex diagonal gates ``|a| e^{i phi}``: the unit-modulus phases are folded into q and k
 once per chunk (``q_t e^{i theta_t}``, ``k_s e^{-i theta_s}``, theta the running phase from
 the chunk start; no magnitude > 1 arises), the magnitudes go through the real machinery.

@@ -261,6 +261,7 @@ class LinearAttentionKernelBase:
         testing.assert_allclose(got[0], want[0], dtype=jnp.float32, kind="fwd")
         testing.assert_allclose(got[1], want[1], dtype=jnp.float32, kind="grad")
 
+    @pytest.mark.slow  # ~8 s alone; the fast suite runs the core kernel's own cases above
     def test_scalar_gates(self):
         self.check("scalar")
 
