@@ -38,8 +38,8 @@ __all__ = [
 LinearScanImpl = Literal["auto", "sequential", "associative", "chunked", "pallas"]
 GateLoopImpl = Literal["auto", "recurrent", "parallel", "attention", "chunked", "pallas"]
 AttentionImpl = Literal["auto", "xla", "reference", "jax", "pallas"]
-DeltaRuleImpl = Literal["auto", "recurrent", "chunked"]
-LinearAttentionImpl = Literal["auto", "recurrent", "chunked"]
+DeltaRuleImpl = Literal["auto", "recurrent", "chunked", "pallas"]
+LinearAttentionImpl = Literal["auto", "recurrent", "chunked", "pallas"]
 
 # op -> implementations it accepts (besides "auto"), from the Literal types above.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -72,8 +72,10 @@ INTERPRET: dict[str, bool] = {"cpu": True, "gpu": False, "tpu": False}
 
 # kernel name -> module holding the function of that name (``pallas_kernels.<name>.ops``).
 KERNELS: dict[str, str] = {
+    "delta_rule": "pallas_kernels.delta_rule.ops",
     "flash_attention": "pallas_kernels.flash_attention.ops",
     "gateloop": "pallas_kernels.gateloop.ops",
+    "linear_attention": "pallas_kernels.gateloop.ops",
     "linear_scan": "pallas_kernels.linear_scan.ops",
 }
 

@@ -9,8 +9,9 @@ lookup would let ``import pallas_kernels.gateloop`` replace the function by the 
 ``import jaxar`` never imports this package; ``jaxar.dispatch.kernel`` does, on first use.
 """
 
+from pallas_kernels.delta_rule.ops import delta_rule
 from pallas_kernels.flash_attention.ops import flash_attention
 from pallas_kernels.gateloop.ops import gateloop
 from pallas_kernels.linear_scan.ops import linear_scan
 
-__all__ = ["flash_attention", "gateloop", "linear_scan"]
+__all__ = ["delta_rule", "flash_attention", "gateloop", "linear_scan"]

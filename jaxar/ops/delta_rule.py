@@ -21,6 +21,9 @@ Implementations (``impl``):
     ``Y = diag(gamma) Q S_0 + (QK^T o D) U`` and
     ``S_C = gamma_C S_0 + (diag(gamma_C / gamma) K)^T U``, all matmuls; only the (K, V)
     state is carried across chunks (``lax.scan``).
+  * ``"pallas"``: ``pallas_kernels.delta_rule``: the same chunk terms (:func:`chunk_terms`),
+    the state carried over the chunks in a Pallas kernel, and its adjoint in a reverse
+    kernel (custom VJP). Reached through ``jaxar.dispatch.kernel``.
 Decays are exponentials of sums of log-gates over the exact index ranges (a segment sum,
 never a difference of cumulative sums and never a ratio), so every factor is
 ``exp(<= 0) <= 1``: gates down to 0 underflow to the exact limit and nothing overflows.
@@ -37,7 +40,7 @@ from jaxar import dispatch
 from jaxar.dispatch import DeltaRuleImpl
 from jaxar.ops.linear_attention import segment_sum
 
-__all__ = ["delta_rule", "DeltaRuleImpl", "IMPLS"]
+__all__ = ["delta_rule", "chunk_terms", "DeltaRuleImpl", "IMPLS"]
 
 # "auto" is resolved by jaxar.dispatch (AUTO["delta_rule"]: "chunked", about 2x "recurrent"
 # fwd+bwd on CPU at B=4, L=4096, H=4, K=V=32; decode uses the recurrence).
@@ -74,7 +77,9 @@ def delta_rule(
       initial_state: optional (B, H, K, V) state before position 0.
       reset: optional bool (B, L): True where a document starts; the state before that
         position is dropped (``S_{t-1} := 0``; at t = 0 this drops ``initial_state``).
-      impl: ``"recurrent"``, ``"chunked"`` or ``"auto"`` (= ``"chunked"``).
+      impl: ``"recurrent"``, ``"chunked"``, ``"pallas"`` (``pallas_kernels.delta_rule``:
+        the chunk carries in a kernel, C rounded up to a power of two >= 16; float32) or
+        ``"auto"`` (= ``"chunked"``).
       chunk_size: C of ``"chunked"`` (a positive int; capped at L); 16 measured best for
         fwd+bwd on a 2-core CPU at K = V = 32 (32: 1.2x slower, 64: 1.7x).
       normalize_keys: L2-normalise ``k`` (as in both papers); False uses ``k`` as given.
@@ -108,6 +113,10 @@ def delta_rule(
         s0 = jnp.asarray(initial_state).astype(real)
     if impl == "recurrent":
         y, s = _recurrent(q, k, v, beta, log_gate, s0)
+    elif impl == "pallas":  # pallas_kernels.delta_rule: the chunk carries in Pallas
+        y, s = dispatch.kernel("delta_rule")(
+            q, k, v, beta, log_gate=log_gate, state0=s0, chunk_size=chunk_size
+        )
     else:
         y, s = _chunked(q, k, v, beta, log_gate, s0, min(chunk_size, length))
     y = y.astype(out_dtype)
@@ -183,9 +192,22 @@ def _unit_lower_inverse(a):
     return t[..., 0, :c, :c]
 
 
-def _chunked(q, k, v, beta, log_gate, s0, c):
+def chunk_terms(q, k, v, beta, log_gate, c):
+    """The state-independent terms of the chunked (WY / UT) form, per chunk of ``c`` rows.
+
+    Args:
+      q, k: (B, L, H, K) (keys already normalised); v: (B, L, H, V); beta, log_gate:
+        (B, L, H), log_gate in [``_LOG_ZERO``, 0]. Padded to a multiple of ``c`` with
+        no-op steps (beta = 0, g = 1).
+
+    Returns:
+      ``(u_tilde, w, scores, q_gamma, k_to_end, gamma_end)``, each (B, H, N, C, ...):
+      u_tilde (C, V) and w (C, K) with ``U = u_tilde - w S_0``; scores (C, C) the causal
+      ``QK^T o D``; q_gamma = diag(gamma) Q and k_to_end = diag(gamma_C / gamma) K (C, K);
+      gamma_end (B, H, N). Per chunk: ``Y = q_gamma S_0 + scores U``,
+      ``S_C = gamma_end S_0 + k_to_end^T U`` (module docstring).
+    """
     b, length, h, kk = q.shape
-    vv = v.shape[-1]
     pad = -length % c
     n = (length + pad) // c
 
@@ -194,6 +216,7 @@ def _chunked(q, k, v, beta, log_gate, s0, c):
         t = t.reshape(b, n, c, *t.shape[2:])
         return jnp.moveaxis(t, 3, 1)
 
+    vv = v.shape[-1]
     q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)  # (B, H, N, C, K|V)
     beta_c, lg_c = chunks(beta), chunks(log_gate)  # (B, H, N, C)
     seg = segment_sum(lg_c)  # (B, H, N, C, C): log(gamma_t / gamma_j), t >= j
@@ -214,6 +237,14 @@ def _chunked(q, k, v, beta, log_gate, s0, c):
     scores = jnp.einsum("bhnik,bhnjk->bhnij", q_c, k_c) * decay  # -> 0 above the diagonal
     q_gamma = q_c * gamma[..., None]
     k_to_end = k_c * to_end[..., None]
+    return u_tilde, w, scores, q_gamma, k_to_end, gamma_end
+
+
+def _chunked(q, k, v, beta, log_gate, s0, c):
+    b, length, h, _ = q.shape
+    vv = v.shape[-1]
+    terms = chunk_terms(q, k, v, beta, log_gate, c)
+    n = terms[0].shape[2]
 
     def step(s, inp):  # s (B, H, K, V)
         u_t, w_n, sc, qg, kd, ge = inp
@@ -222,7 +253,7 @@ def _chunked(q, k, v, beta, log_gate, s0, c):
         s = ge[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", kd, u)
         return s, y
 
-    xs = tuple(jnp.moveaxis(t, 2, 0) for t in (u_tilde, w, scores, q_gamma, k_to_end, gamma_end))
+    xs = tuple(jnp.moveaxis(t, 2, 0) for t in terms)
     s, y = lax.scan(step, s0, xs)  # y (N, B, H, C, V)
     y = jnp.transpose(y, (1, 0, 3, 2, 4)).reshape(b, n * c, h, vv)
     return y[:, :length], s

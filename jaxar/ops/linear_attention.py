@@ -23,6 +23,10 @@ Implementations (``impl``, ``jaxar.dispatch.LinearAttentionImpl``):
       K log2(C) exponentials, against K C for a (C, C, K) decay tensor; no
       log-space tensor at all.
 
+  * ``"pallas"``: ``pallas_kernels.gateloop.linear_attention``, one kernel for the three
+    gate kinds (a scalar gate broadcast over K before it), log-gates floored at e^-30;
+    float32 / complex64. Reached through ``jaxar.dispatch.kernel``.
+
 Complex diagonal gates ``|a| e^{i phi}``: the unit-modulus phases are folded into q and k
 once per chunk (``q_t e^{i theta_t}``, ``k_s e^{-i theta_s}``, theta the running phase from
 the chunk start; no magnitude > 1 arises), the magnitudes go through the real machinery.
@@ -89,7 +93,9 @@ def linear_attention(
       state0: optional (B, H, K, E) state before position 0 (real or complex).
       reset: optional bool (B, L): True where a document starts; the state before that
         position is dropped (at t = 0 this drops ``state0``).
-      impl: "auto", "recurrent" or "chunked" (resolved in ``jaxar.dispatch``).
+      impl: "auto", "recurrent", "chunked" or "pallas" (``pallas_kernels.gateloop``, log
+        gates floored at e^-30 there; float32 / complex64 only) (resolved in
+        ``jaxar.dispatch``).
       chunk_size: C of "chunked", an int >= 1 (capped near L); diagonal gates round it
         up to a power of two.
 
@@ -119,6 +125,10 @@ def linear_attention(
     s0 = jnp.zeros((b, h, kk, e), sdt) if state0 is None else jnp.asarray(state0).astype(sdt)
     if impl == "recurrent":
         y, s = _recurrent(q, k, v, la, s0)
+    elif impl == "pallas":  # pallas_kernels.gateloop: one kernel for the three gate kinds
+        y, s = dispatch.kernel("linear_attention")(
+            q, k, v, la, gate=gate, state0=s0, chunk_size=chunk_size
+        )
     else:
         y, s = _chunked(q, k, v, la, s0, gate, chunk_size)
     return y.astype(out_dtype), s

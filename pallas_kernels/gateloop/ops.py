@@ -7,11 +7,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jaxar.ops.gateloop import fold_gate_signs, log_gate
+from jaxar.ops.gateloop import LOG_FLOOR, fold_gate_signs, log_gate
 from pallas_kernels.gateloop import kernel
 from pallas_kernels.gateloop.kernel import BlockSizes
 
-__all__ = ["gateloop"]
+__all__ = ["gateloop", "linear_attention"]
 
 _REAL = ("float32", "bfloat16", "float16")
 
@@ -75,19 +75,108 @@ def gateloop(
         raise ValueError(f"state0 has shape {state0.shape}; accepted: {(B, H, K, E)}")
     if not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
-    lowering = kernel.select_lowering(interpret)
     cplx = any(jnp.iscomplexobj(u) for u in (q, k, a)) or (
         state0 is not None and jnp.iscomplexobj(state0)
     )
+    static, S0 = _setup(q, v, state0, cplx, chunk_size, interpret, block_sizes)
+    if jnp.iscomplexobj(a):
+        return _gateloop(static, q, k, v, _log_a(a), S0)
+    q, k, a, sign = fold_gate_signs(q, k, a)
+    y, S = _gateloop(static, q, k, v, _log_a(a), S0)
+    return y, S * sign[..., None].astype(S.dtype)
+
+
+def linear_attention(
+    q,
+    k,
+    v,
+    log_a,
+    *,
+    gate: str = "diag",
+    state0=None,
+    reset=None,
+    chunk_size: int = 64,
+    interpret=False,
+    block_sizes: BlockSizes | None = None,
+):
+    """Gated linear attention from log-gates: the kernel of ``jaxar.ops.linear_attention``.
+
+    ``S_t = G_t S_{t-1} + k_t v_t^T``, ``y_t = Re(S_t^T q_t)`` with ``G_t = diag(exp(log_a_t))``
+    (``gate="diag"``: GLA, or GateLoop with complex ``log|a| + i arg a``) or
+    ``exp(log_a_t) I`` (``gate="scalar"``: Mamba-2's SSD, RetNet). One kernel serves the
+    three gate kinds: a scalar gate is broadcast over the K lanes before the kernel (its
+    gradient is the sum over K of the diagonal one, by autodiff of the broadcast), a real
+    gate runs with one component, a complex gate with two. Log-gates are floored at
+    ``jaxar.ops.gateloop.LOG_FLOOR`` (-30), as in :func:`gateloop`: a gate below e^-30
+    (resets included, which set it to 0) acts as e^-30, a relative 1e-13 on the state.
+
+    Args:
+      q, k: (B, L, H, K) real (float32 / bfloat16 / float16).
+      v: (B, L, H, E) real.
+      log_a: log-gates with real part <= 0: (B, L, H, K) real or complex64 for "diag",
+        (B, L, H) real for "scalar"; ``-inf`` is a = 0.
+      gate: "diag" or "scalar".
+      state0: optional (B, H, K, E) state before position 0 (real or complex64).
+      reset: optional bool (B, L), True where a document starts (the state before it is
+        dropped).
+      chunk_size, interpret, block_sizes: as :func:`gateloop`.
+
+    Returns:
+      ``(y, state)``: y (B, L, H, E) in the result dtype of q, k, v; state (B, H, K, E)
+      float32, or complex64 for complex gates or state0.
+    """
+    q, k, v, log_a = map(jnp.asarray, (q, k, v, log_a))
+    if gate not in ("diag", "scalar"):
+        raise ValueError(f"gate={gate!r} is not supported; accepted: 'diag', 'scalar'")
+    if q.ndim != 4 or k.shape != q.shape or v.ndim != 4 or v.shape[:3] != q.shape[:3]:
+        raise ValueError(
+            f"q, k, v have shapes {q.shape}, {k.shape}, {v.shape}; accepted: q, k (B, L, H, K) "
+            "and v (B, L, H, E)"
+        )
+    want = q.shape if gate == "diag" else q.shape[:3]
+    if log_a.shape != want:
+        raise ValueError(f"log_a has shape {log_a.shape}; accepted for gate={gate!r}: {want}")
+    for name, u in (("q", q), ("k", k), ("v", v)):
+        if jnp.dtype(u.dtype).name not in _REAL:
+            raise ValueError(f"{name} has dtype {u.dtype}; accepted: {_REAL}")
+    if jnp.dtype(log_a.dtype).name not in ("float32", "bfloat16", "float16", "complex64"):
+        raise ValueError(f"log_a has dtype {log_a.dtype}; accepted: float32, bf16, f16, complex64")
+    if gate == "scalar" and jnp.iscomplexobj(log_a):
+        raise ValueError("log_a must be real for gate='scalar'")
+    B, L, H, K = q.shape
+    E = v.shape[-1]
+    if state0 is not None and jnp.shape(state0) != (B, H, K, E):
+        raise ValueError(f"state0 has shape {jnp.shape(state0)}; accepted: {(B, H, K, E)}")
+    if reset is not None and (jnp.shape(reset) != (B, L) or jnp.asarray(reset).dtype != bool):
+        raise ValueError(f"reset has shape {jnp.shape(reset)}; accepted: bool {(B, L)}")
+    if not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
+    cplx = jnp.iscomplexobj(log_a) or (state0 is not None and jnp.iscomplexobj(state0))
+    static, S0 = _setup(q, v, state0, cplx, chunk_size, interpret, block_sizes)
+    la = log_a.astype(jnp.complex64 if jnp.iscomplexobj(log_a) else jnp.float32)
+    if reset is not None:
+        r = jnp.asarray(reset).reshape((B, L) + (1,) * (la.ndim - 2))
+        la = jnp.where(r, jnp.asarray(LOG_FLOOR, la.dtype), la)
+    if jnp.iscomplexobj(la):
+        above = la.real > LOG_FLOOR
+        la = jax.lax.complex(jnp.where(above, la.real, LOG_FLOOR), jnp.where(above, la.imag, 0.0))
+    else:
+        la = jnp.maximum(la, LOG_FLOOR)
+    if gate == "scalar":
+        la = jnp.broadcast_to(la[..., None], q.shape)
+    return _gateloop(static, q, k, v, la, S0)
+
+
+def _setup(q, v, state0, cplx, chunk_size, interpret, block_sizes):
+    """The kernel's static configuration and the initial state (float32 / complex64)."""
+    B, L, H, K = q.shape
+    E = v.shape[-1]
+    lowering = kernel.select_lowering(interpret)
     bs = block_sizes or BlockSizes.default(lowering, chunk_size, L, K * E * (2 if cplx else 1))
     static = kernel.Static(lowering, interpret, bs.chunk, bs.sub, bs.num_warps, 2 if cplx else 1)
     st = jnp.complex64 if cplx else jnp.float32
-    S0 = jnp.zeros((B, H, K, E), st) if state0 is None else state0.astype(st)
-    if jnp.iscomplexobj(a):
-        return _gateloop(static, q, k, v, a, S0)
-    q, k, a, sign = fold_gate_signs(q, k, a)
-    y, S = _gateloop(static, q, k, v, a, S0)
-    return y, S * sign[..., None].astype(S.dtype)
+    S0 = jnp.zeros((B, H, K, E), st) if state0 is None else jnp.asarray(state0).astype(st)
+    return static, S0
 
 
 def _log_a(a):
@@ -99,7 +188,7 @@ def _log_a(a):
     return log_gate(a.astype(jnp.float32))[0]
 
 
-def _layout(static: kernel.Static, q, k, v, a, dy=None):
+def _layout(static: kernel.Static, q, k, v, la, dy=None):
     """Padded head-major kernel inputs (name -> (B, H, Lp, width)) and the padded widths."""
     B, L, H, K = q.shape
     E = v.shape[-1]
@@ -118,7 +207,6 @@ def _layout(static: kernel.Static, q, k, v, a, dy=None):
         u = head_major(u.astype(jnp.float32), kp)
         return jnp.cumsum(u.reshape(B, H, lp // c, c, kp), axis=3).reshape(B, H, lp, kp)
 
-    la = _log_a(a)
     inputs = {}
     for i, u in enumerate(_parts(static, q)):
         inputs[f"q{i}"] = head_major(u, kp)
@@ -157,34 +245,36 @@ def _seq_out(static, parts, L, width):  # tuple of (B, H, Lp, w) -> (B, L, H, wi
     return jax.lax.complex(*parts) if len(parts) == 2 else parts[0]
 
 
-def _forward(static: kernel.Static, q, k, v, a, S0):
+def _forward(static: kernel.Static, q, k, v, la, S0):
     B, L, H, K = q.shape
     E = v.shape[-1]
-    inputs, kp, ep = _layout(static, q, k, v, a)
+    inputs, kp, ep = _layout(static, q, k, v, la)
     y_dtype = jnp.result_type(*(jnp.finfo(u.dtype).dtype for u in (q, k, v)))
     y, St = kernel.forward(static, inputs, _state_in(static, S0, kp, ep), y_dtype)
     return _seq_out(static, (y,), L, E), _state_out(static, St, K, E)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _gateloop(static, q, k, v, a, S0):
-    return _forward(static, q, k, v, a, S0)
+def _gateloop(static, q, k, v, la, S0):
+    """The kernel on log-gates ``la`` (B, L, H, K), float32 or complex64, real part in
+    [LOG_FLOOR, 0]."""
+    return _forward(static, q, k, v, la, S0)
 
 
-def _gateloop_fwd(static, q, k, v, a, S0):
-    y, S = _forward(static, q, k, v, a, S0)
-    return (y, S), (q, k, v, a, S0, S)
+def _gateloop_fwd(static, q, k, v, la, S0):
+    y, S = _forward(static, q, k, v, la, S0)
+    return (y, S), (q, k, v, la, S0, S)
 
 
 def _gateloop_bwd(static, res, cts):
     """Pallas backward: dq (forward direction, from the states), dk, dv, dS0 (reverse
     direction, from the adjoint state); the gates' gradient from the identity
     d/dLambda_t = q_t dq_t - k_t dk_t (+ S_L dS_L at the end), cumulated from the end."""
-    q, k, v, a, S0, S = res
+    q, k, v, la, S0, S = res
     dy, dS = cts
     B, L, H, K = q.shape
     E = v.shape[-1]
-    inputs, kp, ep = _layout(static, q, k, v, a, dy)
+    inputs, kp, ep = _layout(static, q, k, v, la, dy)
     dq = _seq_out(
         static,
         kernel.backward_dq(
@@ -203,15 +293,12 @@ def _gateloop_bwd(static, res, cts):
     final = jnp.sum(dS.astype(ct) * S, axis=-1)  # (B, H, K)
     dlam = dlam.at[:, -1].add(final)
     dloga = jnp.flip(jnp.cumsum(jnp.flip(dlam, 1), axis=1), 1)
-    _, log_vjp = jax.vjp(_log_a, a)
-    la_ct = dloga if jnp.iscomplexobj(a) else jnp.real(dloga)
-    (da,) = log_vjp(la_ct.astype(jnp.complex64 if jnp.iscomplexobj(a) else jnp.float32))
 
     def like(g, x):
         g = g if jnp.iscomplexobj(x) else jnp.real(g)
         return g.astype(x.dtype)
 
-    return like(dq, q), like(dk, k), like(dv, v), like(da, a), like(dS0, S0)
+    return like(dq, q), like(dk, k), like(dv, v), like(dloga, la), like(dS0, S0)
 
 
 _gateloop.defvjp(_gateloop_fwd, _gateloop_bwd)

@@ -15,6 +15,8 @@ def test_choices_are_the_literal_types():
         ("linear_scan", dispatch.LinearScanImpl),
         ("gateloop", dispatch.GateLoopImpl),
         ("attention", dispatch.AttentionImpl),
+        ("linear_attention", dispatch.LinearAttentionImpl),
+        ("delta_rule", dispatch.DeltaRuleImpl),
     ):
         assert ("auto", *dispatch.CHOICES[op]) == typing.get_args(lit)
         assert set(dispatch.AUTO[op].values()) <= set(dispatch.CHOICES[op])
@@ -28,7 +30,7 @@ def test_kernel_binds_interpret_for_the_platform(backend, interpret):
 
 
 def test_unknown_kernel_names_the_accepted_ones():
-    with pytest.raises(ValueError, match=r"kernel 'nope' is unknown; accepted: \['flash_att"):
+    with pytest.raises(ValueError, match=r"kernel 'nope' is unknown; accepted: \['delta_rule'"):
         dispatch.kernel("nope")
 
 

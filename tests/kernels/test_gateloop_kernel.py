@@ -14,7 +14,7 @@ import pytest
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import ops, testing
-from pallas_kernels.gateloop import BlockSizes, gateloop
+from pallas_kernels.gateloop import BlockSizes, gateloop, linear_attention
 
 
 def _reference(q, k, v, a, state0):
@@ -203,6 +203,94 @@ def test_gates_near_zero_match_the_reference():
     want = testing.reference_x64(fwd_bwd(_reference), q, k, v, a, S0, dy, dS)
     testing.assert_allclose(got[0], want[0], dtype=jnp.float32, kind="fwd")
     testing.assert_allclose(got[1], want[1], dtype=jnp.float32, kind="grad")
+
+
+# ------------------------------------------- the same kernel on log-gates: linear_attention
+
+
+def _la_inputs(kind, B=1, L=21, H=1, K=4, E=4, seed=0):
+    """Inputs of ``jaxar.ops.linear_attention`` for gate kind "diag" (real), "complex" or
+    "scalar", with state0, a reset mid-row and cotangents."""
+    ks = jax.random.split(jax.random.key(seed), 8)
+    q = 0.5 * jax.random.normal(ks[0], (B, L, H, K))
+    k = 0.5 * jax.random.normal(ks[1], (B, L, H, K))
+    v = jax.random.normal(ks[2], (B, L, H, E))
+    shape = (B, L, H) if kind == "scalar" else (B, L, H, K)
+    la = jax.nn.log_sigmoid(2.0 * jax.random.normal(ks[3], shape))
+    s0 = jax.random.normal(ks[4], (B, H, K, E))
+    if kind == "complex":
+        la = (la + 1j * jax.random.normal(ks[5], shape)).astype(jnp.complex64)
+        s0 = s0.astype(jnp.complex64)
+    reset = jnp.zeros((B, L), bool).at[0, 7].set(True)
+    dy = jax.random.normal(ks[6], (B, L, H, E))
+    ds = jax.random.normal(ks[7], s0.shape).astype(s0.dtype)
+    return q, k, v, la, s0, reset, dy, ds
+
+
+class LinearAttentionKernelBase:
+    """``linear_attention`` (real / complex diagonal and scalar gates, state0, a reset) vs
+    ``jaxar.ops.linear_attention(impl="recurrent")`` in float64: y, final state and the
+    gradients of q, k, v, the log-gates and state0."""
+
+    interpret = True
+
+    def check(self, kind):
+        q, k, v, la, s0, reset, dy, ds = _la_inputs(kind)
+        gate = "scalar" if kind == "scalar" else "diag"
+
+        def fwd_bwd(fn):
+            def run(q, k, v, la, s0, dy, ds):
+                out, vjp = jax.vjp(fn, q, k, v, la, s0)
+                return out, vjp((dy, ds))
+
+            return run
+
+        def kernel(q, k, v, la, s0):
+            return linear_attention(
+                q, k, v, la, gate=gate, state0=s0, reset=reset, interpret=self.interpret,
+                block_sizes=BlockSizes(32, 16),
+            )  # fmt: skip
+
+        def reference(q, k, v, la, s0):
+            return ops.linear_attention(
+                q, k, v, la, gate=gate, state0=s0, reset=reset, impl="recurrent"
+            )
+
+        got = jax.jit(fwd_bwd(kernel))(q, k, v, la, s0, dy, ds)
+        want = testing.reference_x64(fwd_bwd(reference), q, k, v, la, s0, dy, ds)
+        testing.assert_allclose(got[0], want[0], dtype=jnp.float32, kind="fwd")
+        testing.assert_allclose(got[1], want[1], dtype=jnp.float32, kind="grad")
+
+    @pytest.mark.slow  # ~8 s alone; the fast suite runs the core kernel's own cases above
+    def test_scalar_gates(self):
+        self.check("scalar")
+
+    @pytest.mark.slow
+    def test_real_diagonal_gates(self):
+        self.check("diag")
+
+    @pytest.mark.slow
+    def test_complex_diagonal_gates(self):
+        self.check("complex")
+
+
+class TestLinearAttentionInterpret(LinearAttentionKernelBase):
+    interpret = True
+
+
+@pytest.mark.slow  # ~20-30 s per case in the TPU interpreter on 2 cores
+class TestLinearAttentionTpuInterpret(LinearAttentionKernelBase):
+    interpret = pltpu.InterpretParams()
+
+
+@pytest.mark.slow
+def test_linear_attention_pallas_impl_of_the_op():
+    """``jaxar.ops.linear_attention(impl="pallas")`` reaches this kernel (interpret on CPU)
+    and matches the op's chunked form, scalar gates with a reset."""
+    q, k, v, la, s0, reset, _, _ = _la_inputs("scalar")
+    got = ops.linear_attention(q, k, v, la, gate="scalar", state0=s0, reset=reset, impl="pallas")
+    want = ops.linear_attention(q, k, v, la, gate="scalar", state0=s0, reset=reset, impl="chunked")
+    testing.assert_allclose(got, want)
 
 
 # ---------------------------------------------------------------------- lowering, API

@@ -12,6 +12,7 @@ from unittest import mock
 import jax
 import jax.numpy as jnp
 import pytest
+from jax import lax
 
 from jaxar import ops
 
@@ -48,7 +49,41 @@ def _flash_attention():
     return loss, (q, q, q), 3  # forward; dq; dk, dv
 
 
-KERNELS = {"gateloop": _gateloop, "linear_scan": _linear_scan, "flash_attention": _flash_attention}
+def _linear_attention():
+    x = jax.ShapeDtypeStruct((1, 40, 2, 16), jnp.bfloat16)
+    la = jax.ShapeDtypeStruct((1, 40, 2), jnp.float32)  # scalar gates: broadcast over K
+    lc = jax.ShapeDtypeStruct((1, 40, 2, 16), jnp.complex64)  # complex diagonal gates
+
+    def loss(q, k, v, la, lc):
+        reset = jnp.zeros((1, 40), bool).at[0, 17].set(True)
+        ys, ss = ops.linear_attention(q, k, v, -jnp.abs(la), gate="scalar", reset=reset,
+                                      impl="pallas")  # fmt: skip
+        lc = lax.complex(-jnp.abs(lc.real), lc.imag)
+        yc, sc = ops.linear_attention(q, k, v, lc, impl="pallas")
+        return (ys + yc).astype(jnp.float32).sum() + ss.sum() + jnp.abs(sc).sum()
+
+    return loss, (x, x, x, la, lc), 6  # two kernels x (y; dq; dk, dv)
+
+
+def _delta_rule():
+    x = jax.ShapeDtypeStruct((1, 40, 2, 16), jnp.bfloat16)
+    b = jax.ShapeDtypeStruct((1, 40, 2), jnp.float32)
+
+    def loss(q, k, v, beta, g):
+        y, s = ops.delta_rule(q, k, v, jax.nn.sigmoid(beta), gate=-jax.nn.softplus(g),
+                              impl="pallas", return_state=True)  # fmt: skip
+        return y.astype(jnp.float32).sum() + s.sum()
+
+    return loss, (x, x, x, b, b), 2  # the forward carry; the reverse (adjoint) carry
+
+
+KERNELS = {
+    "delta_rule": _delta_rule,
+    "flash_attention": _flash_attention,
+    "gateloop": _gateloop,
+    "linear_attention": _linear_attention,
+    "linear_scan": _linear_scan,
+}
 
 
 @pytest.mark.parametrize("platform,target", PLATFORMS, ids=["tpu", "cuda"])

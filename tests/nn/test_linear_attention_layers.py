@@ -1,6 +1,8 @@
 """GLA, RetNet, Mamba2, GatedDeltaNet: full-sequence call == decode in pieces; per-step
 states (return_steps) == the states of shorter decodes; packed documents == separate runs."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +95,16 @@ def test_config_errors():
         GatedDeltaNetConfig(chunk_size=-1)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         Mamba2Config(num_heads=3).make(16, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.slow  # the Pallas interpreter on CPU: ~10-30 s per mixer
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_pallas_impl_equals_chunked_with_packed_documents(name):
+    """``impl="pallas"`` (the GateLoop kernel for GLA / RetNet / Mamba2, the delta-rule
+    kernel for GatedDeltaNet; interpret mode on CPU) == the chunked core, resets included."""
+    cfg = CONFIGS[name]
+    x = jax.random.normal(jax.random.key(1), (B, L, D))
+    seg = jnp.array([[0] * 4 + [1] * 6, [0] * 10])
+    want = _call(cfg.make(D, rngs=nnx.Rngs(0)), x, seg)
+    got = _call(dataclasses.replace(cfg, impl="pallas").make(D, rngs=nnx.Rngs(0)), x, seg)
+    _close(got, want)

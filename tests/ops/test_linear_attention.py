@@ -179,19 +179,31 @@ def test_extreme_gates_short(kind):
     _check_extreme(256, kind)
 
 
-LONG = [
-    "diag",
-    # failed once (L=16384, complex gates at 1e-30 / 1 - 1e-7 with phase 0.3 per step) in the
-    # session that added it; not yet diagnosed (phase running sums per chunk in float32?)
-    pytest.param("complex", marks=pytest.mark.xfail(reason="not yet diagnosed", strict=False)),
-    "scalar",
-]
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["diag", "scalar"])
+def test_extreme_gates_long(kind):
+    _check_extreme(16384, kind)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", LONG)
-def test_extreme_gates_long(kind):
-    _check_extreme(16384, kind)
+def test_extreme_complex_gates_long_as_accurate_as_the_float32_recurrence():
+    """L = 16384, complex gates at 1e-30 and (1 - 1e-7) e^{0.3i}: with |a| ~ 1 the state is a
+    random walk of rotated k v^T terms (|y| ~ 450 here), and each step's float32 gate
+    carries a phase rounding of ~1e-8 rad that compounds over the L steps. That is the
+    problem's conditioning, not the chunked form's: the float32 *recurrence* misses the
+    "long" tolerance against float64 by ~6x (max error 1e-2), the chunked form by ~1x
+    (2e-3). So the check is relative: the chunked form is finite and at least as accurate
+    as the float32 sequential scan (the former xfail's cause)."""
+    q, k, v, la = _extreme(16384, "complex")
+    want = reference_x64(jax.jit(lambda *t: linear_attention(*t, impl="recurrent")), q, k, v, la)
+
+    def err(impl):
+        y, s = jax.jit(lambda *t: linear_attention(*t, impl=impl))(q, k, v, la)
+        assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(s)).all()
+        return max(float(np.abs(np.asarray(y) - want[0]).max()),
+                   float(np.abs(np.asarray(s) - want[1]).max()))  # fmt: skip
+
+    assert err("chunked") <= err("recurrent")
 
 
 def test_argument_errors():
