@@ -6,8 +6,7 @@ The softmax runs in float32 (float64 under x64); a query with no allowed key get
 finite gradients.
 
 Implementations (``impl``, resolved by :func:`jaxar.dispatch.resolve`):
-  ``"xla"``       grouped einsums, no repetition of kv heads (the default everywhere); one
-                  query (a decode step) reads the keys and values in their own layout.
+  ``"xla"``       grouped einsums, no repetition of kv heads (the default everywhere).
   ``"reference"`` the naive formula with kv heads repeated (the float64 test reference).
   ``"jax"``       ``jax.nn.dot_product_attention`` (cuDNN on GPU where it applies).
   ``"pallas"``    ``pallas_kernels.flash_attention`` (block-sparse flash attention).
@@ -95,15 +94,15 @@ def combine_masks(B, H, Lq, Lk, *, causal=False, mask=None, segment_ids=None):
     return out
 
 
-def _masked_softmax(s, m, axis=-1):
-    """Softmax over ``axis`` of float ``s`` where ``m`` (or everywhere if None); rows with
-    nothing allowed give zeros, with finite gradients."""
+def _masked_softmax(s, m):
+    """Softmax over the last axis of float ``s`` where ``m`` (or everywhere if None);
+    rows with nothing allowed give zeros, with finite gradients."""
     if m is not None:
         s = jnp.where(m, s, -jnp.inf)
-    mx = jax.lax.stop_gradient(jnp.max(s, axis=axis, keepdims=True))
+    mx = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
     mx = jnp.where(jnp.isfinite(mx), mx, 0.0)
     e = jnp.exp(s - mx)
-    denom = jnp.sum(e, axis=axis, keepdims=True)
+    denom = jnp.sum(e, axis=-1, keepdims=True)
     return e / jnp.where(denom > 0, denom, 1.0)
 
 
@@ -112,8 +111,6 @@ def _xla(q, k, v, m, bias, scale):
     _, Lk, G, E = v.shape
     R = H // G
     cdt = _compute_dtype(q.dtype)
-    if Lq == 1:
-        return _xla_one_query(q, k, v, m, bias, scale)
     q_ = q.reshape(B, Lq, G, R, K).transpose(0, 2, 3, 1, 4)  # (B, G, R, Lq, K)
     k_ = k.transpose(0, 2, 1, 3)  # (B, G, Lk, K)
     s = jnp.einsum("bgrqk,bgsk->bgrqs", q_, k_, preferred_element_type=cdt) * scale
@@ -130,30 +127,6 @@ def _xla(q, k, v, m, bias, scale):
     v_ = v.transpose(0, 2, 1, 3)  # (B, G, Lk, E)
     o = jnp.einsum("bgrqs,bgse->bgrqe", p.astype(v.dtype), v_, preferred_element_type=cdt)
     return o.transpose(0, 3, 1, 2, 4).reshape(B, Lq, H, E).astype(q.dtype)
-
-
-def _xla_one_query(q, k, v, m, bias, scale):
-    """``_xla`` for one query (a decode step over a KV cache): the scores and the output are
-    multiply-reductions in the keys' own (B, Lk, G, .) layout, so a long cache is read once
-    per step and never transposed (the grouped einsums move Lk behind G, a copy of the
-    whole cache every step)."""
-    B, _, H, K = q.shape
-    _, Lk, G, E = v.shape
-    R = H // G
-    cdt = _compute_dtype(q.dtype)
-    q_ = q.reshape(B, 1, G, R, K).astype(cdt)
-    s = jnp.sum(q_ * k[:, :, :, None, :].astype(cdt), axis=-1) * scale  # (B, Lk, G, R)
-
-    def keys_major(a):  # (B or 1, H or 1, 1, Lk) -> (B or 1, Lk, G or 1, R or 1)
-        a = a[:, :, 0].transpose(0, 2, 1)
-        return a.reshape(a.shape[0], Lk, G, R) if a.shape[2] == H else a[..., None]
-
-    if bias is not None:
-        s = s + keys_major(bias.astype(cdt))
-    p = _masked_softmax(s, None if m is None else keys_major(m), axis=1)
-    p = p.astype(v.dtype).astype(cdt)
-    o = jnp.sum(p[..., None] * v[:, :, :, None, :].astype(cdt), axis=1)  # (B, G, R, E)
-    return o.reshape(B, 1, H, E).astype(q.dtype)
 
 
 def _reference(q, k, v, m, bias, scale):

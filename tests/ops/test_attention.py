@@ -93,30 +93,6 @@ def test_gqa_mqa_mha(g):
     testing.assert_allclose(out, want)
 
 
-def test_one_query_decode_path():
-    """Lq = 1 (a decode step; its own code path): masks, bias, GQA, gradient, bfloat16."""
-    q, k, v = _qkv(lq=1)
-    m = jnp.asarray(np.arange(LK)[None, None, None] < np.array([5, 0])[:, None, None, None])
-    m = m & jnp.asarray([True, False, True, True])[None, :, None, None]  # empty rows too
-    bias = jax.random.normal(jax.random.key(4), (1, H, 1, LK))
-    out = ops.dot_product_attention(q, k, v, mask=m, bias=bias, impl="xla")
-    ref = lambda q, k, v: ops.dot_product_attention(q, k, v, mask=m, bias=bias, impl="reference")
-    testing.assert_allclose(out, testing.reference_x64(ref, q, k, v))
-    assert np.all(np.asarray(out)[1] == 0)  # row 1 may see no key
-    loss = lambda impl: (
-        lambda q, k, v: jnp.sum(
-            ops.dot_product_attention(q, k, v, mask=m, bias=bias, impl=impl) ** 2
-        )
-    )
-    grad = lambda impl: jax.jit(jax.grad(loss(impl), (0, 1, 2)))(q, k, v)
-    testing.assert_allclose(grad("xla"), grad("reference"), kind="grad")
-    q16, k16, v16 = (x.astype(jnp.bfloat16) for x in (q, k, v))
-    out16 = ops.dot_product_attention(q16, k16, v16, causal=True, impl="xla")
-    assert out16.dtype == jnp.bfloat16
-    want16 = testing.reference_x64(naive, q16, k16, v16, jnp.ones((1, 1, 1, LK), bool))
-    testing.assert_allclose(out16, want16, dtype=jnp.bfloat16)
-
-
 def test_gradients_with_empty_rows():
     q, k, v = _qkv()
     m = _empty_rows_mask()
