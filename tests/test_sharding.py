@@ -62,12 +62,7 @@ FAMILIES = {
 }
 MESHES = [(8, 1, 1), (1, 8, 1), (2, 2, 2), (1, 2, 4)]
 FAST = {("transformer", (2, 2, 2)), ("transformer", (1, 8, 1)), ("axial", (1, 2, 4))}
-# MAR (B = 24) still gathers activations: its diffusion head runs on the flattened
-# (draws x B x L) tokens and splits a tensor-sharded adaLN projection in three
-KNOWN = {
-    ("mar", mesh): "MAR's diffusion head reshards its flattened tokens (not fixed yet)"
-    for mesh in MESHES
-}
+KNOWN: dict[tuple[str, tuple[int, int, int]], str] = {}  # (family, mesh) -> xfail reason
 _GATHER = re.compile(r"= \w+\[([\d,]*)\][^ ]* all-gather\(")
 
 

@@ -9,6 +9,7 @@ BENCHMARKS: dict[str, str] = {
     "recurrence": "jaxar.bench.recurrence",
     "attention": "jaxar.bench.attention",
     "train_step": "jaxar.bench.train_step",
+    "remat": "jaxar.bench.remat",
     "decode": "jaxar.bench.decode",
     "mdm_inference": "jaxar.bench.mdm_inference",
     "visual": "jaxar.bench.visual",

@@ -41,6 +41,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -339,11 +340,12 @@ class MAR(nnx.Module):
         h = jnp.concatenate([prefix, self.embed_tokens(tokens_BxLxN[:, :-1], 0)], 1)
         return self.backbone(h)[:, cfg.buffer_size - 1 :]
 
-    def head_fn(self, x, t, cond):
-        """The head as ``f(x_t, t, z)``; flow time ``s`` in [0, 1] is embedded as ``1000 s``."""
+    def head_fn(self, x, t, cond, *, axes=None):
+        """The head as ``f(x_t, t, z)``; flow time ``s`` in [0, 1] is embedded as ``1000 s``;
+        ``axes`` as in :class:`DiffusionHead`."""
         if self.config.head == "flow":
             t = t * FLOW_TIME_SCALE
-        return self.head(x, t, cond)
+        return self.head(x, t, cond, axes=axes)
 
 
 # --------------------------------------------------------------------------- loss
@@ -385,19 +387,22 @@ def loss_on_tokens(model: MAR, tokens_BxLxN, labels_B, key):
         z = model.conditions(tokens_BxLxN, labels_B)
         weights = jnp.ones((b, cfg.seq_len), jnp.float32)
     z = sharding.constrain(z, ("batch", "length", "embed"))
+    # the head runs on (draws, B, L) tokens: unflattened, so B keeps its mesh axes
+    head_fn = functools.partial(model.head_fn, axes=(None, "batch", "length"))
     if cfg.head == "diffusion":
         per_token = gd.gaussian_diffusion_loss(
             k_head,
-            model.head_fn,
+            head_fn,
             tokens_BxLxN,
             z,
             alphas_cumprod=alphas_cumprod(cfg),
             target=cfg.target,
             num_draws=cfg.num_draws,
+            flatten=False,
         )
     else:
         per_token = gd.flow_matching_loss(
-            k_head, model.head_fn, tokens_BxLxN, z, num_draws=cfg.num_draws
+            k_head, head_fn, tokens_BxLxN, z, num_draws=cfg.num_draws, flatten=False
         )
     per_token = sharding.constrain(per_token, ("batch", "length"))
     num = jnp.sum(weights)

@@ -28,6 +28,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
+
 __all__ = ["PRESETS", "DiffusionHeadConfig", "DiffusionHead", "timestep_embedding"]
 
 # name -> (width, depth)
@@ -129,12 +131,21 @@ class AdaLNBlock(nnx.Module):
         self.norm = _layer_norm(cfg, w, rngs, affine=True)
         self.fc1 = _linear(cfg, w, w, ("embed", "mlp"), rngs)
         self.fc2 = _linear(cfg, w, w, ("mlp", "embed"), rngs)
-        self.ada = _linear(cfg, w, 3 * w, ("embed", "mlp"), rngs, zero=True)
+        # (shift, scale, gate) act on the residual width: output not tensor-sharded, so the
+        # split in three stays local to a device
+        self.ada = _linear(cfg, w, 3 * w, ("embed", None), rngs, zero=True)
 
-    def __call__(self, h, y_silu):
+    def __call__(self, h, y_silu, axes=None):
         shift, scale, gate = jnp.split(self.ada(y_silu), 3, axis=-1)
         u = self.norm(h) * (1 + scale) + shift
-        return h + gate * self.fc2(jax.nn.silu(self.fc1(u)))
+        u = _constrain(jax.nn.silu(self.fc1(u)), axes, "mlp")
+        return _constrain(h + gate * self.fc2(u), axes, "embed")
+
+
+def _constrain(x, axes, feature):
+    """``x`` constrained to the logical names ``axes + (feature,)`` (identity if ``axes`` is
+    None)."""
+    return x if axes is None else sharding.constrain(x, (*axes, feature))
 
 
 class DiffusionHead(nnx.Module):
@@ -150,10 +161,13 @@ class DiffusionHead(nnx.Module):
         self.time_fc2 = _linear(cfg, w, w, ("mlp", "embed"), rngs)
         self.blocks = nnx.List([AdaLNBlock(cfg, rngs=rngs) for _ in range(cfg.depth)])
         self.final_norm = _layer_norm(cfg, w, rngs, affine=False)
-        self.final_ada = _linear(cfg, w, 2 * w, ("embed", "mlp"), rngs, zero=True)
+        self.final_ada = _linear(cfg, w, 2 * w, ("embed", None), rngs, zero=True)
         self.out_proj = _linear(cfg, w, cfg.token_dim, ("embed", None), rngs, zero=True)
 
-    def __call__(self, x, t, cond):
+    def __call__(self, x, t, cond, *, axes=None):
+        """``axes``: logical names of the leading axes (e.g. ``(None, "batch", "length")``
+        for draws x batch x tokens); with them the activations are constrained at block
+        boundaries (:func:`jaxar.sharding.constrain`)."""
         cfg = self.cfg
         if x.shape[-1] != cfg.token_dim or cond.shape[-1] != cfg.cond_dim:
             raise ValueError(
@@ -164,12 +178,14 @@ class DiffusionHead(nnx.Module):
             raise ValueError(
                 f"x, t, cond must share leading shape; got {x.shape}, {jnp.shape(t)}, {cond.shape}"
             )
+        if axes is not None and len(axes) != x.ndim - 1:
+            raise ValueError(f"axes={axes!r} must name the {x.ndim - 1} leading axes of x")
         freq = timestep_embedding(t, cfg.frequency_dim, cfg.max_period)
         t_emb = self.time_fc2(jax.nn.silu(self.time_fc1(freq)))
-        y_silu = jax.nn.silu(t_emb + self.cond_proj(cond))
-        h = self.in_proj(x)
+        y_silu = _constrain(jax.nn.silu(t_emb + self.cond_proj(cond)), axes, "embed")
+        h = _constrain(self.in_proj(x), axes, "embed")
         for block in self.blocks:
-            h = block(h, y_silu)
+            h = block(h, y_silu, axes)
         shift, scale = jnp.split(self.final_ada(y_silu), 2, axis=-1)
         h = self.final_norm(h) * (1 + scale) + shift
         return self.out_proj(h).astype(jnp.float32)

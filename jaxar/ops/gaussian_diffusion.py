@@ -145,8 +145,12 @@ def _check_x0(x0, cond):
         )
 
 
-def _per_draw_fn(model_fn, x0, cond, x_t, t, num_draws):
-    """Runs ``model_fn`` once on all draws flattened into the leading axis."""
+def _per_draw_fn(model_fn, x0, cond, x_t, t, num_draws, flatten=True):
+    """Runs ``model_fn`` once on all draws: flattened into one leading axis, or (``flatten``
+    False) with the draws as a new leading axis in front of ``x0``'s own."""
+    if not flatten:
+        c_rep = None if cond is None else jnp.broadcast_to(cond[None], (num_draws, *cond.shape))
+        return model_fn(x_t, t, c_rep)
     feat = x0.shape[-1]
     x_flat = x_t.reshape(-1, feat)
     t_flat = t.reshape(-1)
@@ -166,6 +170,7 @@ def gaussian_diffusion_loss(
     alphas_cumprod,
     target: str = "eps",
     num_draws: int = 4,
+    flatten: bool = True,
 ):
     """Per-token denoising loss ``mean_{draws} mean_features (f(x_t, t, z) - target)^2``.
 
@@ -178,6 +183,8 @@ def gaussian_diffusion_loss(
       alphas_cumprod: ``(T,)`` from :func:`diffusion_schedule`.
       target: ``"eps"``, ``"v"`` or ``"x0"``.
       num_draws: independent ``(t, eps)`` draws per token.
+      flatten: False calls ``model_fn`` on ``(num_draws, *x0.shape)`` instead (the draws
+        as a new leading axis, so a batch axis sharded over a mesh stays where it is).
 
     Returns:
       float32 loss of shape ``x0.shape[:-1]`` (mask and average it in the caller).
@@ -190,19 +197,26 @@ def gaussian_diffusion_loss(
     num_steps = jnp.shape(alphas_cumprod)[0]
     t, eps = sample_diffusion_noise(key, x0.shape, num_draws=num_draws, num_steps=num_steps)
     return gaussian_diffusion_loss_from_noise(
-        model_fn, x0, cond, t, eps.astype(x0.dtype), alphas_cumprod=alphas_cumprod, target=target
+        model_fn,
+        x0,
+        cond,
+        t,
+        eps.astype(x0.dtype),
+        alphas_cumprod=alphas_cumprod,
+        target=target,
+        flatten=flatten,
     )
 
 
 def gaussian_diffusion_loss_from_noise(
-    model_fn, x0, cond, t, eps, *, alphas_cumprod, target: str = "eps"
+    model_fn, x0, cond, t, eps, *, alphas_cumprod, target: str = "eps", flatten: bool = True
 ):
     """:func:`gaussian_diffusion_loss` with given draws ``t (R, ...)``, ``eps (R, ..., N)``."""
     _check_target(target)
     num_draws = t.shape[0]
     x0_rep = jnp.broadcast_to(x0[None], eps.shape)
     x_t = add_gaussian_noise(x0_rep, t, eps, alphas_cumprod)
-    pred = _per_draw_fn(model_fn, x0, cond, x_t, t, num_draws)
+    pred = _per_draw_fn(model_fn, x0, cond, x_t, t, num_draws, flatten)
     goal = diffusion_target(x0_rep, eps, t, alphas_cumprod, target)
     err = jnp.square(pred.astype(jnp.float32) - goal.astype(jnp.float32))
     return jnp.mean(err, axis=(0, -1))
@@ -217,27 +231,32 @@ def sample_flow_noise(key, x1_shape, *, num_draws: int):
     return s, noise
 
 
-def flow_matching_loss(key, model_fn: Callable, x1, cond, *, num_draws: int = 4):
+def flow_matching_loss(
+    key, model_fn: Callable, x1, cond, *, num_draws: int = 4, flatten: bool = True
+):
     """Per-token flow-matching loss ``mean (v(x_s, s, z) - (x_1 - x_0))^2``.
 
     ``x_s = s x_1 + (1 - s) x_0`` with noise ``x_0`` and data ``x1 (..., N)``;
-    ``model_fn(x_s_MxN, s_M, cond_MxC) -> velocity_MxN`` with float ``s`` in [0, 1).
-    Returns float32 of shape ``x1.shape[:-1]``.
+    ``model_fn(x_s_MxN, s_M, cond_MxC) -> velocity_MxN`` with float ``s`` in [0, 1)
+    (``flatten`` as in :func:`gaussian_diffusion_loss`). Returns float32 of shape
+    ``x1.shape[:-1]``.
     """
     x1 = jnp.asarray(x1)
     _check_x0(x1, cond)
     if num_draws < 1:
         raise ValueError(f"num_draws={num_draws!r} must be >= 1")
     s, noise = sample_flow_noise(key, x1.shape, num_draws=num_draws)
-    return flow_matching_loss_from_noise(model_fn, x1, cond, s, noise.astype(x1.dtype))
+    return flow_matching_loss_from_noise(
+        model_fn, x1, cond, s, noise.astype(x1.dtype), flatten=flatten
+    )
 
 
-def flow_matching_loss_from_noise(model_fn, x1, cond, s, noise):
+def flow_matching_loss_from_noise(model_fn, x1, cond, s, noise, *, flatten: bool = True):
     """:func:`flow_matching_loss` with given draws ``s (R, ...)``, ``noise (R, ..., N)``."""
     num_draws = s.shape[0]
     x1_rep = jnp.broadcast_to(x1[None], noise.shape)
     s_ = s.astype(x1.dtype)[..., None]
     x_s = s_ * x1_rep + (1.0 - s_) * noise
-    pred = _per_draw_fn(model_fn, x1, cond, x_s, s, num_draws)
+    pred = _per_draw_fn(model_fn, x1, cond, x_s, s, num_draws, flatten)
     err = jnp.square(pred.astype(jnp.float32) - (x1_rep - noise).astype(jnp.float32))
     return jnp.mean(err, axis=(0, -1))

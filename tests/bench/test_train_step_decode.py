@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxar.bench import decode, harness, train_step
+from jaxar.bench import BENCHMARKS, decode, harness, remat, train_step
 from jaxar.models.lm import LM, PRESET_KINDS, LMConfig
 
 MICRO = dict(vocab_size=32, d_model=16, num_layers=2, num_heads=2)
@@ -75,3 +75,26 @@ def test_fill_state_and_latency():
     assert float(jnp.abs(state[1]).max()) > 0 and state[1].dtype == jnp.complex64
     sec, compile_s = decode.latency(cfg, 1, 9, steps=1, repeats=1)
     assert sec > 0 and compile_s >= 0
+
+
+def test_remat_cases_and_ratios():
+    assert BENCHMARKS["remat"] == "jaxar.bench.remat"
+    names = {(p, o["remat"]) for _, p, o in remat.cases(quick=False)}
+    assert names == {
+        (f"{k}-small", r) for k in remat.KINDS for r in ("none", "block", "dots_saveable")
+    }
+    rows = [
+        harness.Result("train_step", f"lm/transformer-small remat={r}", f"remat={r}", "float32",
+                       ms, extra={"temp_MiB": mib})
+        for r, ms, mib in (("none", 2.0, 100.0), ("block", 3.0, 25.0))
+    ]  # fmt: skip
+    remat.with_vs_none(rows)
+    assert [(r.extra["vs_none_time"], r.extra["vs_none_temp"]) for r in rows] == [
+        (1.0, 1.0),
+        (1.5, 0.25),
+    ]
+
+
+def test_decode_state_grows_only_with_a_cache():
+    assert decode.state_grows(LMConfig(**MICRO, mixer=("attention", "gateloop")))
+    assert not decode.state_grows(LMConfig(**MICRO, mixer="gateloop"))

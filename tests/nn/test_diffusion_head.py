@@ -117,6 +117,8 @@ def test_leading_axes_and_bfloat16_compute():
     out16 = fwd(head16, x, t, cond)
     assert out16.dtype == jnp.float32
     assert_allclose(out16, out32, dtype=jnp.bfloat16, kind="long")
+    with pytest.raises(ValueError, match="axes=.*2 leading axes"):
+        head32(x, t, cond, axes=("batch",))
 
 
 def test_timestep_embedding_formula():

@@ -48,14 +48,14 @@ def _linear_model(key, n, c):
     u = jax.random.normal(k2, (c, n)) / math.sqrt(c)
     b = jax.random.normal(k3, (n,))
 
-    def model_fn(x, t, cond):
-        return x @ w + cond @ u + (t[:, None] / 1000.0) * b[None, :]
+    def model_fn(x, t, cond):  # any leading shape (flatten=False passes (R, ..., N))
+        return x @ w + cond @ u + (t[..., None] / 1000.0) * b.reshape((1,) * t.ndim + (n,))
 
     return model_fn, (np.asarray(w), np.asarray(u), np.asarray(b))
 
 
-@pytest.mark.parametrize("target", ["eps", "v", "x0"])
-def test_diffusion_loss_vs_float64_formula(target):
+@pytest.mark.parametrize("target,flatten", [("eps", True), ("v", False), ("x0", True)])
+def test_diffusion_loss_vs_float64_formula(target, flatten):
     key = jax.random.key(1)
     kx, kc, km, kl = jax.random.split(key, 4)
     B, L, N, C, R = 2, 3, 4, 5, 3
@@ -64,7 +64,7 @@ def test_diffusion_loss_vs_float64_formula(target):
     acp = ops.diffusion_schedule("cosine", 100)
     model_fn, (w, u, b) = _linear_model(km, N, C)
     got = ops.gaussian_diffusion_loss(
-        kl, model_fn, x0, cond, alphas_cumprod=acp, target=target, num_draws=R
+        kl, model_fn, x0, cond, alphas_cumprod=acp, target=target, num_draws=R, flatten=flatten
     )
     assert got.shape == (B, L) and got.dtype == jnp.float32
     t, eps = gd.sample_diffusion_noise(kl, x0.shape, num_draws=R, num_steps=100)
@@ -110,13 +110,14 @@ def test_eps_from_prediction_inverts_target(target):
     assert_allclose(ops.eps_from_prediction(pred, x_t, t, acp, target), eps, kind="grad")
 
 
-def test_flow_matching_loss_vs_float64_formula():
+@pytest.mark.parametrize("flatten", [True, False])
+def test_flow_matching_loss_vs_float64_formula(flatten):
     kx, kc, km, kl = jax.random.split(jax.random.key(5), 4)
     B, N, C, R = 4, 3, 2, 5
     x1 = jax.random.normal(kx, (B, N))
     cond = jax.random.normal(kc, (B, C))
     model_fn, (w, u, b) = _linear_model(km, N, C)
-    got = ops.flow_matching_loss(kl, model_fn, x1, cond, num_draws=R)
+    got = ops.flow_matching_loss(kl, model_fn, x1, cond, num_draws=R, flatten=flatten)
     s, noise = gd.sample_flow_noise(kl, x1.shape, num_draws=R)
 
     def reference(x1, cond, s, noise):
