@@ -63,3 +63,33 @@ def test_tree_bad_input():
         tree.generate(lm("transformer-tiny", 0), prompt, max_new_tokens=2)
     with pytest.raises(ValueError, match="recurrent or sliding-window layer"):
         tree.generate(lm("gateloop-tiny", 0, mtp_heads=3), prompt, max_new_tokens=2)
+
+
+def test_tree_decoding_on_the_flash_kernel_equals_greedy_generate(monkeypatch):
+    """The tree mask reaches the Pallas flash kernel as its dense block mask (interpret mode
+    on CPU); the tokens are greedy ``generate``'s (of the same weights, XLA attention)."""
+    from jaxar import dispatch
+
+    masks = []
+    kernel = dispatch.kernel
+
+    def spy(name):
+        fn = kernel(name)
+
+        def call(*args, block_mask=None, **kw):
+            masks.append(None if block_mask is None else block_mask.shape)
+            return fn(*args, block_mask=block_mask, **kw)
+
+        return call
+
+    monkeypatch.setattr(dispatch, "kernel", spy)
+    ref = lm("transformer-tiny", 0, vocab=8, mtp_heads=2)
+    flash = lm("transformer-tiny", 0, vocab=8, mtp_heads=2, mixer_options=(("impl", "pallas"),))
+    prompt = jnp.asarray([[1, 2, 3], [4, 5, 6]], jnp.int32)
+    want = generate(jax.random.key(0), ref, prompt, max_new_tokens=5, temperature=0.0)
+    assert not masks
+    got = tree.generate(flash, prompt, max_new_tokens=5, tree=(2, 1))
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    n_nodes = 1 + 2 + 2
+    # (B, 1, N, cache): prefix columns visible, the tree part from tree_mask
+    assert (2, 1, n_nodes) in {m[:3] for m in masks if m is not None}
