@@ -59,7 +59,7 @@ def get_config(variant: str = "tiny_target"):
     target = variant.endswith("target")
     if variant.startswith("deep"):
         if target:
-            model = dict(family="lm", preset="small", num_layers=8, mtp_heads=3, mtp_weight=0.5)
+            model = dict(family="lm", preset="tiny", num_layers=8, mtp_heads=3, mtp_weight=0.5)
         else:
             model = dict(family="lm", preset="tiny", num_layers=1)
         return config_dict(

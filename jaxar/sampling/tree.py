@@ -119,7 +119,7 @@ def generate(
     """
     _check_lm(target, "target")
     if draft is None:
-        _check_self(target, "tree decoding with draft=None")
+        _check_self(target, "tree decoding without a draft")
     else:
         _check_lm(draft, "draft")
     prompt = _check_common(prompt_BxP, max_new_tokens)

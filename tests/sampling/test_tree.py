@@ -59,7 +59,8 @@ def test_tree_bad_input():
     with pytest.raises(ValueError, match="tree=\\(\\) is invalid"):
         tree.generate(target, prompt, max_new_tokens=2, tree=())
     with pytest.raises(
-        ValueError, match="tree decoding needs multi-token prediction heads; .* mtp_heads=0"
+        ValueError,
+        match="tree decoding without a draft needs multi-token prediction heads; .* mtp_heads=0",
     ):
         tree.generate(lm("transformer-tiny", 0), prompt, max_new_tokens=2)
     with pytest.raises(ValueError, match="recurrent or sliding-window layer"):
