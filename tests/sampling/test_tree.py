@@ -67,6 +67,7 @@ def test_tree_bad_input():
         tree.generate(lm("gateloop-tiny", 0, mtp_heads=3), prompt, max_new_tokens=2)
 
 
+@pytest.mark.slow  # ~35 s of CPU: the Pallas interpreter traces the kernel per call shape
 def test_tree_decoding_on_the_flash_kernel_equals_greedy_generate(monkeypatch):
     """The tree mask reaches the Pallas flash kernel as its dense block mask (interpret mode
     on CPU); the tokens are greedy ``generate``'s (of the same weights, XLA attention)."""
@@ -110,7 +111,7 @@ def _noisy_copy(model, scale, seed):
 
 
 def test_draft_tree_decoding_equals_greedy_generate():
-    target = lm("transformer-tiny", 0, vocab=8)
+    target = lm("transformer-tiny", 0, vocab=8, mtp_heads=3)  # greedy generate compiled above
     draft = _noisy_copy(target, 0.3, 1)
     prompt = jnp.asarray([[1, 2, 3], [4, 5, 6], [0, 7, 7], [6] * 3], jnp.int32)
     want = generate(jax.random.key(0), target, prompt, max_new_tokens=9, temperature=0.0)
