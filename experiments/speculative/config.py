@@ -7,6 +7,12 @@ Variants (``speculative:<variant>``):
     multi-token prediction heads (``mtp_heads=3``, loss weight 0.5), rows of 256 bytes,
     batch 8, the ``lm_tiny_256`` budget (300 steps) on 2 CPU cores.
   * ``tiny_draft``: the ``tiny`` preset (width 128, 2 layers), same data and budget.
+  * ``deep_target``: 8 layers x 128 (the ``tiny`` preset, ``num_layers=8``) with 3
+    multi-token heads; ``deep_draft``: one layer x 128 (``tiny``, ``num_layers=1``); both
+    600 steps of 8 x 256 bytes (the same tokens), a checkpoint every 100. The pair
+    ``jaxar bench decoding`` uses: on a CPU a decode call costs about its number of layers
+    in per-op overhead, so the draft's call is several times cheaper than the target's
+    (the 4-layer / 2-layer ``tiny_*`` pair measured c ~ 0.5).
   * ``full_target`` / ``full_draft``: ``medium`` with 3 heads / ``tiny``, rows of 1024
     bytes, 5000 steps of batch 32 (an accelerator run; NOT run here).
 
@@ -14,10 +20,12 @@ Commands (from the repository root):
 
     jaxar train --config speculative:tiny_target   # jaxar_runs/speculative_tiny_target
     jaxar train --config speculative:tiny_draft    # jaxar_runs/speculative_tiny_draft
+    nice jaxar train --config speculative:deep_target  # jaxar_runs/speculative_deep_target
+    nice jaxar train --config speculative:deep_draft   # jaxar_runs/speculative_deep_draft
     jaxar sample --workdir jaxar_runs/speculative_tiny_target \
         --draft-workdir jaxar_runs/speculative_tiny_draft --num-draft 4 --temperature 0
     jaxar sample --workdir jaxar_runs/speculative_tiny_target --speculative self
-    jaxar bench decoding        # loads these two runs (trains them first if absent)
+    jaxar bench decoding        # loads the deep_* pair (trains it first if absent)
 
 Hardware / time: each tiny run a few minutes on 2 shared CPU cores. Expected: the
 acceptance rate and speed-ups in README.md (the speculative decoding papers report 2-3x
@@ -32,7 +40,16 @@ References:
 
 from jaxar.experiments.common import config_dict
 
-VARIANTS = ("tiny_target", "tiny_draft", "full_target", "full_draft")
+VARIANTS = (
+    "tiny_target",
+    "tiny_draft",
+    "deep_target",
+    "deep_draft",
+    "full_target",
+    "full_draft",
+)
+
+DEEP_STEPS = 600
 
 
 def get_config(variant: str = "tiny_target"):
@@ -40,6 +57,21 @@ def get_config(variant: str = "tiny_target"):
     if variant not in VARIANTS:
         raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
     target = variant.endswith("target")
+    if variant.startswith("deep"):
+        if target:
+            model = dict(family="lm", preset="tiny", num_layers=8, mtp_heads=3, mtp_weight=0.5)
+        else:
+            model = dict(family="lm", preset="tiny", num_layers=1)
+        return config_dict(
+            model=model,
+            data=dict(name="stdlib", seq_len=256),
+            recipe="lm_tiny_256",
+            steps=DEEP_STEPS,
+            eval_every=DEEP_STEPS // 3,
+            eval_batches=32,
+            checkpoint_every=DEEP_STEPS // 6,
+            log_every=20,
+        )
     if variant.startswith("tiny"):
         model = dict(family="lm", preset="small" if target else "tiny")
         if target:

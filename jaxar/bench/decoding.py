@@ -1,20 +1,25 @@
 """Speculative decoding speed (jaxar/MATHS.md s.9): tokens/s against plain ``generate``.
 
-``jaxar bench decoding [--quick]``. A target (``small`` with 3 multi-token heads) and a
-draft (``tiny``) trained on the embedded ``stdlib`` corpus (``experiments/speculative``):
-loaded from ``jaxar_runs/speculative_tiny_{target,draft}`` when those runs exist (or from
+``jaxar bench decoding [--quick]``. A target (8 layers x 128 with 3 multi-token heads) and
+a draft (1 layer x 128) trained on the embedded ``stdlib`` corpus
+(``experiments/speculative``, variants ``deep_target`` / ``deep_draft``): loaded from
+``jaxar_runs/speculative_deep_{target,draft}`` when those runs exist (or from
 ``$JAXAR_SPECULATIVE_RUNS/{target,draft}``), otherwise trained here first (full: the
-experiment's 300 steps; ``--quick``: 30 steps, in a temporary folder). ``--quick``: T = 32
-new bytes, heads K = 3 only, 2 timed repeats; full: T = 128, K = 1..3, 3 repeats.
+experiment's steps; ``--quick``: 30 steps, in a temporary folder). ``--quick``: T = 32
+new bytes, heads K = 3 only; full: T = 128, K = 1..3; best (and median) of 3 timed runs
+after a compiling one.
 
 Rows per batch size B in (1, 8), greedy decoding of T new bytes after a code prompt:
 ``generate`` (the baseline), ``spec-K`` (the draft proposes K = 2, 4, 8), ``self-K``
 (the target's heads propose, K = 1..3) and ``tree-2x2x2`` (:mod:`jaxar.sampling.tree`:
-the heads' top-2 per depth, 15 nodes verified in one call). ``extra`` holds tokens/s, the
-acceptance probability ``alpha`` (accepted / (accepted + rejections)), the cost ratio ``c`` (the
-draft's ``generate`` time over the target's, per token), tokens per target call, and the
+the heads' top-2 per depth, 15 nodes verified in one call) and ``dtree-2x2x2`` (the same
+tree from the draft's top-2 along its greedy chain). ``extra`` holds tokens/s, the
+acceptance probability ``alpha`` (accepted / (accepted + rejections)), the cost ratio ``c``
+(the draft's ``generate`` time over the target's, per token), tokens per target call, the
 predicted speed-up ``(1 - alpha^(K+1)) / ((1 - alpha) (c K + 1))`` (Leviathan et al.,
-arXiv:2211.17192; c = 0 for the heads, whose cost is inside the target call).
+arXiv:2211.17192; c = 0 for the heads, whose cost is inside the target call), the best
+time ``min_ms`` with ``speedup_min`` (baseline best / this best: the figure least disturbed
+by a shared machine) and the 1-minute load average ``load1`` when the row was timed.
 """
 
 from __future__ import annotations
@@ -33,7 +38,8 @@ from jaxar.train import config as config_lib
 from jaxar.train import experiments, loop
 
 PROMPT = b"def __init__(self, "
-TREES = ((2, 2, 2),)  # tree verification of the heads' top-k (greedy, attention targets)
+TREES = ((2, 2, 2),)  # tree verification of the heads' / draft's top-k (greedy)
+VARIANTS = ("deep_target", "deep_draft")  # experiments/speculative
 
 
 def predicted_speedup(alpha: float, k: int, c: float) -> float:
@@ -83,31 +89,32 @@ def _alpha(stats) -> float:
 
 def run(quick: bool) -> list[harness.Result]:
     tmp = None
-    if quick and not all(_trained(v) for v in ("tiny_target", "tiny_draft")):
+    if quick and not all(_trained(v) for v in VARIANTS):
         tmp = pathlib.Path(tempfile.mkdtemp(prefix="jaxar_bench_decoding_"))
     steps = 30 if quick else None
-    target, t_dir = _model("tiny_target", steps, tmp)
-    draft, d_dir = _model("tiny_draft", steps, tmp)
+    target, t_dir = _model(VARIANTS[0], steps, tmp)
+    draft, d_dir = _model(VARIANTS[1], steps, tmp)
     new = 32 if quick else 128
     batches = (1, 8)
     ks = (2, 4, 8)
     self_ks = (3,) if quick else (1, 2, 3)
-    repeats = 2 if quick else 3
+    repeats = 3
     key = jax.random.key(0)
     rows = []
     for b in batches:
         prompt = jnp.broadcast_to(
             jnp.asarray(np.frombuffer(PROMPT, np.uint8), jnp.int32)[None], (b, len(PROMPT))
         )
-        case = f"B={b} P={len(PROMPT)} T={new} target=small+3heads draft=tiny greedy"
+        case = f"B={b} P={len(PROMPT)} T={new} target=8x128+3heads draft=1x128 greedy"
 
         def plain(model, prompt=prompt):
             return generate(key, model, prompt, max_new_tokens=new, temperature=0.0)
 
         t_target = harness.timeit(plain, target, repeats=repeats)
         t_draft = harness.timeit(plain, draft, repeats=repeats)
-        c = t_draft.median_s / t_target.median_s
-        rows.append(_row(case, "generate", t_target, b * new, {"c": c}))
+        c = t_draft.min_s / t_target.min_s
+        base_min = t_target.min_s
+        rows.append(_row(case, "generate", t_target, b * new, {"c": c}, base_min))
         plans = [(f"spec-{k}", draft, k) for k in ks] + [(f"self-{k}", None, k) for k in self_ks]
         for name, d, k in plans:
 
@@ -127,12 +134,12 @@ def run(quick: bool) -> list[harness.Result]:
                 "tokens_per_call": float(np.mean(np.asarray(stats["tokens_per_call"]))),
                 "predicted": predicted_speedup(alpha, k, cost),
             }
-            rows.append(_row(case, name, t, b * new, extra))
-        for shape in TREES:
+            rows.append(_row(case, name, t, b * new, extra, base_min))
+        for shape, d in [(s, None) for s in TREES] + [(s, draft) for s in TREES]:
 
-            def tree_fn(shape=shape, prompt=prompt):
+            def tree_fn(shape=shape, d=d, prompt=prompt):
                 return tree.generate(
-                    target, prompt, max_new_tokens=new, tree=shape, return_stats=True
+                    target, prompt, max_new_tokens=new, tree=shape, draft=d, return_stats=True
                 )
 
             t = harness.timeit(tree_fn, repeats=repeats)
@@ -141,15 +148,21 @@ def run(quick: bool) -> list[harness.Result]:
                 "tokens_per_call": float(np.mean(np.asarray(stats["tokens_per_call"]))),
                 "nodes": int(stats["tree_size"]),
             }
-            name = "tree-" + "x".join(map(str, shape))
-            rows.append(_row(case, name, t, b * new, extra))
+            name = ("tree-" if d is None else "dtree-") + "x".join(map(str, shape))
+            rows.append(_row(case, name, t, b * new, extra, base_min))
     rows = harness.with_ratios(rows, baseline="generate")
     for r in rows:
         r.extra["workdirs"] = f"{t_dir},{d_dir}"
     return rows
 
 
-def _row(case, impl, t, tokens, extra):
+def _row(case, impl, t, tokens, extra, base_min_s):
+    extra = {
+        **extra,
+        "min_ms": t.min_s * 1e3,
+        "speedup_min": base_min_s / t.min_s,
+        "load1": os.getloadavg()[0],
+    }
     return harness.Result(
         bench="decoding",
         case=case,

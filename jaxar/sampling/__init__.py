@@ -5,8 +5,8 @@ family, checking its options once (:class:`Sampler`); the loops they drive are i
 modules (``generate``, ``masked_diffusion``, ``block_diffusion``, ``axial``, ``mar``,
 ``diffusion_head``). Faster exact autoregressive decoding: ``speculative.generate`` (a
 draft LM or the target's multi-token heads propose, the target verifies; same law as
-``generate``), ``tree.generate`` (greedy; a token tree of head candidates verified in one
-call), ``jacobi.generate`` (fixed-point greedy) and :func:`beam_search`. Discrete image
+``generate``), ``tree.generate`` (greedy; a token tree of the heads' or a draft LM's
+candidates verified in one call), ``jacobi.generate`` (fixed-point greedy) and :func:`beam_search`. Discrete image
 tokens: ``token_ar`` (raster order) and ``var`` (next-scale), with classifier-free guidance
 on logits (:func:`cfg`, :class:`Guided` for any LM sampler).
 """

@@ -17,6 +17,18 @@ call, exactly the tokens of greedy :func:`jaxar.sampling.generate`. The KV cache
 the path (written at slots ``index + node``) are moved to ``index + depth`` and the index
 set past them (per row); the heads at ``i*`` propose the next tree. The loop is one jitted
 ``lax.while_loop``.
+
+A draft LM instead of the heads (``draft=``): the draft runs its greedy chain ``x0, c_1, ..,
+c_{D-1}`` (D calls) and its logits ``q_d`` after each give the top ``k_d`` candidates at depth
+d: the same product tree, whose all-rank-0 path is the draft's greedy chain (as in SpecInfer's
+token trees, the candidates at depth d are those after the chain's depth-(d-1) node). The draft
+state keeps the committed tokens up to where the accepted path leaves its chain; the rest
+(at most D + 1 tokens: the accepted ones past that point and the bonus) opens the next
+round's first draft call, one parallel ``decode`` (rolled back per row as in
+:mod:`jaxar.sampling.speculative`, so the draft may be any LM family; the target must be
+attention). On the Pallas flash kernel (``AttentionConfig(impl="pallas")``) the tree mask
+reaches the kernel as its dense block mask (prefix columns visible), whose all-False tiles
+are skipped.
 """
 
 from __future__ import annotations
@@ -36,9 +48,14 @@ from jaxar.sampling.speculative import (
     _check_lm,
     _check_self,
     _commit,
+    _decode_steps,
     _is_cache,
     _mtp_heads,
+    _prefill,
     _prefill_self,
+    _rollback,
+    _strip,
+    _verify_mode,
     _vocab,
 )
 
@@ -74,31 +91,40 @@ def tree_structure(tree) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (np.asarray(parents, np.int32), np.asarray(depths, np.int32), np.asarray(ranks))
 
 
-def generate(target, prompt_BxP, *, max_new_tokens: int, tree=(2, 2, 2), return_stats=False):
-    """Greedy decoding of ``max_new_tokens`` by tree verification of the multi-token heads.
+def generate(
+    target, prompt_BxP, *, max_new_tokens: int, tree=(2, 2, 2), draft=None, return_stats=False
+):
+    """Greedy decoding of ``max_new_tokens`` by tree verification of multi-token heads' or a
+    draft LM's top-k candidates per depth.
 
     Args:
-      target: an attention-only LM (every layer a KV cache, no sliding window) with
-        ``LMConfig(mtp_heads >= len(tree))``.
+      target: an attention-only LM (every layer a KV cache, no sliding window), with
+        ``LMConfig(mtp_heads >= len(tree))`` when ``draft`` is None.
       prompt_BxP: int (B, P) prompt, P >= 1.
       max_new_tokens: >= 1 tokens.
       tree: ``(k_1, .., k_D)`` candidates per depth (:func:`tree_structure`).
+      draft: optional LM (any family, the target's vocabulary) whose greedy chain's top
+        ``k_d`` tokens per depth form the tree (module docstring); None: the target's heads.
       return_stats: also return the statistics.
 
     Returns:
       int32 (B, P + max_new_tokens), equal to greedy ``generate`` (``-1`` from a step with
       garbage logits on); with ``return_stats`` also a dict: ``target_calls``,
       ``row_calls`` (B,), ``accepted`` (B,) accepted tree tokens, ``tokens_per_call`` (B,),
-      ``tree_size`` N.
+      ``tree_size`` N, ``draft_calls`` (batched draft calls after the prefill: D per round,
+      0 without a draft).
 
     Raises:
       ValueError: bad arguments (one line naming the argument and what is accepted).
     """
     _check_lm(target, "target")
-    _check_self(target, "tree decoding")
+    if draft is None:
+        _check_self(target, "tree decoding without a draft")
+    else:
+        _check_lm(draft, "draft")
     prompt = _check_common(prompt_BxP, max_new_tokens)
     parents, depths, ranks = tree_structure(tree)
-    if len(tree) > _mtp_heads(target):
+    if draft is None and len(tree) > _mtp_heads(target):
         raise ValueError(
             f"tree={tuple(tree)} has depth {len(tree)} > the target's mtp_heads="
             f"{_mtp_heads(target)}; accepted: at most one depth per head"
@@ -114,18 +140,42 @@ def generate(target, prompt_BxP, *, max_new_tokens: int, tree=(2, 2, 2), return_
             "whose layers are all global attention (use speculative.generate otherwise)"
         )
     graphdef, params = nnx.split(target)
+    v_t = _vocab(graphdef, params)
+    d_graph, d_params, d_mode = None, None, None
+    if draft is not None:
+        d_graph, d_params = nnx.split(draft)
+        v_d = _vocab(d_graph, d_params)
+        if v_d != v_t:
+            raise ValueError(
+                f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
+                "draft over the same vocabulary"
+            )
+        d_mode = _verify_mode(draft, prompt.shape[0])
+    if max(tree) > v_t:
+        raise ValueError(
+            f"tree={tuple(tree)} asks for {max(tree)} candidates per depth from a vocabulary "
+            f"of {v_t}; accepted: every k_d <= {v_t}"
+        )
     if not isinstance(prompt, jax.core.Tracer):
-        _check_prompt_ids(np.asarray(prompt), _vocab(graphdef, params))
+        _check_prompt_ids(np.asarray(prompt), v_t)
     tokens, stats = _tree(
-        graphdef, params, prompt.astype(jnp.int32), max_new_tokens, tuple(int(k) for k in tree)
+        graphdef,
+        params,
+        d_graph,
+        d_params,
+        prompt.astype(jnp.int32),
+        max_new_tokens,
+        tuple(int(k) for k in tree),
+        d_mode,
     )
     check_draws(tokens[:, prompt.shape[1] :], "tree.generate")
     return (tokens, stats) if return_stats else tokens
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _tree(graphdef, params, prompt, max_new, tree):
+@functools.partial(jax.jit, static_argnums=(0, 2, 5, 6, 7))
+def _tree(graphdef, params, d_graph, d_params, prompt, max_new, tree, d_mode):
     target = nnx.merge(graphdef, params)
+    draft = None if d_graph is None else nnx.merge(d_graph, d_params)
     parents, depths, ranks = (jnp.asarray(a) for a in tree_structure(tree))
     n_nodes, depth = parents.shape[0], len(tree)
     mask = tree_mask(parents)  # (N, N)
@@ -137,28 +187,65 @@ def _tree(graphdef, params, prompt, max_new, tree):
     bad_prompt = jnp.any((prompt < 0) | (prompt >= _vocab(graphdef, params)), axis=1)
     tokens = jnp.concatenate([prompt, jnp.zeros((b, max_new + depth + 1), jnp.int32)], axis=1)
     tokens = tokens.at[:, p:].set(jnp.where(bad_prompt[:, None], INVALID, 0))
-    state, mtp_q, mtp_ok = _prefill_self(target, prompt, max_len, depth)
     carry0 = dict(
         tokens=tokens,
         n=jnp.where(bad_prompt, total, p).astype(jnp.int32),
-        state=state,
-        mtp_q=mtp_q,
-        mtp_ok=mtp_ok,
         it=jnp.zeros((), jnp.int32),
         row_calls=jnp.zeros((b,), jnp.int32),
         accepted=jnp.zeros((b,), jnp.int32),
     )
+    if draft is None:
+        carry0["state"], carry0["mtp_q"], carry0["mtp_ok"] = _prefill_self(
+            target, prompt, max_len, depth
+        )
+    else:
+        carry0["state"] = _prefill(target, prompt, max_len)
+        # the draft covers tokens[:, :d_len]; past x0 it writes up to 2 D + 1 more slots
+        carry0["d_state"] = _prefill(draft, prompt, total + 2 * depth + 2)
+        carry0["d_len"] = jnp.full((b,), p - 1, jnp.int32)
     # path[i, d]: the depth-d ancestor of node i (itself at its depth; 0 past it)
     on_path = mask[:, :, None] & (depths[None, :, None] == jnp.arange(depth + 1)[None, None])
     path = jnp.argmax(on_path, axis=1).astype(jnp.int32)  # (N, D+1)
+
+    def propose_draft(c, active):
+        """The draft's logits q_1 .. q_D along its greedy chain after x0, its chain c_1 ..
+        c_D and its state after the pending tokens and after each chain input."""
+        n, s = c["n"], c["d_len"]
+        j = jnp.arange(depth + 1, dtype=jnp.int32)[None]
+        pend = c["tokens"][rows[:, None], jnp.minimum(s[:, None] + j, c["tokens"].shape[1] - 1)]
+        pend = jnp.where(s[:, None] + j < n[:, None], jnp.maximum(pend, 0), 0)
+        out, new, steps = _decode_steps(draft, pend, c["d_state"], s[:, None] + j, mode=d_mode)
+        # an idle row keeps all but its last token (the next round's x0), as at the start
+        keep = jnp.clip(jnp.where(active, n - s, n - 1 - s), 0, depth + 1)
+        state1 = _rollback(c["d_state"], new, steps, keep)
+        q1 = out[rows, jnp.clip(n - 1 - s, 0, depth)].astype(jnp.float32)
+
+        def step(carry, pos):
+            st, q = carry
+            tok = jnp.maximum(jnp.argmax(q, -1), 0).astype(jnp.int32)
+            logits, st = draft.decode(tok[:, None], st, positions=pos[:, None])
+            return (st, logits[:, 0].astype(jnp.float32)), (q, tok, _strip(st))
+
+        chain_pos = n[None] + jnp.arange(depth - 1, dtype=jnp.int32)[:, None]  # (D-1, B)
+        (st, q_last), (qs, toks, chain_steps) = jax.lax.scan(step, (state1, q1), chain_pos)
+        q = jnp.concatenate([jnp.swapaxes(qs, 0, 1), q_last[:, None]], axis=1)  # (B, D, V)
+        chain = jnp.concatenate(
+            [toks.T, jnp.maximum(jnp.argmax(q_last, -1), 0).astype(jnp.int32)[:, None]], axis=1
+        )
+        return q, chain, (state1, st, chain_steps)
 
     def body(c):
         active = c["n"] < total
         n = c["n"]
         x0 = jnp.maximum(c["tokens"][rows, n - 1], 0)
-        _, top = jax.lax.top_k(c["mtp_q"], kmax)  # (B, D, kmax)
+        if draft is None:
+            q, q_ok = c["mtp_q"], c["mtp_ok"]
+        else:
+            q, chain, (d_state1, d_new, d_steps) = propose_draft(c, active)
+            q_ok = jnp.ones((b,), bool)
+        _, top = jax.lax.top_k(q, kmax)  # (B, D, kmax)
         cand = top[:, jnp.maximum(depths - 1, 0), ranks]  # (B, N)
-        cand_ok = c["mtp_ok"][:, None] & jnp.all(valid_logits(c["mtp_q"]), -1)[:, None]
+        cand_ok = q_ok[:, None] & jnp.all(valid_logits(q), -1)[:, None]
         node_tok = jnp.where(depths[None] == 0, x0[:, None], cand).astype(jnp.int32)
         pos = (n - 1)[:, None] + depths[None]
         h, new = target.decode_hidden(node_tok, c["state"], positions=pos, mask=mask)
@@ -184,17 +271,27 @@ def _tree(graphdef, params, prompt, max_new, tree):
         tail = (jnp.arange(tokens.shape[1])[None] >= (n + a)[:, None]) & (dead & active)[:, None]
         tokens = jnp.where(tail, INVALID, tokens)
         state = tuple(_compact(o, s, path_b, keep) for o, s in zip(c["state"], new, strict=True))
-        m_q = target.mtp_logits(h[rows, best][:, None])[:, 0, :depth].astype(jnp.float32)
-        return dict(
+        nxt = dict(
             tokens=tokens,
             n=jnp.where(active, jnp.where(dead, total, n + a + 1), n).astype(jnp.int32),
             state=state,
-            mtp_q=jnp.where(active[:, None, None], m_q, c["mtp_q"]),
-            mtp_ok=jnp.where(active, True, c["mtp_ok"]),
             it=c["it"] + 1,
             row_calls=c["row_calls"] + active,
             accepted=c["accepted"] + jnp.where(active, a, 0),
         )
+        if draft is None:
+            m_q = target.mtp_logits(h[rows, best][:, None])[:, 0, :depth].astype(jnp.float32)
+            nxt["mtp_q"] = jnp.where(active[:, None, None], m_q, c["mtp_q"])
+            nxt["mtp_ok"] = jnp.where(active, True, c["mtp_ok"])
+        else:
+            # keep the chain inputs c_1 .. c_m that the accepted path follows (m <= D - 1)
+            jd = jnp.arange(1, depth, dtype=jnp.int32)[None]  # (1, D-1)
+            follows = (path_tok[:, 1:depth] == chain[:, : depth - 1]) & (jd <= a[:, None])
+            m = jnp.sum(jnp.cumprod(follows.astype(jnp.int32), axis=1), axis=1)
+            m = jnp.where(active & ~dead, m, 0)
+            nxt["d_state"] = _rollback(d_state1, d_new, d_steps, m)
+            nxt["d_len"] = jnp.where(active, n + m, n - 1).astype(jnp.int32)
+        return nxt
 
     out = jax.lax.while_loop(lambda c: jnp.any(c["n"] < total), body, carry0)
     calls = out["row_calls"]
@@ -204,6 +301,7 @@ def _tree(graphdef, params, prompt, max_new, tree):
         accepted=out["accepted"],
         tokens_per_call=max_new / jnp.maximum(calls, 1).astype(jnp.float32),
         tree_size=n_nodes,
+        draft_calls=out["it"] * (0 if draft is None else depth),
     )
     return out["tokens"][:, :total], stats
 

@@ -21,7 +21,7 @@ P_MIN = 1e-4  # fixed seeds; a wrong rule (accept always) gives p ~ 0 here
 
 
 @functools.cache
-def lm(kind, seed, d_model=16, vocab=V, mtp_heads=0):
+def lm(kind, seed, d_model=16, vocab=V, mtp_heads=0, **overrides):
     cfg = LMConfig.preset(
         kind,
         vocab_size=vocab,
@@ -31,6 +31,7 @@ def lm(kind, seed, d_model=16, vocab=V, mtp_heads=0):
         mlp_ratio=2.0,
         tie_embeddings=False,  # tied heads favour repeating the input: acceptance near 1
         mtp_heads=mtp_heads,
+        **overrides,
     )
     return LM(cfg, rngs=nnx.Rngs(seed))
 
