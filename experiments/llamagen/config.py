@@ -4,8 +4,8 @@ tokenizer's codes in raster order, 2-D RoPE, classifier-free guidance on logits
 
 Needs a trained tokenizer (``vq_tokenizer``, one code per position: vq / fsq / lfq),
 named by ``--config.model.tokenizer_workdir`` (default: the tiny VQ's run directory).
-The code count and grid come from the tokenizer; the frozen tokenizer encodes each batch
-inside the train step.
+The code count and grid come from the tokenizer; the frozen tokenizer encodes the dataset
+once and the codes are cached in its run directory (``<tokenizer_workdir>/codes/``).
 
 Variants (``llamagen:<variant>``):
   * ``tiny`` (digits; tokenizer ``vq_tokenizer:tiny_vq``: 4x4 codes of 64) and
