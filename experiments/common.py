@@ -18,7 +18,7 @@ import ml_collections
 
 from jaxar.train.config import TrainConfig, from_config_dict
 
-__all__ = ["RECIPES", "config_dict"]
+__all__ = ["RECIPES", "config_dict", "TOKEN_VARIANTS", "token_family_config"]
 
 RECIPES: dict[str, dict[str, Any]] = {
     # the tiny variants: 300 steps on 2 CPU cores, one evaluation and checkpoint at the end
@@ -69,6 +69,19 @@ RECIPES: dict[str, dict[str, Any]] = {
         keep_checkpoints=3,
         num_samples=4,
         sample_length=512,
+    ),
+    # the token families' tiny runs (llamagen, var) over a tiny tokenizer's codes
+    "token_tiny": dict(
+        steps=600,
+        batch_size=32,
+        learning_rate=2e-3,
+        warmup_steps=30,
+        log_every=50,
+        eval_every=600,
+        eval_batches=7,
+        checkpoint_every=600,
+        keep_checkpoints=1,
+        num_samples=16,
     ),
     # the tiny image variants on the embedded digits: 600 steps, all 297 held-out digits
     "digits_tiny": dict(
@@ -155,3 +168,45 @@ def config_dict(
     d.update(fields)
     from_config_dict(d)
     return ml_collections.ConfigDict(d)
+
+
+TOKEN_VARIANTS = ("tiny", "photos", "cifar10", "full")
+
+
+def token_family_config(
+    family: str, variant: str, *, quantizer: str, full: Mapping, **full_fields
+) -> ml_collections.ConfigDict:
+    """The token families' variants (``llamagen``: token_ar over a ``vq`` tokenizer; ``var``
+    over an ``msrq`` one), reading the tokenizer run ``jaxar_runs/vq_tokenizer_<v>``:
+
+    * ``tiny`` / ``photos``: the ``tiny`` preset on digits / photos through
+      ``tiny_<quantizer>`` / ``photos_<quantizer>`` (recipe ``token_tiny``);
+    * ``cifar10``: D=256, 8 layers, 8 heads on ``tfds:cifar10`` through
+      ``cifar10_<quantizer>``, 100k steps (recipe ``image_accelerator``);
+    * ``full``: model fields ``full`` (the paper preset) on ImageNet through ``full`` (vq)
+      or ``full_<quantizer>``, recipe ``image_accelerator`` and ``full_fields``.
+    """
+    if variant not in TOKEN_VARIANTS:
+        raise ValueError(f"variant={variant!r} is not supported; accepted: {TOKEN_VARIANTS}")
+    if variant == "full":
+        tok = "full" if quantizer == "vq" else f"full_{quantizer}"
+        return config_dict(
+            model=dict(family=family, **full, tokenizer_workdir=f"jaxar_runs/vq_tokenizer_{tok}"),
+            data=dict(name="tfds:imagenet2012", train_split="train", eval_split="validation"),
+            recipe="image_accelerator",
+            **full_fields,
+        )
+    model = dict(family=family, preset="tiny")
+    tok = f"jaxar_runs/vq_tokenizer_{variant}_{quantizer}"
+    if variant == "cifar10":
+        return config_dict(
+            model=dict(model, d_model=256, num_layers=8, num_heads=8, tokenizer_workdir=tok),
+            data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
+            recipe="image_accelerator",
+            steps=100_000,
+        )
+    return config_dict(
+        model=dict(model, tokenizer_workdir=tok),
+        data=dict(name="digits" if variant == "tiny" else "photos"),
+        recipe="token_tiny",
+    )

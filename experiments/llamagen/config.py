@@ -4,8 +4,8 @@ tokenizer's codes in raster order, 2-D RoPE, classifier-free guidance on logits
 
 Needs a trained tokenizer (``vq_tokenizer``, one code per position: vq / fsq / lfq),
 named by ``--config.model.tokenizer_workdir`` (default: the tiny VQ's run directory).
-The code count and grid come from the tokenizer; the frozen tokenizer encodes each batch
-inside the train step.
+The code count and grid come from the tokenizer; the frozen tokenizer encodes the dataset
+once and the codes are cached in its run directory (``<tokenizer_workdir>/codes/``).
 
 Variants (``llamagen:<variant>``):
   * ``tiny`` (digits; tokenizer ``vq_tokenizer:tiny_vq``: 4x4 codes of 64) and
@@ -30,48 +30,12 @@ References:
     Generation", arXiv:2406.06525.
 """
 
-from jaxar.experiments.common import config_dict
+from jaxar.experiments.common import TOKEN_VARIANTS, token_family_config
 
-VARIANTS = ("tiny", "photos", "cifar10", "full")
-_TINY_RUN = dict(
-    steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=30, log_every=50,
-    eval_every=600, eval_batches=7, checkpoint_every=600, keep_checkpoints=1, num_samples=16,
-)  # fmt: skip
+VARIANTS = TOKEN_VARIANTS
 
 
 def get_config(variant: str = "tiny"):
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    if variant == "full":
-        return config_dict(
-            model=dict(
-                family="token_ar", preset="llamagen_b",
-                tokenizer_workdir="jaxar_runs/vq_tokenizer_full",
-            ),
-            data=dict(name="tfds:imagenet2012", train_split="train", eval_split="validation"),
-            recipe="image_accelerator",
-            learning_rate=1e-4,
-        )  # fmt: skip
-    if variant == "cifar10":
-        return config_dict(
-            model=dict(
-                family="token_ar",
-                preset="tiny",
-                d_model=256,
-                num_layers=8,
-                num_heads=8,
-                tokenizer_workdir="jaxar_runs/vq_tokenizer_cifar10_vq",
-            ),
-            data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
-            recipe="image_accelerator",
-            steps=100_000,
-        )
-    data = "digits" if variant == "tiny" else "photos"
-    tok = "tiny_vq" if variant == "tiny" else "photos_vq"
-    return config_dict(
-        model=dict(
-            family="token_ar", preset="tiny", tokenizer_workdir=f"jaxar_runs/vq_tokenizer_{tok}"
-        ),
-        data=dict(name=data),
-        **_TINY_RUN,
+    return token_family_config(
+        "token_ar", variant, quantizer="vq", full=dict(preset="llamagen_b"), learning_rate=1e-4
     )

@@ -29,48 +29,17 @@ References:
     Next-Scale Prediction", arXiv:2404.02905.
 """
 
-from jaxar.experiments.common import config_dict
+from jaxar.experiments.common import TOKEN_VARIANTS, token_family_config
 
-VARIANTS = ("tiny", "photos", "cifar10", "full")
-_TINY_RUN = dict(
-    steps=600, batch_size=32, learning_rate=2e-3, warmup_steps=30, log_every=50,
-    eval_every=600, eval_batches=7, checkpoint_every=600, keep_checkpoints=1, num_samples=16,
-)  # fmt: skip
+VARIANTS = TOKEN_VARIANTS
 
 
 def get_config(variant: str = "tiny"):
-    if variant not in VARIANTS:
-        raise ValueError(f"variant={variant!r} is not supported; accepted: {VARIANTS}")
-    if variant == "full":
-        return config_dict(
-            model=dict(
-                family="var",
-                preset="var_d16",
-                tokenizer_workdir="jaxar_runs/vq_tokenizer_full_msrq",
-            ),
-            data=dict(name="tfds:imagenet2012", train_split="train", eval_split="validation"),
-            recipe="image_accelerator",
-            batch_size=768,
-            learning_rate=2.4e-4,
-        )
-    if variant == "cifar10":
-        return config_dict(
-            model=dict(
-                family="var",
-                preset="tiny",
-                d_model=256,
-                num_layers=8,
-                num_heads=8,
-                tokenizer_workdir="jaxar_runs/vq_tokenizer_cifar10_msrq",
-            ),
-            data=dict(name="tfds:cifar10", train_split="train", eval_split="test"),
-            recipe="image_accelerator",
-            steps=100_000,
-        )
-    data = "digits" if variant == "tiny" else "photos"
-    tok = "tiny_msrq" if variant == "tiny" else "photos_msrq"
-    return config_dict(
-        model=dict(family="var", preset="tiny", tokenizer_workdir=f"jaxar_runs/vq_tokenizer_{tok}"),
-        data=dict(name=data),
-        **_TINY_RUN,
+    return token_family_config(
+        "var",
+        variant,
+        quantizer="msrq",
+        full=dict(preset="var_d16"),
+        batch_size=768,
+        learning_rate=2.4e-4,
     )

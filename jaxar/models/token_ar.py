@@ -29,7 +29,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar.models.common import from_preset
-from jaxar.models.token_transformer import TokenTransformer, TokenTransformerConfig
+from jaxar.models.token_transformer import (
+    TokenModelConfig,
+    TokenTransformer,
+    TokenTransformerConfig,
+)
 from jaxar.models.vq import VQ, freeze
 from jaxar.ops.masks import causal_mask
 
@@ -44,39 +48,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TokenARConfig:
-    """Token-AR model.
+class TokenARConfig(TokenModelConfig):
+    """Token-AR model: the shared :class:`TokenModelConfig` fields plus ``grid`` (g, codes
+    per side of the tokenizer's grid)."""
 
-    Attributes:
-      num_codes: K, the tokenizer's code count. grid: g, codes per side.
-      num_classes: C (the null class is C).
-      d_model, num_layers, num_heads, mlp_ratio: the transformer.
-      label_drop_prob: training probability of the null class.
-      tokenizer_workdir: the trained tokenizer's run directory (read by the trainer).
-      image_size, channels: the data's (checked against the tokenizer by the trainer).
-    """
-
-    num_codes: int = 64
     grid: int = 4
-    num_classes: int = 10
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    label_drop_prob: float = 0.1
-    tokenizer_workdir: str = ""
-    image_size: int | None = None
-    channels: int | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+
+    _POSITIVE = ("grid",)
 
     def __post_init__(self):
-        for n in ("num_codes", "grid", "num_classes"):
-            v = getattr(self, n)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TokenARConfig.{n}={v!r} is invalid; accepted: an int >= 1")
-        if not 0.0 <= self.label_drop_prob < 1.0:
-            raise ValueError(f"TokenARConfig.label_drop_prob={self.label_drop_prob} not in [0, 1)")
+        super().__post_init__()
         self.transformer_config()  # validates the sizes
 
     @property
@@ -92,11 +73,7 @@ class TokenARConfig:
         return self.num_classes
 
     def transformer_config(self) -> TokenTransformerConfig:
-        return TokenTransformerConfig(
-            d_model=self.d_model, num_layers=self.num_layers, num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio, rope_dims=2, dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )  # fmt: skip
+        return super().transformer_config(rope_dims=2)
 
     @classmethod
     def preset(cls, name: str, **overrides):

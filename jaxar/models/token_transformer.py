@@ -9,7 +9,13 @@ limit ``m`` attends to cache slots ``< m``), and N-D RoPE at ``positions (B, L, 
 (``N = 0``: no RoPE).
 
 The cache is per layer ``{"k": (B, M, H, K), "v": (B, M, H, K), "index": ()}``; a cached
-call writes its T keys at ``index`` and returns ``index + T``.
+call writes its T keys at ``index`` and returns ``index + T``. The full pass runs attention
+with ``attention_impl`` (``"pallas"``: the flash kernel, which takes a static mask rule such
+as :class:`jaxar.ops.masks.ScaleCausal` as its block mask and skips all-masked tiles).
+
+:class:`TokenModelConfig` holds the fields and checks the token-image families share
+(token-AR and VAR): codes, classes, the transformer's sizes, label dropout, the tokenizer
+run directory and the data's image shape.
 
 References:
   Peebles & Xie 2023, "Scalable Diffusion Models with Transformers" (AdaLN-Zero),
@@ -27,10 +33,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import dispatch
+from jaxar.dispatch import AttentionImpl
 from jaxar.nn.layers import MLP, RMSNorm, partitioned
 from jaxar.ops.attention import apply_rope_nd, dot_product_attention
 
-__all__ = ["TokenTransformerConfig", "TokenTransformer"]
+__all__ = ["TokenTransformerConfig", "TokenTransformer", "TokenModelConfig"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,10 +49,12 @@ class TokenTransformerConfig:
     mlp_ratio: float = 4.0
     rope_dims: int = 0
     adaln: bool = False
+    attention_impl: AttentionImpl = "auto"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
+        dispatch.resolve("attention", self.attention_impl, arg="attention_impl")
         for n in ("d_model", "num_layers", "num_heads"):
             v = getattr(self, n)
             if not isinstance(v, int) or v < 1:
@@ -56,6 +66,55 @@ class TokenTransformerConfig:
             raise ValueError(
                 f"head dim {k} must be divisible by 2 * rope_dims = {2 * self.rope_dims}"
             )
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenModelConfig:
+    """Fields shared by the token-image families (``TokenARConfig``, ``VARConfig``).
+
+    Attributes:
+      num_codes: K, the tokenizer's code count. num_classes: C (the null class is C).
+      d_model, num_layers, num_heads, mlp_ratio: the transformer.
+      attention_impl: the full pass's attention (``jaxar.dispatch``; "pallas": the flash
+        kernel with the family's mask as a block mask).
+      label_drop_prob: training probability of the null class.
+      tokenizer_workdir: the trained tokenizer's run directory (read by the trainer).
+      image_size, channels: the data's (checked against the tokenizer by the trainer).
+    """
+
+    num_codes: int = 64
+    num_classes: int = 10
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    attention_impl: AttentionImpl = "auto"
+    label_drop_prob: float = 0.1
+    tokenizer_workdir: str = ""
+    image_size: int | None = None
+    channels: int | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    # positive int fields a subclass adds to the shared checks
+    _POSITIVE = ()
+
+    def __post_init__(self):
+        name = type(self).__name__
+        for n in ("num_codes", *self._POSITIVE, "num_classes"):
+            v = getattr(self, n)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{name}.{n}={v!r} is invalid; accepted: an int >= 1")
+        if not 0.0 <= self.label_drop_prob < 1.0:
+            raise ValueError(f"{name}.label_drop_prob={self.label_drop_prob} not in [0, 1)")
+
+    def transformer_config(self, **fields) -> TokenTransformerConfig:
+        """The transformer of these sizes (``fields``: the family's rope_dims / adaln)."""
+        return TokenTransformerConfig(
+            d_model=self.d_model, num_layers=self.num_layers, num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio, attention_impl=self.attention_impl, dtype=self.dtype,
+            param_dtype=self.param_dtype, **fields,
+        )  # fmt: skip
 
 
 def _w(rngs, shape, names, dtype, in_axis, out_axis):
@@ -115,7 +174,9 @@ class _Block(nnx.Module):
     def __call__(self, x, cond, positions, mask):
         mods = self._mods(cond, x)
         q, k, v = self._qkv(self._mod(self.norm1(x), mods[0], mods[1]), positions)
-        o = dot_product_attention(q, k, v, mask=None if mask is None else mask[None, None])
+        if mask is not None and hasattr(mask, "ndim"):
+            mask = mask[None, None]  # (L, L) -> (1, 1, L, L); a static rule passes as it is
+        o = dot_product_attention(q, k, v, mask=mask, impl=self.cfg.attention_impl)
         return self._rest(x, o, mods)
 
     def decode(self, x, cond, positions, limits, state, kv_len=None):
@@ -155,7 +216,8 @@ class TokenTransformer(nnx.Module):
         return h * (1.0 + scale) + shift
 
     def __call__(self, x_BxLxD, *, cond=None, positions=None, mask=None):
-        """Full pass: ``mask`` bool (L, L) (True = may attend), ``positions`` (B, L, N)."""
+        """Full pass: ``mask`` bool (L, L) (True = may attend) or a static rule
+        (:class:`jaxar.ops.masks.ScaleCausal`), ``positions`` (B, L, N)."""
         h = x_BxLxD.astype(self.config.dtype)
         for block in self.blocks:
             h = block(h, cond, positions, mask)

@@ -31,11 +31,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxar import dispatch
 from jaxar.models.common import from_preset
-from jaxar.models.token_transformer import TokenTransformer, TokenTransformerConfig
+from jaxar.models.token_transformer import (
+    TokenModelConfig,
+    TokenTransformer,
+    TokenTransformerConfig,
+)
 from jaxar.models.vq import VQ, Frozen, freeze
 from jaxar.ops import quantize as qops
-from jaxar.ops.masks import scale_causal_mask
+from jaxar.ops.masks import ScaleCausal, scale_causal_mask
 
 __all__ = ["PRESETS", "VARConfig", "VAR", "loss", "scale_codes"]
 
@@ -49,44 +54,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class VARConfig:
-    """VAR model.
+class VARConfig(TokenModelConfig):
+    """VAR model: the shared :class:`TokenModelConfig` fields plus ``latent_dim`` (the code
+    dimension) and ``scales`` (the tokenizer's, strictly increasing, the first 1)."""
 
-    Attributes:
-      num_codes: K; latent_dim: the code dimension; scales: the tokenizer's scales
-        (strictly increasing, the first 1).
-      num_classes: C (the null class is C).
-      d_model, num_layers, num_heads, mlp_ratio: the transformer.
-      label_drop_prob: training probability of the null class.
-      tokenizer_workdir: the trained msrq tokenizer's run directory (read by the trainer).
-      image_size, channels: the data's.
-    """
-
-    num_codes: int = 64
     latent_dim: int = 4
     scales: tuple[int, ...] = (1, 2, 4)
-    num_classes: int = 10
-    d_model: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    label_drop_prob: float = 0.1
-    tokenizer_workdir: str = ""
-    image_size: int | None = None
-    channels: int | None = None
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
+
+    _POSITIVE = ("latent_dim",)
 
     def __post_init__(self):
-        for n in ("num_codes", "latent_dim", "num_classes"):
-            v = getattr(self, n)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"VARConfig.{n}={v!r} is invalid; accepted: an int >= 1")
+        super().__post_init__()
         object.__setattr__(self, "scales", qops.check_scales(self.scales))
         if self.scales[0] != 1:
             raise ValueError(f"VARConfig.scales={self.scales} must start at 1 (the class token)")
-        if not 0.0 <= self.label_drop_prob < 1.0:
-            raise ValueError(f"VARConfig.label_drop_prob={self.label_drop_prob} not in [0, 1)")
         self.transformer_config()
 
     @property
@@ -106,10 +87,15 @@ class VARConfig:
         return tuple(int(x) for x in np.cumsum([s * s for s in self.scales]))
 
     def transformer_config(self) -> TokenTransformerConfig:
-        return TokenTransformerConfig(
-            d_model=self.d_model, num_layers=self.num_layers, num_heads=self.num_heads,
-            mlp_ratio=self.mlp_ratio, adaln=True, dtype=self.dtype, param_dtype=self.param_dtype,
-        )  # fmt: skip
+        return super().transformer_config(adaln=True)
+
+    def mask(self, num_scales: int | None = None):
+        """The scale-causal mask of the first ``num_scales`` blocks: a static rule (the
+        flash kernel's block mask) when attention is ``"pallas"``, else dense (L', L')."""
+        scales = self.scales[: len(self.scales) if num_scales is None else num_scales]
+        if dispatch.resolve("attention", self.attention_impl) == "pallas":
+            return ScaleCausal.from_scales(scales)
+        return scale_causal_mask(scales)
 
     @classmethod
     def preset(cls, name: str, **overrides):
@@ -193,8 +179,7 @@ class VAR(nnx.Module):
         h = self.embed(inputs_BxTxC, cond)
         n = len(cfg.scales) if num_scales is None else num_scales
         end = cfg.block_ends()[n - 1]
-        mask = scale_causal_mask(cfg.scales[:n])
-        return self.logits(self.transformer(h[:, :end], cond=cond, mask=mask))
+        return self.logits(self.transformer(h[:, :end], cond=cond, mask=cfg.mask(n)))
 
 
 def scale_codes(model: VAR, batch: dict):

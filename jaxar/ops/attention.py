@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jaxar import dispatch
 from jaxar.dispatch import AttentionImpl
+from jaxar.ops.masks import ScaleCausal
 
 __all__ = [
     "dot_product_attention",
@@ -159,7 +160,9 @@ def dot_product_attention(
       q: (B, Lq, H, K). k: (B, Lk, G, K). v: (B, Lk, G, E); G divides H.
       causal: ``k <= q + Lk - Lq`` (the last query aligned with the last key, so a decode
         step over a cache is causal too).
-      mask: bool (B or 1, H or 1, Lq, Lk), True = may attend.
+      mask: bool (B or 1, H or 1, Lq, Lk), True = may attend; or a static position rule
+        (:class:`jaxar.ops.masks.ScaleCausal`): dense for the XLA forms, the flash kernel's
+        block mask (all-masked tiles skipped) for ``"pallas"``.
       segment_ids: int (B, L) (Lq == Lk) or a pair ((B, Lq), (B, Lk)); attend within
         equal ids.
       bias: float (B or 1, H or 1, Lq, Lk) added to the logits (not with ``"pallas"``).
@@ -184,10 +187,11 @@ def dot_product_attention(
             )
         if bias.shape[2:] != (Lq, Lk):
             raise ValueError(f"bias has shape {bias.shape}; accepted: (.., .., {Lq}, {Lk})")
+    rule = mask if isinstance(mask, ScaleCausal) else None
     if impl == "pallas":
         if bias is not None:
             raise ValueError("bias is not supported by impl='pallas'; accepted: bias=None")
-        if mask is not None:
+        if mask is not None and rule is None:
             combine_masks(B, H, Lq, Lk, mask=mask)  # validates
         return dispatch.kernel("flash_attention")(
             q,
@@ -198,6 +202,8 @@ def dot_product_attention(
             block_mask=mask,
             scale=scale,
         )
+    if rule is not None:
+        mask = rule.dense(Lq, Lk)[None, None]
     m = combine_masks(B, H, Lq, Lk, causal=causal, mask=mask, segment_ids=segment_ids)
     if impl == "reference":
         return _reference(q, k, v, m, bias, scale)

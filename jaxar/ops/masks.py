@@ -17,6 +17,8 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,7 @@ __all__ = [
     "block_causal_mask",
     "block_diffusion_mask",
     "scale_causal_mask",
+    "ScaleCausal",
     "block_mask_for",
     "tree_mask",
     "EMPTY",
@@ -116,6 +119,14 @@ def block_diffusion_mask(length: int, block_size: int):
     return (qn & kn & (qb == kb)) | (qn & ~kn & (kb < qb)) | (~qn & ~kn & (kb <= qb))
 
 
+def _check_scales(scales) -> tuple[int, ...]:
+    scales = tuple(scales)
+    ok = bool(scales) and all(isinstance(s, int | np.integer) and s >= 1 for s in scales)
+    if not ok or any(a >= b for a, b in zip(scales, scales[1:], strict=False)):
+        raise ValueError(f"scales={scales!r} is invalid; accepted: strictly increasing ints >= 1")
+    return tuple(int(s) for s in scales)
+
+
 def scale_causal_mask(scales):
     """``(L, L)`` with ``L = sum_k s_k^2``: VAR's next-scale mask (jaxar/MATHS.md s.10).
 
@@ -123,12 +134,50 @@ def scale_causal_mask(scales):
     may attend to key k iff ``b(k) <= b(q)``: bidirectional inside a scale, causal across
     scales (variable block sizes). ``scales`` must be strictly increasing ints >= 1.
     """
-    scales = tuple(scales)
-    ok = bool(scales) and all(isinstance(s, int | np.integer) and s >= 1 for s in scales)
-    if not ok or any(a >= b for a, b in zip(scales, scales[1:], strict=False)):
-        raise ValueError(f"scales={scales!r} is invalid; accepted: strictly increasing ints >= 1")
-    blk = jnp.asarray(np.repeat(np.arange(len(scales)), [int(s) ** 2 for s in scales]))
+    scales = _check_scales(scales)
+    blk = jnp.asarray(np.repeat(np.arange(len(scales)), [s**2 for s in scales]))
     return blk[None, :] <= blk[:, None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ScaleCausal:
+    """:func:`scale_causal_mask` as a static position rule (a block-sparse kernel's mask term).
+
+    With block ends ``e_1 < .. < e_n`` (exclusive; ``e_k = s_1^2 + .. + s_k^2``), ``b(k) <=
+    b(q)`` iff no boundary separates a later key from the query:
+    ``AND_{j < n} (k < e_j  OR  q >= e_j)``. Only comparisons, so the same rule runs on
+    numpy positions (tile tables), on ``jnp`` iotas inside a kernel, and densely.
+    ``jaxar.ops.dot_product_attention`` takes it as ``mask`` (dense for the XLA forms; the
+    flash kernel's block mask with ``impl="pallas"``, which skips the all-masked tiles).
+    """
+
+    ends: tuple[int, ...]
+
+    def __post_init__(self):
+        ends = tuple(self.ends)
+        ok = bool(ends) and all(isinstance(e, int | np.integer) and e >= 1 for e in ends)
+        if not ok or any(a >= b for a, b in zip(ends, ends[1:], strict=False)):
+            raise ValueError(
+                f"ScaleCausal.ends={ends!r} is invalid; accepted: strictly increasing ints >= 1"
+            )
+        object.__setattr__(self, "ends", tuple(int(e) for e in ends))
+
+    @classmethod
+    def from_scales(cls, scales) -> ScaleCausal:
+        """The rule of ``scale_causal_mask(scales)``."""
+        return cls(tuple(int(e) for e in np.cumsum([s * s for s in _check_scales(scales)])))
+
+    def __call__(self, q, k):
+        out = None
+        for e in self.ends[:-1]:
+            m = (k < e) | (q >= e)
+            out = m if out is None else out & m
+        return (k >= 0) | (q < 0) if out is None else out  # one block: all allowed
+
+    def dense(self, q_len: int, k_len: int | None = None):
+        """The ``(Lq, Lk)`` bool mask (queries aligned to the last keys, as every builder)."""
+        q, k = _positions(q_len, k_len)
+        return jnp.broadcast_to(self(q, k), (q.shape[0], k.shape[1]))
 
 
 def tree_mask(parents):

@@ -5,6 +5,10 @@ returns the conditional logits bit for bit), with ``s_t = s`` (``"constant"``) o
 ``s_t = 1 + (s - 1) t / max(T - 1, 1)`` (``"linear"``: from 1 at the first of T steps to
 ``s`` at the last). A token the conditional logits forbid (``-inf``) stays forbidden; where
 only the unconditional side is ``-inf`` the token gets no guidance (``l = l_c``).
+
+The class-conditional image samplers (token-AR, VAR) share :func:`class_draw_options` (the
+validated labels, scale and static options, once per call) and :func:`guided_draw` (one
+guided, filtered draw: the batch's second half holds the null-class rows).
 :class:`Guided` wraps any LM so that an LM sampler (``jaxar.sampling.generate``) draws
 from the guided logits.
 
@@ -16,10 +20,16 @@ References:
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["SCHEDULES", "guidance_scale", "cfg", "Guided"]
+from jaxar.sampling.logits import sample_token
+
+__all__ = [
+    "SCHEDULES", "guidance_scale", "cfg", "Guided", "default_labels", "class_draw_options",
+    "guided_draw",
+]  # fmt: skip
 
 SCHEDULES = ("constant", "linear")
 
@@ -78,3 +88,44 @@ class Guided(nnx.Module):
             both, state, positions=jnp.concatenate([positions, positions], 0)
         )
         return cfg(logits[:b], logits[b:], self.scale), state
+
+
+def default_labels(num: int, num_classes: int):
+    """``0, 1, .., C - 1, 0, 1, ..`` for ``num`` samples."""
+    return jnp.arange(num, dtype=jnp.int32) % num_classes
+
+
+def class_draw_options(
+    num_classes: int, num: int, *, labels, cfg_scale, cfg_schedule, temperature, top_k, top_p
+):
+    """``(labels int32 (num,), scale, options)`` of a class-conditional sampler, validated
+    once: ``labels`` None -> :func:`default_labels`; ``cfg_scale`` None = no guidance;
+    ``options = (guided, cfg_schedule, temperature, top_k, top_p)`` (static, hashable)."""
+    if cfg_schedule not in SCHEDULES:
+        raise ValueError(f"cfg_schedule={cfg_schedule!r} is not supported; accepted: {SCHEDULES}")
+    if cfg_scale is not None and not cfg_scale >= 0:
+        raise ValueError(f"cfg_scale={cfg_scale!r} is invalid; accepted: None or a float >= 0")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature!r} is invalid; accepted: >= 0")
+    if labels is None:
+        labels = default_labels(num, num_classes)
+    else:
+        labels = jnp.asarray(labels, jnp.int32).reshape(-1)
+        if labels.shape != (num,):
+            raise ValueError(f"labels has shape {labels.shape}; accepted: ({num},)")
+        if not isinstance(labels, jax.core.Tracer):
+            bad = (labels < 0) | (labels >= num_classes)
+            if bool(jnp.any(bad)):
+                raise ValueError(f"labels hold ids outside [0, {num_classes}): {labels.tolist()}")
+    options = (cfg_scale is not None, cfg_schedule, float(temperature), top_k, top_p)
+    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
+    return labels, scale, options
+
+
+def guided_draw(key, logits, b: int, step, total: int, options, scale):
+    """Tokens (b, ...) drawn from ``logits`` (rows ``b:`` unconditional when guided) after
+    :func:`cfg` at ``step`` of ``total`` and temperature / top-k / top-p filtering."""
+    guided, schedule, temperature, top_k, top_p = options
+    if guided:
+        logits = cfg(logits[:b], logits[b:], scale, schedule=schedule, step=step, total=total)
+    return sample_token(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)

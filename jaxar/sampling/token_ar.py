@@ -20,42 +20,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxar.sampling.guidance import SCHEDULES, cfg
-from jaxar.sampling.logits import sample_token
+from jaxar.sampling.guidance import class_draw_options, default_labels, guided_draw
 
 __all__ = ["sample_codes", "default_labels"]
-
-
-def default_labels(num: int, num_classes: int):
-    """``0, 1, .., C - 1, 0, 1, ..`` for ``num`` samples."""
-    return jnp.arange(num, dtype=jnp.int32) % num_classes
-
-
-def check_options(num_classes, labels, num, cfg_scale, cfg_schedule, temperature):
-    """Validated int32 labels (num,) (None -> :func:`default_labels`)."""
-    if cfg_schedule not in SCHEDULES:
-        raise ValueError(f"cfg_schedule={cfg_schedule!r} is not supported; accepted: {SCHEDULES}")
-    if cfg_scale is not None and not cfg_scale >= 0:
-        raise ValueError(f"cfg_scale={cfg_scale!r} is invalid; accepted: None or a float >= 0")
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature!r} is invalid; accepted: >= 0")
-    if labels is None:
-        return default_labels(num, num_classes)
-    labels = jnp.asarray(labels, jnp.int32).reshape(-1)
-    if labels.shape != (num,):
-        raise ValueError(f"labels has shape {labels.shape}; accepted: ({num},)")
-    if not isinstance(labels, jax.core.Tracer):
-        bad = (labels < 0) | (labels >= num_classes)
-        if bool(jnp.any(bad)):
-            raise ValueError(f"labels hold ids outside [0, {num_classes}): {labels.tolist()}")
-    return labels
-
-
-def _pick(key, logits, b, step, total, options, scale):
-    guided, schedule, temperature, top_k, top_p = options
-    if guided:
-        logits = cfg(logits[:b], logits[b:], scale, schedule=schedule, step=step, total=total)
-    return sample_token(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "use_cache"))
@@ -72,7 +39,7 @@ def _codes(graphdef, state, key, labels, scale, options, use_cache):
     if use_cache:
         kv = model.init_state(r, n)
         logits, kv = model.decode(cls[:, None], kv, positions=jnp.zeros((r, 1), jnp.int32))
-        first = _pick(
+        first = guided_draw(
             jax.random.fold_in(key, 0), logits[:, 0, : c.num_codes], b, 0, n, options, scale
         )
 
@@ -80,7 +47,7 @@ def _codes(graphdef, state, key, labels, scale, options, use_cache):
             tok, kv = carry
             both = jnp.concatenate([tok, tok])[:, None] if r > b else tok[:, None]
             logits, kv = model.decode(both, kv, positions=jnp.full((r, 1), i, jnp.int32))
-            nxt = _pick(
+            nxt = guided_draw(
                 jax.random.fold_in(key, i), logits[:, 0, : c.num_codes], b, i, n, options, scale
             )
             return (nxt, kv), nxt
@@ -94,7 +61,7 @@ def _codes(graphdef, state, key, labels, scale, options, use_cache):
         )
         logits = model(jnp.maximum(seq, 0))[:, i, : c.num_codes]
         return codes.at[:, i].set(
-            _pick(jax.random.fold_in(key, i), logits, b, i, n, options, scale)
+            guided_draw(jax.random.fold_in(key, i), logits, b, i, n, options, scale)
         )
 
     return jax.lax.fori_loop(0, n, full, jnp.zeros((b, n), jnp.int32))
@@ -115,9 +82,9 @@ def sample_codes(
 ):
     """int32 codes (num, g*g) of class ``labels`` (default: classes in turn); ``cfg_scale``
     None = no guidance (1.0 gives the same codes with twice the work)."""
-    c = model.config
-    labels = check_options(c.num_classes, labels, num, cfg_scale, cfg_schedule, temperature)
-    options = (cfg_scale is not None, cfg_schedule, float(temperature), top_k, top_p)
-    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
+    labels, scale, options = class_draw_options(
+        model.config.num_classes, num, labels=labels, cfg_scale=cfg_scale,
+        cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+    )  # fmt: skip
     graphdef, state = nnx.split(model)
     return _codes(graphdef, state, key, labels, scale, options, bool(use_cache))

@@ -22,18 +22,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar.ops import quantize as qops
-from jaxar.sampling.guidance import cfg
-from jaxar.sampling.logits import sample_token
-from jaxar.sampling.token_ar import check_options
+from jaxar.sampling.guidance import class_draw_options, guided_draw
 
 __all__ = ["sample", "sample_codes"]
-
-
-def _pick(key, logits, b, k, total, options, scale):
-    guided, schedule, temperature, top_k, top_p = options
-    if guided:
-        logits = cfg(logits[:b], logits[b:], scale, schedule=schedule, step=k, total=total)
-    return sample_token(key, logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "options", "use_cache"))
@@ -73,7 +64,7 @@ def _codes(graphdef, state, key, labels, scale, options, use_cache):
             pad = c.seq_len - 1 - seq.shape[1]
             seq = jnp.concatenate([seq, jnp.zeros((r, pad, c.latent_dim), seq.dtype)], 1)
             logits = model(rows, seq, num_scales=k + 1)[:, ends[k] - s * s : ends[k]]
-        ids = _pick(jax.random.fold_in(key, k), logits, b, k, len(scales), options, scale)
+        ids = guided_draw(jax.random.fold_in(key, k), logits, b, k, len(scales), options, scale)
         codes.append(ids)
         e = jnp.take(book, jnp.maximum(ids, 0), axis=0).reshape(b, s, s, c.latent_dim)
         up = qops.resize2d(e, *(2 * (qops.upsample_matrix(n, s),))) if s < n else e
@@ -96,10 +87,10 @@ def sample_codes(
 ):
     """``(codes (num, L) int32, f_hat (num, g, g, C))``: every scale's codes, flattened in
     order, and the final latent map."""
-    c = model.config
-    labels = check_options(c.num_classes, labels, num, cfg_scale, cfg_schedule, temperature)
-    options = (cfg_scale is not None, cfg_schedule, float(temperature), top_k, top_p)
-    scale = jnp.asarray(1.0 if cfg_scale is None else cfg_scale, jnp.float32)
+    labels, scale, options = class_draw_options(
+        model.config.num_classes, num, labels=labels, cfg_scale=cfg_scale,
+        cfg_schedule=cfg_schedule, temperature=temperature, top_k=top_k, top_p=top_p,
+    )  # fmt: skip
     graphdef, state = nnx.split(model)
     return _codes(graphdef, state, key, labels, scale, options, bool(use_cache))
 

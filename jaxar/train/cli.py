@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import pathlib
 import sys
 
@@ -202,6 +203,8 @@ SAMPLE_FLAGS = {
     "eos_id": "--eos-id",
     "prompt": "--prompt",
     "length": "--length",
+    "cfg_scale": "--cfg-scale",
+    "cfg_schedule": "--cfg-schedule",
 }
 
 
@@ -229,6 +232,11 @@ def _sample_options(args, family, cfg) -> dict:
         raise ValueError(
             f"{', '.join(SAMPLE_FLAGS[k] for k in bad)} not accepted by the "
             f"{cfg.model.family!r} family's sampler; accepted: {accepted}"
+        )
+    scale = options.get("cfg_scale")
+    if scale is not None and not (math.isfinite(scale) and scale >= 0):
+        raise ValueError(
+            f"--cfg-scale={scale} is invalid; accepted: a finite float >= 0 (1 = conditional)"
         )
     if "prompt" in options:
         import numpy as np
@@ -269,6 +277,10 @@ def sample_main(argv: list[str]) -> int:
     p.add_argument("--eta", type=float, default=None, help="mdlm 'remdm' remasking eta in [0, 1]")
     p.add_argument("--eos-id", type=int, default=None, help="stop a row at this token id (mdlm)")
     p.add_argument("--prompt", default=None, help="text the samples continue (UTF-8 bytes)")
+    p.add_argument(
+        "--cfg-scale", type=float, default=None, help="classifier-free guidance scale (>= 0)"
+    )
+    p.add_argument("--cfg-schedule", default=None, help="guidance schedule: 'constant' or 'linear'")
     p.add_argument("--out", default=None, help="output file (.txt or .png)")
     _add_speculative_flags(p)
     args = p.parse_args(argv)

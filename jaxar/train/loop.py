@@ -135,6 +135,8 @@ def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
             f"config.model.family={cfg.model.family!r} trains on {task.kind} data but "
             f"config.data.name={d.name!r} is {info.kind} data"
         )
+    train_source = task.source(cfg.model, train_source, data=d.name, split=d.train_split)
+    eval_source = task.source(cfg.model, eval_source, data=d.name, split=d.eval_split)
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     n_batch = mesh.shape["data"] * mesh.shape["fsdp"]
     if cfg.batch_size % (n_batch * jax.process_count()):

@@ -80,6 +80,11 @@ class Family:
         """The model of ``model_cfg`` for data ``info``; ``dtype`` is the compute dtype."""
         return self.model(self.make_config(model_cfg, info, dtype), rngs=rngs)
 
+    def source(self, model_cfg: ModelConfig, source, *, data: str, split: str):
+        """The rows the loss reads from a data ``source`` (here: the source itself)."""
+        del model_cfg, data, split
+        return source
+
     def sample(self, model, key, num: int, **options) -> np.ndarray:
         """``self.sampler(model, key, num, **options)`` as a host array."""
         return np.asarray(self.sampler(model, key, num, **options))
@@ -204,6 +209,12 @@ class TokenFamily(Family):
         return self.config.preset(
             model_cfg.preset, **{**self.data_fields(info, dtype), **overrides}
         )
+
+    def source(self, model_cfg: ModelConfig, source, *, data: str, split: str):
+        """The split's codes, encoded once by the frozen tokenizer and cached in its run
+        directory (``jaxar.train.tokenizer.code_source``)."""
+        workdir = dict(model_cfg.overrides).get("tokenizer_workdir", "")
+        return tokenizer_lib.code_source(workdir, source, data=data, split=split)
 
 
 def _with_tokenizer(cls):

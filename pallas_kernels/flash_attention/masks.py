@@ -11,6 +11,8 @@ and the key position ``k`` (integers; ``True`` = may attend):
 ``BlockDiffusion(n)``  the BD3 mask on ``[x_t ; x_0]`` (jaxar/MATHS.md s.6), blocks of ``n``
 ``AxialRow(width)``    same image row: ``q // width == k // width`` (optionally causal)
 ``AxialColumn(width)`` same image column: ``q % width == k % width`` (optionally causal)
+``ScaleCausal(ends)``  VAR's next-scale mask: blocks of variable sizes ending at ``ends``
+                       (exclusive), ``block(k) <= block(q)`` (``jaxar.ops.masks``)
 =====================  ======================================================
 
 The same term is evaluated three ways: in numpy to classify every (q tile, k tile) as
@@ -20,6 +22,8 @@ the partial tiles. Segment ids (dynamic) are combined with the static table at r
 never loaded nor computed.
 
 References:
+  Tian et al. 2024, "Visual Autoregressive Modeling: Scalable Image Generation via
+    Next-Scale Prediction", arXiv:2404.02905.
   Arriola et al. 2025, "Block Diffusion: Interpolating Between Autoregressive and Diffusion
     Language Models", arXiv:2503.09573.
 """
@@ -32,6 +36,8 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from jaxar.ops.masks import ScaleCausal
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
@@ -163,7 +169,7 @@ class AxialColumn:
         return same & (k <= q) if self.causal else same
 
 
-TERMS = (Causal, Local, Chunk, BlockCausal, BlockDiffusion, AxialRow, AxialColumn)
+TERMS = (Causal, Local, Chunk, BlockCausal, BlockDiffusion, AxialRow, AxialColumn, ScaleCausal)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxar.models import token_ar, var, vq
+from jaxar.ops.masks import ScaleCausal
 
 
 def _images(b=2, size=8, c=1):
@@ -52,6 +53,19 @@ def test_vq_config_errors():
         vq.VQConfig(quantizer="pq")
     with pytest.raises(ValueError, match="must start at 1"):
         var.VARConfig(scales=(2, 4))
+    with pytest.raises(ValueError, match=r"attention_impl='flash' is not supported by attention"):
+        var.VARConfig(attention_impl="flash")
+    with pytest.raises(ValueError, match=r"TokenARConfig.grid=0 is invalid; accepted: an int"):
+        token_ar.TokenARConfig(grid=0)
+    with pytest.raises(ValueError, match=r"VARConfig.label_drop_prob=1.0 not in \[0, 1\)"):
+        var.VARConfig(label_drop_prob=1.0)
+
+
+def test_var_mask_is_the_kernels_block_mask_under_pallas():
+    dense = var.VARConfig(scales=(1, 2, 3)).mask(2)
+    rule = var.VARConfig(scales=(1, 2, 3), attention_impl="pallas").mask(2)
+    assert isinstance(rule, ScaleCausal) and rule.ends == (1, 5)
+    np.testing.assert_array_equal(np.asarray(rule.dense(5)), np.asarray(dense))
 
 
 @pytest.mark.slow  # eager convs of the tokenizer inside the loss
@@ -104,3 +118,16 @@ def test_var_loss_and_token_ar_shapes():
         token_ar.loss(
             tm, {"codes": codes[:, :3], "label": jnp.asarray([0, 1, 2])}, jax.random.key(0)
         )
+
+
+@pytest.mark.slow  # the flash kernel in the Pallas interpreter inside a model
+def test_var_on_the_flash_kernel_equals_xla():
+    kw = dict(num_codes=8, latent_dim=3, scales=(1, 2, 3), d_model=16, num_heads=2)
+    model = var.VAR(var.VARConfig(**kw), rngs=nnx.Rngs(0))
+    nnx.update(model, jax.tree.map(lambda x: x + 0.1, nnx.state(model, nnx.Param)))
+    graphdef, state = nnx.split(model)
+    flash = var.VAR(var.VARConfig(**kw, attention_impl="pallas"), rngs=nnx.Rngs(0))
+    nnx.update(flash, state)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, 13, 3)), jnp.float32)
+    labels = jnp.asarray([1, 2])
+    np.testing.assert_allclose(flash(labels, x), model(labels, x), rtol=1e-5, atol=1e-5)
