@@ -241,6 +241,14 @@ class TestTpuInterpret(FlashAttentionTestBase):
     def test_dense_mask_gqa(self):
         super().test_dense_mask_gqa()
 
+    @pytest.mark.slow
+    def test_block_diffusion(self):
+        super().test_block_diffusion()
+
+    @pytest.mark.slow
+    def test_empty_tiles_are_skipped(self):
+        super().test_empty_tiles_are_skipped()
+
 
 @pytest.mark.gpu
 class TestGpu(FlashAttentionTestBase):

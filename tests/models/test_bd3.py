@@ -179,6 +179,7 @@ def test_block_size_one_is_autoregressive():
     assert_allclose(ar, ar_nll.sum(-1), dtype=jnp.float32, kind="grad")
 
 
+@pytest.mark.slow  # the fast test_real_lm_bd3_loss_and_mdlm_limit checks the same limit
 def test_block_size_full_is_mdlm():
     """L'=L: the noisy half sees only itself, so the loss is MDLM's on the same network."""
     model = _model(8)

@@ -143,7 +143,7 @@ def test_argument_errors():
         (dict(chunk_size=0), r"^chunk_size=0 is not accepted; expected an int >= 1"),
         (dict(chunk_size=-3), r"^chunk_size=-3 is not accepted"),
         (dict(chunk_size=2.5), r"^chunk_size=2.5 is not accepted"),
-        (dict(impl="pallas"), r"^impl='pallas' is not supported by delta_rule; accepted: \('auto'"),
+        (dict(impl="fast"), r"^impl='fast' is not supported by delta_rule; accepted: \('auto'"),
         (dict(gate=-log_gate), r"^gate holds log-gates log g_t, which must be <= 0"),
         (dict(gate=log_gate[:, :3]), r"^gate must be \(B, L, H\) = \(2, 11, 2\)"),
         (dict(initial_state=s0[:1]), r"^initial_state must be \(B, H, K, V\) = \(2, 2, 4, 3\)"),
