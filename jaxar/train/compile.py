@@ -126,6 +126,12 @@ def _batch(cfg: TrainConfig, info, mesh) -> dict:
         shapes = {"tokens": ((b, cfg.data.seq_len), jnp.int32)}
         shapes["segment_ids"] = shapes["tokens"]
     else:
+        if not all(isinstance(n, int) for n in info.image_shape):
+            raise ValueError(
+                f"config.data.name={cfg.data.name!r} has images of shape {info.image_shape}; "
+                "accepted: a dataset whose images all have one fixed shape (e.g. "
+                "tfds:imagenet_resized/64x64), since the compiled step's batch is static"
+            )
         shapes = {"image": ((b, *info.image_shape), jnp.uint8), "label": ((b,), jnp.int32)}
     return {
         k: jax.ShapeDtypeStruct(s, d, sharding=sharding.batch_sharding(mesh, len(s)))

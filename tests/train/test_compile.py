@@ -61,3 +61,16 @@ def test_tiny_train_step_compiles_for_other_generations(capsys, topology):
     rc, out, err = _run(capsys, "--topology", topology, "--config.mesh.fsdp=2")
     assert rc == 0, err
     assert f"on {topology}, mesh" in out and "MFU            <= " in out
+
+
+def test_images_of_variable_shape_are_refused():
+    """tfds:imagenet2012's images have no fixed shape: a one-line error, not a trace error."""
+    from jaxar.data import sources
+    from jaxar.train import config as config_lib
+
+    cfg = config_lib.from_config_dict(
+        {"model": {"family": "vq", "preset": "tiny"}, "data": {"name": "tfds:imagenet2012"}}
+    )
+    info = sources.DataInfo("image", image_shape=(None, None, 3), num_classes=1000)
+    with pytest.raises(ValueError, match=r"^config.data.name='tfds:imagenet2012' has images of"):
+        compile_lib._batch(cfg, info, None)
