@@ -49,6 +49,17 @@ def _flash_attention():
     return loss, (q, q, q), 3  # forward; dq; dk, dv
 
 
+def _flash_scale_causal():
+    """VAR's scale-causal rule as a block-mask term (scales 1, 2, 4, 8, 10: 185 positions)."""
+    q = jax.ShapeDtypeStruct((1, 185, 2, 64), jnp.bfloat16)
+    rule = ops.masks.ScaleCausal.from_scales((1, 2, 4, 8, 10))
+
+    def loss(q, k, v):
+        return ops.dot_product_attention(q, k, v, mask=rule, impl="pallas").sum()
+
+    return loss, (q, q, q), 3  # forward; dq; dk, dv
+
+
 def _linear_attention():
     x = jax.ShapeDtypeStruct((1, 40, 2, 16), jnp.bfloat16)
     la = jax.ShapeDtypeStruct((1, 40, 2), jnp.float32)  # scalar gates: broadcast over K
@@ -80,6 +91,7 @@ def _delta_rule():
 KERNELS = {
     "delta_rule": _delta_rule,
     "flash_attention": _flash_attention,
+    "flash_scale_causal": _flash_scale_causal,
     "gateloop": _gateloop,
     "linear_attention": _linear_attention,
     "linear_scan": _linear_scan,
