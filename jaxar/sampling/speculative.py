@@ -149,6 +149,23 @@ def _vocab(graphdef, params) -> int:
     return _logits_probe.eval_shape(graphdef, params).shape[-1]
 
 
+def _split_pair(target, draft):
+    """``(t_graph, t_params, d_graph, d_params, vocab)`` of a target and an optional draft
+    (None, None for no draft), refusing a draft over another vocabulary."""
+    t_graph, t_params = nnx.split(target)
+    v_t = _vocab(t_graph, t_params)
+    if draft is None:
+        return t_graph, t_params, None, None, v_t
+    d_graph, d_params = nnx.split(draft)
+    v_d = _vocab(d_graph, d_params)
+    if v_t != v_d:
+        raise ValueError(
+            f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
+            "draft over the same vocabulary"
+        )
+    return t_graph, t_params, d_graph, d_params, v_t
+
+
 def _prefill(model, prompt, max_len: int):
     """State covering ``prompt[:, :-1]`` (per-row cache indices)."""
     b, p = prompt.shape
@@ -272,18 +289,7 @@ def generate(
         raise ValueError(f"temperature={temperature!r} must be >= 0")
     if temperature > 0:
         process(jnp.zeros((1,)), temperature=temperature, top_k=top_k, top_p=top_p)  # checks
-    t_graph, t_params = nnx.split(target)
-    v_t = _vocab(t_graph, t_params)
-    if draft is None:
-        d_graph, d_params = None, None
-    else:
-        d_graph, d_params = nnx.split(draft)
-        v_d = _vocab(d_graph, d_params)
-        if v_t != v_d:
-            raise ValueError(
-                f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
-                "draft over the same vocabulary"
-            )
+    t_graph, t_params, d_graph, d_params, v_t = _split_pair(target, draft)
     if not isinstance(prompt, jax.core.Tracer):
         _check_prompt_ids(np.asarray(prompt), v_t)
     tokens, stats = _speculative(

@@ -54,6 +54,7 @@ from jaxar.sampling.speculative import (
     _prefill,
     _prefill_self,
     _rollback,
+    _split_pair,
     _strip,
     _verify_mode,
     _vocab,
@@ -139,18 +140,8 @@ def generate(
             "target has a recurrent or sliding-window layer; tree verification accepts an LM "
             "whose layers are all global attention (use speculative.generate otherwise)"
         )
-    graphdef, params = nnx.split(target)
-    v_t = _vocab(graphdef, params)
-    d_graph, d_params, d_mode = None, None, None
-    if draft is not None:
-        d_graph, d_params = nnx.split(draft)
-        v_d = _vocab(d_graph, d_params)
-        if v_d != v_t:
-            raise ValueError(
-                f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
-                "draft over the same vocabulary"
-            )
-        d_mode = _verify_mode(draft, prompt.shape[0])
+    graphdef, params, d_graph, d_params, v_t = _split_pair(target, draft)
+    d_mode = None if draft is None else _verify_mode(draft, prompt.shape[0])
     if max(tree) > v_t:
         raise ValueError(
             f"tree={tuple(tree)} asks for {max(tree)} candidates per depth from a vocabulary "
