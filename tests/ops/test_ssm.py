@@ -108,14 +108,15 @@ def test_dss_chunked_equals_recurrence_with_resets(chunk):
     def chunked(u, lam, log_step, w):
         return dss_chunked(u, lam, log_step, w, reset=reset, chunk_size=chunk)
 
-    assert_allclose(chunked(u, lam, log_step, w), reference_x64(rec, u, lam, log_step, w))
+    want = reference_x64(jax.jit(rec), u, lam, log_step, w)
+    assert_allclose(jax.jit(chunked)(u, lam, log_step, w), want)
     probe = jax.random.normal(jax.random.key(5), (2, L, C))
 
     def loss(fn):
         return lambda *a: jnp.sum(probe * fn(*a))
 
     # complex parameters: the gradient of a real loss is conj-symmetric; compare both parts
-    want = reference_x64(jax.grad(loss(rec), argnums=(0, 1, 2, 3)), u, lam, log_step, w)
+    want = reference_x64(jax.jit(jax.grad(loss(rec), argnums=(0, 1, 2, 3))), u, lam, log_step, w)
     got = jax.jit(jax.grad(loss(chunked), argnums=(0, 1, 2, 3)))(u, lam, log_step, w)
     assert_allclose(got, want, kind="grad")
 
