@@ -1,7 +1,8 @@
 """A trained image tokenizer read back from its run directory, for the token families.
 
 ``load_tokenizer(workdir)`` reads ``workdir/config.json`` (a ``vq`` family run), rebuilds
-its :class:`jaxar.models.vq.VQConfig` exactly as the trainer did, and restores the
+its :class:`jaxar.models.vq.VQConfig` exactly as the trainer did (from the data's shape,
+``jaxar.data.sources.describe``), and restores the
 newest good checkpoint's weights (the EMA weights when the run kept them). The weights
 are read once per process (cached by path) as host arrays, so building a token model
 under ``jit`` / ``eval_shape`` reads no file twice.
@@ -34,13 +35,13 @@ import numpy as np
 from flax import nnx
 
 from jaxar.models.vq import VQ, VQConfig
-from jaxar.train import optim
+from jaxar.train import experiments, optim
 from jaxar.train import step as step_lib
 from jaxar.train.checkpoint import Checkpointer
 from jaxar.train.config import from_config_dict
 
 __all__ = [
-    "vq_fields", "tokenizer_config", "load_tokenizer", "tokenizer_step", "flat_codes",
+    "vq_fields", "tokenizer_config", "has_run", "planned_config", "load_tokenizer", "tokenizer_step", "flat_codes",
     "encode_source", "read_codes", "write_codes", "cached_codes", "config_hash", "code_source",
 ]  # fmt: skip
 
@@ -74,17 +75,53 @@ def _run_config(workdir: str):
     return cfg
 
 
-def tokenizer_config(workdir: str) -> VQConfig:
-    """The VQConfig of the tokenizer trained in ``workdir`` (no weights are read)."""
+def _vq_config(cfg) -> VQConfig:
+    """The VQConfig a ``vq`` run config builds, from its data's shape (nothing is read)."""
     from jaxar.data import sources  # the data layer is imported lazily, as by the trainer
 
-    cfg = _run_config(workdir)
     d = cfg.data
-    _, info = sources.load(
-        d.name, d.train_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
-    )
+    info = sources.describe(d.name, data_dir=d.data_dir, image=d.image_prep(train=False))
     fields = {**vq_fields(info, jnp.float32), **dict(cfg.model.overrides)}
     return VQConfig.preset(cfg.model.preset, **fields)
+
+
+def tokenizer_config(workdir: str) -> VQConfig:
+    """The VQConfig of the tokenizer trained in ``workdir`` (no weights are read)."""
+    return _vq_config(_run_config(workdir))
+
+
+def has_run(workdir: str) -> bool:
+    """Whether ``workdir`` holds a tokenizer run (its ``config.json``)."""
+    return bool(workdir) and (pathlib.Path(workdir) / "config.json").is_file()
+
+
+def planned_config(workdir: str) -> tuple[VQConfig, str]:
+    """``(VQConfig, experiment)``: the config the tokenizer run ``workdir`` will have, from
+    the experiment its name denotes (the trainer's default run directory is
+    ``jaxar_runs/<experiment>_<variant>``, e.g. ``vq_tokenizer_full`` ->
+    ``vq_tokenizer:full``). For shapes only (``jaxar compile``): training a token model
+    still needs the trained tokenizer.
+
+    Raises:
+      ValueError: (one line) the name denotes no vq experiment and variant.
+    """
+    base = pathlib.Path(workdir).name
+    for name in sorted(experiments.names(), key=len, reverse=True):
+        if base != name and not base.startswith(name + "_"):
+            continue
+        variant = base[len(name) + 1 :]
+        if variant and variant not in experiments.variants(name):
+            continue
+        spec = f"{name}:{variant}" if variant else name
+        cfg = from_config_dict(experiments.load_config(spec).to_dict())
+        if cfg.model.family != "vq":
+            break
+        return _vq_config(cfg), spec
+    raise ValueError(
+        f"config.model.tokenizer_workdir={workdir!r} does not exist and its name denotes no "
+        "vq experiment; accepted: a trained tokenizer's run directory, or "
+        "jaxar_runs/<experiment>_<variant> of a vq experiment (e.g. vq_tokenizer_full)"
+    )
 
 
 @functools.cache
