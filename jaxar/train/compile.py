@@ -124,15 +124,18 @@ def _token_model(cfg: TrainConfig, task, info, dtype, say):
     """``(make_model, codes per row)`` of a token family, from the tokenizer's config: its
     run's ``config.json``, or (no run yet) the experiment its workdir name denotes."""
     workdir = dict(cfg.model.overrides).get("tokenizer_workdir", "")
+    spec = None
     if tokenizer_lib.has_run(workdir):
         tok = tokenizer_lib.tokenizer_config(workdir)
     else:
         tok, spec = tokenizer_lib.planned_config(workdir)
-        say(
-            f"no tokenizer run in {workdir!r}: abstract code batches from {spec}'s config "
-            f"({tok.quantizer}, {tok.num_codes} codes) (a real run needs the trained tokenizer)"
-        )
     config = task.make_config(cfg.model, info, dtype, tokenizer=tok)
+    if spec is not None:
+        say(
+            f"no tokenizer run in {workdir!r}: code batches of {config.seq_len} codes per row "
+            f"over {tok.num_codes} codes from {spec}'s config; a real run needs the trained "
+            "tokenizer"
+        )
     model_cls = _TOKEN_MODELS[type(config)]
     return lambda: model_cls(config, rngs=nnx.Rngs(cfg.seed)), config.seq_len
 
