@@ -13,9 +13,10 @@ the frozen tokenizer ONCE (batched, jitted) and caches the codes and labels in
 renamed, so a crash never leaves a partial cache). The cache is keyed by the
 checkpoint step, the data name and split, a hash of the tokenizer's run config and the
 row count; a cache whose key or code count does not match is rebuilt (with a warning
-line). The token families then train and evaluate on the cached codes: the embedded
-image sets have no random augmentation, so nothing is lost; a pipeline with random crops
-or flips would see one fixed encoding per image instead.
+line). The token families then train and evaluate on the cached codes: each image is
+encoded in its deterministic form (``source[i]``: the centre crop of a ``data.image_size``
+pipeline, as LlamaGen's and VAR's code extraction), so random crops or flips configured
+for the split do not reach the codes.
 """
 
 from __future__ import annotations
