@@ -11,8 +11,8 @@ under ``jit`` / ``eval_shape`` reads no file twice.
 the frozen tokenizer ONCE (batched, jitted) and caches the codes and labels in
 ``workdir/codes/<data>_<split>_step<N>_<hash>.npz`` (written to a temporary file and
 renamed, so a crash never leaves a partial cache). The cache is keyed by the
-checkpoint step, the data name and split, a hash of the tokenizer's run config and the
-row count; a cache whose key or code count does not match is rebuilt (with a warning
+checkpoint step, the data name and split (and its resize-and-crop step), a hash of the
+tokenizer's run config and the row count; a cache whose key or code count does not match is rebuilt (with a warning
 line). The token families then train and evaluate on the cached codes: each image is
 encoded in its deterministic form (``source[i]``: the centre crop of a ``data.image_size``
 pipeline, as LlamaGen's and VAR's code extraction), so random crops or flips configured
@@ -261,11 +261,14 @@ def cached_codes(
     tokenizer: VQ, source, *, directory, key: dict, batch_size: int = 256, say=None
 ) -> tuple[dict[str, np.ndarray], bool]:
     """``(arrays, built)``: the codes of ``source`` read from the cache in ``directory``
-    named by ``key`` (data, split, step, config hash), or encoded and written there when
+    named by ``key`` (data, split, step, config hash; the source's resize-and-crop step),
+    or encoded and written there when
     absent or mismatched (``built`` True)."""
     cfg = tokenizer.config
+    prep = getattr(source, "prep", None)  # a resize-and-crop step: other crops, other codes
     key = {
         **key,
+        **({"prep": repr(prep.deterministic())} if prep is not None else {}),
         "rows": len(source),
         "codes_per_row": int(sum(s * s for s in cfg.scales))
         if cfg.quantizer == "msrq"
