@@ -14,7 +14,8 @@ Variants (``llamagen:<variant>``):
   * ``cifar10``: D=256, 8 layers, 8 heads on ``tfds:cifar10`` (prepared offline) through
     ``vq_tokenizer:cifar10_vq`` (8x8 codes), batch 256, bfloat16. NOT run here.
   * ``full``: LlamaGen-B (``llamagen_b``: D=768, 12 layers, 12 heads, ~111M parameters)
-    on ImageNet 256 through the ``vq_tokenizer:full`` tokenizer (16x16 codes of 16384),
+    on ImageNet 256 (short side resized to 256, centre crop 256, encoded once) through
+    the ``vq_tokenizer:full`` tokenizer (16x16 codes of 16384),
     batch 256, AdamW 1e-4, bfloat16, 300 epochs in the paper: FID 5.46 with guidance 2.0
     (paper, arXiv:2406.06525). NOT run here.
 
@@ -36,6 +37,9 @@ VARIANTS = TOKEN_VARIANTS
 
 
 def get_config(variant: str = "tiny"):
-    return token_family_config(
+    config = token_family_config(
         "token_ar", variant, quantizer="vq", full=dict(preset="llamagen_b"), learning_rate=1e-4
     )
+    if variant == "full":  # LlamaGen's code extraction: short side to 256, centre crop 256
+        config.data.image_size = 256
+    return config

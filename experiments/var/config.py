@@ -13,7 +13,8 @@ Variants (``var:<variant>``):
   * ``cifar10``: D=256, 8 layers, 8 heads on ``tfds:cifar10`` (prepared offline) through
     ``vq_tokenizer:cifar10_msrq`` (8x8 codes), batch 256, bfloat16. NOT run here.
   * ``full``: VAR-d16 (``var_d16``: depth 16, D=1024, 16 heads; 4096 codes of dim 32,
-    scales 1, 2, 3, 4, 5, 6, 8, 10, 13, 16) on ImageNet 256 through
+    scales 1, 2, 3, 4, 5, 6, 8, 10, 13, 16) on ImageNet 256 (short side resized to 1.125 x
+    256 with Lanczos, centre crop 256, encoded once) through
     ``vq_tokenizer:full_msrq``, batch 768, AdamW 8e-5 x batch/256 in the paper, 200
     epochs: FID 3.55 (paper, arXiv:2404.02905). NOT run here.
 
@@ -35,7 +36,7 @@ VARIANTS = TOKEN_VARIANTS
 
 
 def get_config(variant: str = "tiny"):
-    return token_family_config(
+    config = token_family_config(
         "var",
         variant,
         quantizer="msrq",
@@ -43,3 +44,6 @@ def get_config(variant: str = "tiny"):
         batch_size=768,
         learning_rate=2.4e-4,
     )
+    if variant == "full":  # VAR's evaluation transform: short side to 288 (Lanczos), centre 256
+        config.data.update(dict(image_size=256, image_ratio=1.125, resample="lanczos"))
+    return config

@@ -15,10 +15,12 @@ Variants (``vq_tokenizer:<variant>``):
     downsampling to an 8x8 grid, width 64, batch 32, 400 steps.
   * ``full``: the VQGAN / LlamaGen f=16 tokenizer setting (``vqgan_f16`` preset: 256x256
     -> 16x16 codes, 16384 cosine codes of dim 8) on ImageNet at 256x256
-    (``tfds:imagenet2012`` prepared at a fixed 256x256 centre crop, which jaxar's tfds
-    reader requires), batch 256, bfloat16; ``full_msrq``: VAR's tokenizer (``var_f16``:
-    4096 codes of dim 32, scales 1..16); ``cifar10_<q>``: the tiny quantizers on
-    ``tfds:cifar10`` (32x32, 8x8 codes). The paper settings also train with perceptual and
+    (``tfds:imagenet2012`` prepared as array_record; the pipeline resizes the short side to
+    1.1 x 256 and takes random 256x256 crops and flips, LlamaGen's augmentation; evaluation
+    takes the centre crop), batch 256, bfloat16; ``full_msrq``: VAR's tokenizer
+    (``var_f16``: 4096 codes of dim 32, scales 1..16; VAR's resize to 1.125 x 256 with
+    Lanczos, random crops); ``cifar10_<q>``: the tiny quantizers on ``tfds:cifar10`` (32x32
+    with random flips, 8x8 codes). The paper settings also train with perceptual and
     GAN losses, which jaxar does not have: NOT run here (no accelerator, no data).
 
 Commands:
@@ -51,6 +53,11 @@ _AT_64 = {
     "lfq": dict(quantizer="lfq", latent_dim=6),
     "msrq": dict(quantizer="msrq", latent_dim=4, codebook_size=64),
 }
+# ImageNet 256 (jaxar.data.images): LlamaGen's tokenizer trains on random 256 crops of the
+# image resized to 1.1 x 256 on the short side, flipped at random (its random_crop_arr upper
+# end); VAR resizes to 1.125 x 256 (Lanczos), crops 256. Evaluation takes the centre crop.
+_LLAMAGEN_256_TRAIN = dict(image_size=256, image_ratio=1.1, random_crop=True, random_flip=True)
+_VAR_256 = dict(image_size=256, image_ratio=1.125, random_crop=True, resample="lanczos")
 _TINY_RUN = dict(
     steps=400, batch_size=32, learning_rate=2e-3, warmup_steps=20, log_every=50,
     eval_every=400, eval_batches=7, checkpoint_every=400, keep_checkpoints=1, num_samples=8,
@@ -66,7 +73,8 @@ def get_config(variant: str = "tiny"):
         preset = "var_f16" if variant == "full_msrq" else "vqgan_f16"
         return config_dict(
             model=dict(family="vq", preset=preset, data="imagenet2012"),
-            data=dict(name="tfds:imagenet2012", train_split="train", eval_split="validation"),
+            data=dict(name="tfds:imagenet2012", train_split="train", eval_split="validation")
+            | (_VAR_256 if variant == "full_msrq" else _LLAMAGEN_256_TRAIN),
             recipe="image_accelerator",
             steps=400_000,
             learning_rate=1e-4,
@@ -80,5 +88,8 @@ def get_config(variant: str = "tiny"):
         return config_dict(model=model, data=dict(name="photos"), **_TINY_RUN)
     model = dict(family="vq", preset="photos", data="cifar10", **_AT_64[q])
     return config_dict(
-        model=model, data=dict(name="tfds:cifar10"), recipe="image_accelerator", steps=100_000
+        model=model,
+        data=dict(name="tfds:cifar10", image_size=32, random_flip=True),
+        recipe="image_accelerator",
+        steps=100_000,
     )

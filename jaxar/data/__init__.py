@@ -1,9 +1,11 @@
-"""jaxar.data: embedded corpora, tfds by name, grain pipelines (packing, host sharding).
+"""jaxar.data: embedded corpora, tfds by name, grain pipelines (packing, host sharding,
+image resize / crop / flip).
 
 Imported lazily by the trainer; importing ``jaxar`` does not import grain or tfds.
 """
 
 from jaxar.data.corpora import digits, photos, stdlib_documents
+from jaxar.data.images import ImagePrep, PreparedImages
 from jaxar.data.pipeline import (
     ArraySource,
     DataIterator,
@@ -12,16 +14,19 @@ from jaxar.data.pipeline import (
     PaddedRows,
     batched,
 )
-from jaxar.data.sources import DataInfo, load
+from jaxar.data.sources import DataInfo, describe, load
 
 __all__ = [
     "ArraySource",
     "DataInfo",
     "DataIterator",
     "HostShard",
+    "ImagePrep",
     "PackedRows",
     "PaddedRows",
+    "PreparedImages",
     "batched",
+    "describe",
     "digits",
     "load",
     "photos",

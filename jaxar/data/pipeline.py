@@ -154,7 +154,9 @@ def batched(
       source: a random-access source (``len`` and ``__getitem__``).
       global_batch: rows per step summed over hosts; divisible by ``host.count``.
       seed: shuffling seed (each epoch gets a different permutation).
-      shuffle: shuffle rows (False for evaluation: rows in order).
+      shuffle: shuffle rows (False for evaluation: rows in order). A shuffled source with
+        random augmentation (``PreparedImages`` with a random crop or flip) is read
+        through its ``augmented(i, rng)``.
       num_epochs: None = repeat forever.
       host: which slice of each global batch this host reads.
     """
@@ -173,6 +175,19 @@ def batched(
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs).batch(global_batch, drop_remainder=True)
+    if shuffle and getattr(source, "is_random", False):  # random crops / flips (training)
+
+        def rows(j, idx):
+            # one generator per (seed, global batch j, row of the global batch): every
+            # host draws its rows' crops as one host would, and a resumed iterator replays them
+            return _collate(
+                [
+                    source.augmented(int(i), np.random.default_rng((seed, j, lo + r)))
+                    for r, i in enumerate(idx[lo : lo + local])
+                ]
+            )
+
+        return ds.map_with_index(rows)
     return ds.map(lambda idx: _collate([source[int(i)] for i in idx[lo : lo + local]]))
 
 

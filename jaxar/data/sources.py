@@ -5,6 +5,10 @@ scikit-learn's two sample photos, 2 classes), ``"tfds:<name>"`` for any tfds
 dataset prepared under ``data_dir`` in array_record format (``tfds:mnist``,
 ``tfds:cifar10``, ``tfds:imagenet_resized/32x32``, ``tfds:lm1b``). tfds is never asked
 to download: a dataset that is not prepared is an error telling how to prepare it.
+
+An ``image=ImagePrep(size, ...)`` step (``jaxar.data.images``) resizes and crops image
+records to ``size`` x ``size`` (e.g. ImageNet 256, whose stored images vary in shape);
+``describe`` gives a dataset's :class:`DataInfo` without reading any record.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import dataclasses
 
 import numpy as np
 
-from jaxar.data import corpora, pipeline
+from jaxar.data import corpora, images, pipeline
 
 EMBEDDED = ("stdlib", "digits", "photos")
 TEXT_KEYS = ("text", "content", "sentence")
@@ -36,9 +40,25 @@ def _check_name(name: str) -> None:
         )
 
 
-def load(name: str, split: str, *, seq_len: int, packing: str = "concat", data_dir=None):
+def _prepared(source, info: DataInfo, image: images.ImagePrep | None, name: str):
+    if image is None or info.kind != "image":
+        return source, info
+    shaped = dataclasses.replace(info, image_shape=image.shape(info.image_shape[-1]))
+    return images.PreparedImages(source, image, name=name), shaped
+
+
+def load(
+    name: str,
+    split: str,
+    *,
+    seq_len: int,
+    packing: str = "concat",
+    data_dir=None,
+    image: images.ImagePrep | None = None,
+):
     """``(source, DataInfo)`` for a dataset name and split (``"train"``/``"test"`` for the
-    embedded sets, any tfds split string for tfds)."""
+    embedded sets, any tfds split string for tfds); ``image`` resizes and crops image
+    records (ignored for text)."""
     _check_name(name)
     if packing not in ("concat", "pad"):
         raise ValueError(f"data.packing={packing!r} is not supported; accepted: ('concat', 'pad')")
@@ -47,15 +67,51 @@ def load(name: str, split: str, *, seq_len: int, packing: str = "concat", data_d
         if packing == "pad":
             return pipeline.PaddedRows(docs, seq_len, name=f"stdlib/{split}"), DataInfo("text")
         return pipeline.PackedRows(docs, seq_len, name=f"stdlib/{split}"), DataInfo("text")
-    if name == "digits":
-        arrays = corpora.digits(split)
-        info = DataInfo("image", image_shape=arrays["image"].shape[1:], num_classes=10)
-        return pipeline.ArraySource(arrays, name=f"digits/{split}"), info
-    if name == "photos":
-        arrays = corpora.photos(split)
-        info = DataInfo("image", image_shape=arrays["image"].shape[1:], num_classes=2)
-        return pipeline.ArraySource(arrays, name=f"photos/{split}"), info
-    return _tfds(name[len("tfds:") :], split, seq_len=seq_len, packing=packing, data_dir=data_dir)
+    if name in ("digits", "photos"):
+        arrays = getattr(corpora, name)(split)
+        info = DataInfo(
+            "image", image_shape=arrays["image"].shape[1:], num_classes=_EMBEDDED_CLASSES[name]
+        )
+        src = pipeline.ArraySource(arrays, name=f"{name}/{split}")
+        return _prepared(src, info, image, f"{name}/{split}")
+    src, info = _tfds(
+        name[len("tfds:") :], split, seq_len=seq_len, packing=packing, data_dir=data_dir
+    )
+    return _prepared(src, info, image, f"{name}/{split}")
+
+
+_EMBEDDED_CLASSES = {"digits": 10, "photos": 2}
+
+
+def describe(name: str, *, data_dir=None, image: images.ImagePrep | None = None) -> DataInfo:
+    """A dataset's :class:`DataInfo` without reading its records: text is byte-level, the
+    embedded image sets are known, tfds image sets are described by their builder's
+    metadata (offline; the dataset need not be prepared). ``image`` fixes the shape."""
+    _check_name(name)
+    if name == "stdlib":
+        return DataInfo("text")
+    if name in ("digits", "photos"):
+        side = 8 if name == "digits" else corpora.PHOTO_SIZE
+        info = DataInfo(
+            "image",
+            image_shape=(side, side, 1 if name == "digits" else 3),
+            num_classes=_EMBEDDED_CLASSES[name],
+        )
+    else:
+        import tensorflow_datasets as tfds
+
+        tname = name[len("tfds:") :]
+        try:
+            features = tfds.builder(tname, data_dir=data_dir).info.features
+        except Exception as e:  # noqa: BLE001 - unknown name, missing module, ...
+            raise ValueError(f"config.data.name={name!r}: no tfds builder ({e})") from e
+        if "image" not in features:
+            return DataInfo("text")
+        classes = features["label"].num_classes if "label" in features else None
+        info = DataInfo("image", image_shape=tuple(features["image"].shape), num_classes=classes)
+    if image is not None:
+        info = dataclasses.replace(info, image_shape=image.shape(info.image_shape[-1]))
+    return info
 
 
 def _tfds(name: str, split: str, *, seq_len: int, packing: str, data_dir):

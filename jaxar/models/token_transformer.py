@@ -33,12 +33,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxar import dispatch
+from jaxar import dispatch, sharding
 from jaxar.dispatch import AttentionImpl
 from jaxar.nn.layers import MLP, RMSNorm, partitioned
 from jaxar.ops.attention import apply_rope_nd, dot_product_attention
 
 __all__ = ["TokenTransformerConfig", "TokenTransformer", "TokenModelConfig"]
+
+BLD = ("batch", "length", "embed")  # activations between blocks (jaxar.sharding.RULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -219,9 +221,9 @@ class TokenTransformer(nnx.Module):
         """Full pass: ``mask`` bool (L, L) (True = may attend) or a static rule
         (:class:`jaxar.ops.masks.ScaleCausal`), ``positions`` (B, L, N)."""
         h = x_BxLxD.astype(self.config.dtype)
-        for block in self.blocks:
-            h = block(h, cond, positions, mask)
-        return self._final(h, cond)
+        for block in self.blocks:  # activations sharded by batch at every block boundary
+            h = block(sharding.constrain(h, BLD), cond, positions, mask)
+        return self._final(sharding.constrain(h, BLD), cond)
 
     def init_state(self, batch_size: int, max_len: int, dtype=None):
         cfg = self.config

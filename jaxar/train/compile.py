@@ -29,8 +29,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar import dispatch, sharding
+from jaxar.models import token_ar, var
 from jaxar.train import optim, tasks
 from jaxar.train import step as step_lib
+from jaxar.train import tokenizer as tokenizer_lib
 from jaxar.train.config import TrainConfig
 
 __all__ = [
@@ -103,34 +105,54 @@ def topology_devices(topology: str) -> list:
 
 def data_info(cfg: TrainConfig):
     """The data fields a model needs (vocabulary, image shape, classes), without reading
-    the data: text is byte-level; image datasets are described by their tfds metadata."""
+    the data (``jaxar.data.sources.describe``; tfds image sets by their metadata, at
+    ``data.image_size`` when set)."""
     from jaxar.data import sources
 
-    task = tasks.get(cfg.model.family)
-    if task.kind == "text":
+    if tasks.get(cfg.model.family).kind == "text":
         return sources.DataInfo("text")
-    if cfg.data.name in sources.EMBEDDED:
-        return sources.load(cfg.data.name, cfg.data.train_split, seq_len=cfg.data.seq_len)[1]
-    import tensorflow_datasets as tfds
-
-    features = tfds.builder(cfg.data.name[len("tfds:") :], data_dir=cfg.data.data_dir).info.features
-    classes = features["label"].num_classes if "label" in features else None
-    return sources.DataInfo(
-        "image", image_shape=tuple(features["image"].shape), num_classes=classes
-    )
+    d = cfg.data
+    return sources.describe(d.name, data_dir=d.data_dir, image=d.image_prep(train=True))
 
 
-def _batch(cfg: TrainConfig, info, mesh) -> dict:
+# the token families' models, built without their frozen tokenizer: the train step reads
+# batch["codes"] (the trainer's cached codes), so the tokenizer is dead code in it
+_TOKEN_MODELS = {token_ar.TokenARConfig: token_ar.TokenAR, var.VARConfig: var.VAR}
+
+
+def _token_model(cfg: TrainConfig, task, info, dtype, say):
+    """``(make_model, codes per row)`` of a token family, from the tokenizer's config: its
+    run's ``config.json``, or (no run yet) the experiment its workdir name denotes."""
+    workdir = dict(cfg.model.overrides).get("tokenizer_workdir", "")
+    spec = None
+    if tokenizer_lib.has_run(workdir):
+        tok = tokenizer_lib.tokenizer_config(workdir)
+    else:
+        tok, spec = tokenizer_lib.planned_config(workdir)
+    config = task.make_config(cfg.model, info, dtype, tokenizer=tok)
+    if spec is not None:
+        say(
+            f"no tokenizer run in {workdir!r}: code batches of {config.seq_len} codes per row "
+            f"over {tok.num_codes} codes from {spec}'s config; a real run needs the trained "
+            "tokenizer"
+        )
+    model_cls = _TOKEN_MODELS[type(config)]
+    return lambda: model_cls(config, rngs=nnx.Rngs(cfg.seed)), config.seq_len
+
+
+def _batch(cfg: TrainConfig, info, mesh, *, codes_per_row: int | None = None) -> dict:
     b = cfg.batch_size
     if info.kind == "text":
         shapes = {"tokens": ((b, cfg.data.seq_len), jnp.int32)}
         shapes["segment_ids"] = shapes["tokens"]
+    elif codes_per_row is not None:  # a token family trains on its tokenizer's codes
+        shapes = {"codes": ((b, codes_per_row), jnp.int32), "label": ((b,), jnp.int32)}
     else:
         if not all(isinstance(n, int) for n in info.image_shape):
             raise ValueError(
                 f"config.data.name={cfg.data.name!r} has images of shape {info.image_shape}; "
-                "accepted: a dataset whose images all have one fixed shape (e.g. "
-                "tfds:imagenet_resized/64x64), since the compiled step's batch is static"
+                "accepted: a fixed shape: set config.data.image_size (resize and crop), or a "
+                "dataset whose images all have one shape (e.g. tfds:imagenet_resized/64x64)"
             )
         shapes = {"image": ((b, *info.image_shape), jnp.uint8), "label": ((b,), jnp.int32)}
     return {
@@ -139,9 +161,15 @@ def _batch(cfg: TrainConfig, info, mesh) -> dict:
     }
 
 
-def abstract_train_step(cfg: TrainConfig, mesh, info=None):
+def _say(line: str) -> None:
+    print(f"jaxar compile: {line}")
+
+
+def abstract_train_step(cfg: TrainConfig, mesh, info=None, *, say=_say):
     """``(jitted train step, abstract state, abstract batch)`` for ``cfg`` on ``mesh``,
-    with the trainer's shardings; nothing is allocated.
+    with the trainer's shardings; nothing is allocated. The token families (``token_ar``,
+    ``var``) take code batches shaped by their tokenizer's config, read from its run or,
+    before it is trained, from its experiment (a line to ``say`` tells which).
 
     Raises:
       ValueError: when the batch does not divide over the mesh's batch axes.
@@ -156,13 +184,20 @@ def abstract_train_step(cfg: TrainConfig, mesh, info=None):
     task = tasks.get(cfg.model.family)
     dtype = jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32
 
+    codes_per_row = None
+    if isinstance(task, tasks.TokenFamily):
+        build, codes_per_row = _token_model(cfg, task, info, dtype, say)
+    else:
+        build = lambda: task.build(cfg.model, info, dtype, nnx.Rngs(cfg.seed))  # noqa: E731
+
     def make_model():
         with nnx.use_eager_sharding(False):
-            return task.build(cfg.model, info, dtype, nnx.Rngs(cfg.seed))
+            return build()
 
     graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
     if jax.tree.leaves(abs_rest):  # closed over by the step: must be concrete, and small
-        _, _, rest = nnx.split(make_model(), nnx.Param, ...)
+        # jitted, returning only the rest: XLA drops the parameters' initialisers
+        rest = jax.jit(lambda: nnx.split(make_model(), nnx.Param, ...)[2])()
     else:
         rest = abs_rest
     tx = optim.make(cfg)
@@ -176,7 +211,7 @@ def abstract_train_step(cfg: TrainConfig, mesh, info=None):
         graphdef, rest, task.loss, tx, grad_accum=cfg.grad_accum, ema_decay=cfg.ema_decay,
         lr_schedule=optim.schedule(cfg),
     )  # fmt: skip
-    batch = _batch(cfg, info, mesh)
+    batch = _batch(cfg, info, mesh, codes_per_row=codes_per_row)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     step = jax.jit(
         sharding.traced_on(train_fn, mesh),
@@ -187,7 +222,9 @@ def abstract_train_step(cfg: TrainConfig, mesh, info=None):
     return step, abs_state, batch
 
 
-def compile_train_step(cfg: TrainConfig, devices, *, platform: str | None = None, info=None):
+def compile_train_step(
+    cfg: TrainConfig, devices, *, platform: str | None = None, info=None, say=_say
+):
     """The train step of ``cfg`` compiled over ``devices`` with the config's mesh.
 
     Args:
@@ -196,6 +233,7 @@ def compile_train_step(cfg: TrainConfig, devices, *, platform: str | None = None
       platform: trace for this platform (``jaxar.dispatch.target_platform``); default
         the devices' own.
       info: the data's ``DataInfo`` (default :func:`data_info`).
+      say: prints a line (how a token family's code batch was derived).
 
     Returns:
       ``(compiled, mesh)``.
@@ -204,7 +242,7 @@ def compile_train_step(cfg: TrainConfig, devices, *, platform: str | None = None
     mesh = sharding.make_mesh(cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor, devices=devices)
     platform = platform or devices[0].platform
     with dispatch.target_platform("gpu" if platform in ("cuda", "rocm") else platform):
-        step, state, batch = abstract_train_step(cfg, mesh, info)
+        step, state, batch = abstract_train_step(cfg, mesh, info, say=say)
         lowered = step.lower(state, batch)
     try:
         return lowered.compile(), mesh

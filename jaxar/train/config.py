@@ -54,7 +54,11 @@ class ModelConfig:
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data: ``name`` (``stdlib``, ``digits`` or ``tfds:<name>``), rows of
-    ``seq_len`` tokens for text, ``packing`` (``concat`` with segment ids or ``pad``)."""
+    ``seq_len`` tokens for text, ``packing`` (``concat`` with segment ids or ``pad``).
+
+    Images: ``image_size`` S > 0 resizes the short side to ``round(image_ratio * S)`` and
+    crops S x S (``jaxar.data.images.ImagePrep``; 0 keeps the stored images); the training
+    split may take a ``random_crop`` and a ``random_flip``, evaluation takes the centre."""
 
     name: str = "stdlib"
     seq_len: int = 128
@@ -63,6 +67,11 @@ class DataConfig:
     eval_split: str = "test"
     data_dir: str | None = None
     prefetch: int = 2
+    image_size: int = 0
+    image_ratio: float = 1.0
+    random_crop: bool = False
+    random_flip: bool = False
+    resample: str = "bicubic"
     _prefix = "data."
 
     def __post_init__(self):
@@ -78,6 +87,36 @@ class DataConfig:
             raise _err("data.seq_len", self.seq_len, "an integer >= 2")
         if self.packing not in ("concat", "pad"):
             raise _err("data.packing", self.packing, "'concat' or 'pad'")
+        _positive_int(self, "image_size", allow_zero=True)
+        for n in ("random_crop", "random_flip"):
+            if not isinstance(getattr(self, n), bool):
+                raise _err(f"data.{n}", getattr(self, n), "True or False")
+        r = self.image_ratio
+        if isinstance(r, bool) or not isinstance(r, int | float) or not 1 <= r <= 4:
+            raise _err("data.image_ratio", r, "a number in [1, 4]")
+        from jaxar.data.images import RESAMPLE
+
+        if self.resample not in RESAMPLE:
+            raise _err("data.resample", self.resample, str(RESAMPLE))
+        if self.image_size == 0 and (self.random_crop or self.random_flip):
+            raise _err(
+                "data.image_size", 0, "an integer > 0 when data.random_crop/random_flip is set"
+            )
+
+    def image_prep(self, *, train: bool):
+        """The :class:`jaxar.data.images.ImagePrep` of the training (``train``) or
+        evaluation split, or None (``image_size`` 0)."""
+        if not self.image_size:
+            return None
+        from jaxar.data.images import ImagePrep
+
+        return ImagePrep(
+            self.image_size,
+            float(self.image_ratio),
+            random_crop=self.random_crop and train,
+            flip=self.random_flip and train,
+            resample=self.resample,
+        )
 
 
 @dataclasses.dataclass(frozen=True)

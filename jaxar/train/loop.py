@@ -125,11 +125,13 @@ def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
     task = tasks.get(cfg.model.family)
     d = cfg.data
     train_source, info = sources.load(
-        d.name, d.train_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
-    )
+        d.name, d.train_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir,
+        image=d.image_prep(train=True),
+    )  # fmt: skip
     eval_source, _ = sources.load(
-        d.name, d.eval_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
-    )
+        d.name, d.eval_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir,
+        image=d.image_prep(train=False),
+    )  # fmt: skip
     if info.kind != task.kind:
         raise ValueError(
             f"config.model.family={cfg.model.family!r} trains on {task.kind} data but "

@@ -184,10 +184,12 @@ class TokenFamily(Family):
 
     name: str = "token_ar"
 
-    def make_config(self, model_cfg: ModelConfig, info, dtype):
+    def make_config(self, model_cfg: ModelConfig, info, dtype, *, tokenizer=None):
+        """As :meth:`Family.make_config`, with the code fields of the tokenizer in
+        ``model.tokenizer_workdir`` (or of the VQConfig ``tokenizer``, for shapes only)."""
         overrides = dict(model_cfg.overrides)
         workdir = overrides.get("tokenizer_workdir", "")
-        tok = tokenizer_lib.tokenizer_config(workdir)
+        tok = tokenizer_lib.tokenizer_config(workdir) if tokenizer is None else tokenizer
         for k, v in _FROM_TOKENIZER[self.name](tok).items():
             given = overrides.get(k, v)
             if (tuple(given) if isinstance(given, list | tuple) else given) != v:

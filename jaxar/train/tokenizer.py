@@ -1,7 +1,8 @@
 """A trained image tokenizer read back from its run directory, for the token families.
 
 ``load_tokenizer(workdir)`` reads ``workdir/config.json`` (a ``vq`` family run), rebuilds
-its :class:`jaxar.models.vq.VQConfig` exactly as the trainer did, and restores the
+its :class:`jaxar.models.vq.VQConfig` exactly as the trainer did (from the data's shape,
+``jaxar.data.sources.describe``), and restores the
 newest good checkpoint's weights (the EMA weights when the run kept them). The weights
 are read once per process (cached by path) as host arrays, so building a token model
 under ``jit`` / ``eval_shape`` reads no file twice.
@@ -10,11 +11,12 @@ under ``jit`` / ``eval_shape`` reads no file twice.
 the frozen tokenizer ONCE (batched, jitted) and caches the codes and labels in
 ``workdir/codes/<data>_<split>_step<N>_<hash>.npz`` (written to a temporary file and
 renamed, so a crash never leaves a partial cache). The cache is keyed by the
-checkpoint step, the data name and split, a hash of the tokenizer's run config and the
-row count; a cache whose key or code count does not match is rebuilt (with a warning
-line). The token families then train and evaluate on the cached codes: the embedded
-image sets have no random augmentation, so nothing is lost; a pipeline with random crops
-or flips would see one fixed encoding per image instead.
+checkpoint step, the data name and split (and its resize-and-crop step), a hash of the
+tokenizer's run config and the row count; a cache whose key or code count does not match is rebuilt (with a warning
+line). The token families then train and evaluate on the cached codes: each image is
+encoded in its deterministic form (``source[i]``: the centre crop of a ``data.image_size``
+pipeline, as LlamaGen's and VAR's code extraction), so random crops or flips configured
+for the split do not reach the codes.
 """
 
 from __future__ import annotations
@@ -34,13 +36,13 @@ import numpy as np
 from flax import nnx
 
 from jaxar.models.vq import VQ, VQConfig
-from jaxar.train import optim
+from jaxar.train import experiments, optim
 from jaxar.train import step as step_lib
 from jaxar.train.checkpoint import Checkpointer
 from jaxar.train.config import from_config_dict
 
 __all__ = [
-    "vq_fields", "tokenizer_config", "load_tokenizer", "tokenizer_step", "flat_codes",
+    "vq_fields", "tokenizer_config", "has_run", "planned_config", "load_tokenizer", "tokenizer_step", "flat_codes",
     "encode_source", "read_codes", "write_codes", "cached_codes", "config_hash", "code_source",
 ]  # fmt: skip
 
@@ -74,17 +76,53 @@ def _run_config(workdir: str):
     return cfg
 
 
-def tokenizer_config(workdir: str) -> VQConfig:
-    """The VQConfig of the tokenizer trained in ``workdir`` (no weights are read)."""
+def _vq_config(cfg) -> VQConfig:
+    """The VQConfig a ``vq`` run config builds, from its data's shape (nothing is read)."""
     from jaxar.data import sources  # the data layer is imported lazily, as by the trainer
 
-    cfg = _run_config(workdir)
     d = cfg.data
-    _, info = sources.load(
-        d.name, d.train_split, seq_len=d.seq_len, packing=d.packing, data_dir=d.data_dir
-    )
+    info = sources.describe(d.name, data_dir=d.data_dir, image=d.image_prep(train=False))
     fields = {**vq_fields(info, jnp.float32), **dict(cfg.model.overrides)}
     return VQConfig.preset(cfg.model.preset, **fields)
+
+
+def tokenizer_config(workdir: str) -> VQConfig:
+    """The VQConfig of the tokenizer trained in ``workdir`` (no weights are read)."""
+    return _vq_config(_run_config(workdir))
+
+
+def has_run(workdir: str) -> bool:
+    """Whether ``workdir`` holds a tokenizer run (its ``config.json``)."""
+    return bool(workdir) and (pathlib.Path(workdir) / "config.json").is_file()
+
+
+def planned_config(workdir: str) -> tuple[VQConfig, str]:
+    """``(VQConfig, experiment)``: the config the tokenizer run ``workdir`` will have, from
+    the experiment its name denotes (the trainer's default run directory is
+    ``jaxar_runs/<experiment>_<variant>``, e.g. ``vq_tokenizer_full`` ->
+    ``vq_tokenizer:full``). For shapes only (``jaxar compile``): training a token model
+    still needs the trained tokenizer.
+
+    Raises:
+      ValueError: (one line) the name denotes no vq experiment and variant.
+    """
+    base = pathlib.Path(workdir).name
+    for name in sorted(experiments.names(), key=len, reverse=True):
+        if base != name and not base.startswith(name + "_"):
+            continue
+        variant = base[len(name) + 1 :]
+        if variant and variant not in experiments.variants(name):
+            continue
+        spec = f"{name}:{variant}" if variant else name
+        cfg = from_config_dict(experiments.load_config(spec).to_dict())
+        if cfg.model.family != "vq":
+            break
+        return _vq_config(cfg), spec
+    raise ValueError(
+        f"config.model.tokenizer_workdir={workdir!r} does not exist and its name denotes no "
+        "vq experiment; accepted: a trained tokenizer's run directory, or "
+        "jaxar_runs/<experiment>_<variant> of a vq experiment (e.g. vq_tokenizer_full)"
+    )
 
 
 @functools.cache
@@ -223,11 +261,14 @@ def cached_codes(
     tokenizer: VQ, source, *, directory, key: dict, batch_size: int = 256, say=None
 ) -> tuple[dict[str, np.ndarray], bool]:
     """``(arrays, built)``: the codes of ``source`` read from the cache in ``directory``
-    named by ``key`` (data, split, step, config hash), or encoded and written there when
+    named by ``key`` (data, split, step, config hash; the source's resize-and-crop step),
+    or encoded and written there when
     absent or mismatched (``built`` True)."""
     cfg = tokenizer.config
+    prep = getattr(source, "prep", None)  # a resize-and-crop step: other crops, other codes
     key = {
         **key,
+        **({"prep": repr(prep.deterministic())} if prep is not None else {}),
         "rows": len(source),
         "codes_per_row": int(sum(s * s for s in cfg.scales))
         if cfg.quantizer == "msrq"

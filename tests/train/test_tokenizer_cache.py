@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxar.data import corpora, pipeline
+from jaxar.data import corpora, images, pipeline
 from jaxar.models.vq import VQ, VQConfig
 from jaxar.train import tokenizer as tok_lib
 
@@ -86,3 +86,14 @@ def test_flat_codes_concatenates_scales():
     flat = np.asarray(tok_lib.flat_codes(ids))
     assert flat.shape == (2, 21)
     np.testing.assert_array_equal(flat[0], [1] * 1 + [2] * 4 + [4] * 16)
+
+
+def test_a_cache_of_other_crops_is_rebuilt(tokenizer, tmp_path):
+    """The resize-and-crop step is part of the key: centre 8x8 of a 1x or a 1.25x resize."""
+    src = _source(5)
+    for ratio, built_want in ((1.0, True), (1.0, False), (1.25, True)):
+        prepped = images.PreparedImages(src, images.ImagePrep(8, ratio), name="d")
+        _, built = tok_lib.cached_codes(
+            tokenizer, prepped, directory=tmp_path, key=KEY, batch_size=5, say=lambda _: None
+        )
+        assert built == built_want, ratio
