@@ -190,14 +190,24 @@ def _flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harness.Result]:
+LA_CASES = ("real", "complex", "wide", "scalar", "delta")
+
+
+def linear_attention_rows(
+    quick: bool = False, length: int = 4096, cases: tuple[str, ...] = LA_CASES
+) -> list[harness.Result]:
     """The issue-16 table: chunked core / delta rule vs their sequential and associative
-    baselines, with FLOP/s as a fraction of the measured matmul roofline."""
+    baselines, with FLOP/s as a fraction of the measured matmul roofline. ``cases``: a
+    subset of ``LA_CASES`` (e.g. ``("delta",)`` for the delta rule alone)."""
+    unknown = sorted(set(cases) - set(LA_CASES))
+    if unknown:
+        raise ValueError(f"cases={cases!r} names {unknown}; accepted: a subset of {LA_CASES}")
     peak = roofline.measure(quick=True)["matmul_float32_flops"]
     repeats = 3 if quick else 5
-    cases = [("real", 32, "diag", False), ("complex", 32, "diag", True)]
-    cases += [("wide", kk, "diag", False) for kk in (64, 128)]
-    cases += [("scalar", 32, "scalar", False)]
+    la_cases = [("real", 32, "diag", False), ("complex", 32, "diag", True)]
+    la_cases += [("wide", kk, "diag", False) for kk in (64, 128)]
+    la_cases += [("scalar", 32, "scalar", False)]
+    la_cases = [c for c in la_cases if c[0] in cases]
     results = []
 
     def row(case, impl, dt, fn, args, target=None, loop=False):
@@ -213,7 +223,7 @@ def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harne
             "recurrence", case, impl, dt, t.median_s * 1e3, t.compile_s, extra=extra
         )
 
-    for name, kk, gate, cplx in cases:
+    for name, kk, gate, cplx in la_cases:
         case = f"linear_attention {name} gate={gate} B={B} L={length} H={H} K=E={kk} fwd+bwd"
         dt = "complex64" if cplx else "float32"
         args = _la_inputs(kk, gate, cplx, length)
@@ -231,6 +241,8 @@ def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harne
             for impl in impls
         ]
         results += _ratios(rows, "recurrent", "associative")
+    if "delta" not in cases:
+        return results
     ks = jax.random.split(jax.random.key(3), 5)
     q = jax.random.normal(ks[0], (B, length, H, K))
     k = jax.random.normal(ks[1], (B, length, H, K))
