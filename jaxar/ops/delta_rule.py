@@ -17,8 +17,9 @@ Implementations (``impl``):
     ``A_tj = beta_t (gamma_t / gamma_j) k_t . k_j`` (j < t) and ``gamma_t`` the decay from the
     chunk start; so ``U = U~ - W S_0`` where ``[U~, W] = (I + A)^-1 [diag(beta) V,
     diag(beta gamma) K]`` does not depend on the state (the inverse by recursive 2x2
-    blocks, i.e. matmuls: a batched ``solve_triangular`` is ~20x slower on CPU at C = 32;
-    the solve's gradient is its adjoint, two matmuls, not autodiff of the blocks). Then
+    blocks, i.e. matmuls: on CPU a batched ``solve_triangular`` is no faster at C = 16
+    and several times slower at C = 32; the solve's gradient is its adjoint, two matmuls,
+    not autodiff of the blocks). Then
     ``Y = diag(gamma) Q S_0 + (QK^T o D) U`` and
     ``S_C = gamma_C S_0 + (diag(gamma_C / gamma) K)^T U``, all matmuls; only the (K, V)
     state is carried across chunks (``lax.scan``).
