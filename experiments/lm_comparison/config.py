@@ -10,7 +10,7 @@ the ``lm_tiny_256`` recipe (as ``transformer_lm:tiny``):
     arXiv:2307.08621).
   * ``mamba2``: 2 x (Mamba-2, expand 2, N=16, conv 4 + MLP 2.8x): 425,944 (Dao and Gu 2024,
     arXiv:2405.21060).
-  * ``gated_deltanet``: 2 x (Gated DeltaNet + MLP 3.5x): 428,944 (Yang, Kautz and
+  * ``gated_deltanet``: 2 x (Gated DeltaNet, conv 4 + MLP 3.5x): 432,016 (Yang, Kautz and
     Hatamizadeh 2025, arXiv:2412.06464).
 
 Commands:

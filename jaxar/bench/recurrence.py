@@ -14,7 +14,8 @@ B=4, L=4096, H=4: the chunked core (diagonal gates: C=32; scalar gates: C=64) ag
 ``lax.scan`` (impl "recurrent") and ``lax.associative_scan`` (GateLoop "parallel", K=32
 only: its (B, L, H, K, E) state sequence is 1G elements at K=128), with real gates at
 K=E=32, 64, 128, complex gates at 32, scalar gates at 32; and the chunked delta rule
-against its recurrent form at K=32. Rows without a sequential loop carry
+against its recurrent form at K=32. The impls of each of these cases are timed round-robin
+(``extra["min_ms"]``: the fastest run). Rows without a sequential loop carry
 ``extra["flops"]`` (XLA's cost analysis of the compiled fwd+bwd), the achieved FLOP/s and
 ``extra["of_roofline"]``, that as a fraction of the measured float32 matmul FLOP/s
 (:mod:`jaxar.bench.roofline`); XLA counts a while loop's body once, so rows whose work sits
@@ -34,6 +35,9 @@ References:
 """
 
 from __future__ import annotations
+
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
@@ -190,47 +194,61 @@ def _flops(fn, *args) -> float:
     return float(cost.get("flops", float("nan"))) if cost else float("nan")
 
 
-def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harness.Result]:
+LA_CASES = ("real", "complex", "wide", "scalar", "delta")
+
+
+def linear_attention_rows(
+    quick: bool = False, length: int = 4096, cases: tuple[str, ...] = LA_CASES
+) -> list[harness.Result]:
     """The issue-16 table: chunked core / delta rule vs their sequential and associative
-    baselines, with FLOP/s as a fraction of the measured matmul roofline."""
+    baselines, with FLOP/s as a fraction of the measured matmul roofline. ``cases``: a
+    subset of ``LA_CASES`` (e.g. ``("delta",)`` for the delta rule alone)."""
+    unknown = sorted(set(cases) - set(LA_CASES))
+    if unknown:
+        raise ValueError(f"cases={cases!r} names {unknown}; accepted: a subset of {LA_CASES}")
     peak = roofline.measure(quick=True)["matmul_float32_flops"]
     repeats = 3 if quick else 5
-    cases = [("real", 32, "diag", False), ("complex", 32, "diag", True)]
-    cases += [("wide", kk, "diag", False) for kk in (64, 128)]
-    cases += [("scalar", 32, "scalar", False)]
+    la_cases = [("real", 32, "diag", False), ("complex", 32, "diag", True)]
+    la_cases += [("wide", kk, "diag", False) for kk in (64, 128)]
+    la_cases += [("scalar", 32, "scalar", False)]
+    la_cases = [c for c in la_cases if c[0] in cases]
     results = []
 
-    def row(case, impl, dt, fn, args, target=None, loop=False):
-        t = harness.timeit(fn, *args, repeats=repeats)
-        extra = {}
-        if not loop:  # XLA's cost analysis counts a while loop's body once: no rate for loops
-            flops = _flops(fn, *args)
-            extra = {"flops": flops, "gflop_per_s": round(flops / t.median_s / 1e9, 2)}
-            extra["of_roofline"] = round(flops / t.median_s / peak, 4)
-        if target is not None:
-            extra["target_vs_sequential"] = target
-        return harness.Result(
-            "recurrence", case, impl, dt, t.median_s * 1e3, t.compile_s, extra=extra
-        )
+    def rows_of(case, dt, args, impls):
+        """impls: (impl, fn, target, loop) of one case, timed round-robin."""
+        timings = _interleaved([(fn, args) for _, fn, _, _ in impls], repeats)
+        out = []
+        for (impl, fn, target, loop), t in zip(impls, timings, strict=True):
+            extra = {"min_ms": round(t.min_s * 1e3, 1)}
+            if not loop:  # XLA's cost analysis counts a while loop's body once: no rate
+                flops = _flops(fn, *args)
+                extra |= {"flops": flops, "gflop_per_s": round(flops / t.median_s / 1e9, 2)}
+                extra["of_roofline"] = round(flops / t.median_s / peak, 4)
+            if target is not None:
+                extra["target_vs_sequential"] = target
+            out.append(
+                harness.Result(
+                    "recurrence", case, impl, dt, t.median_s * 1e3, t.compile_s, extra=extra
+                )
+            )
+        return _ratios(out, "recurrent", "associative")
 
-    for name, kk, gate, cplx in cases:
+    for name, kk, gate, cplx in la_cases:
         case = f"linear_attention {name} gate={gate} B={B} L={length} H={H} K=E={kk} fwd+bwd"
         dt = "complex64" if cplx else "float32"
-        args = _la_inputs(kk, gate, cplx, length)
         impls = ["recurrent", "chunked"] + (["associative"] if kk == 32 and gate == "diag" else [])
-        rows = [
-            row(
-                case,
+        impls = [
+            (
                 impl,
-                dt,
                 _la_fn(impl, gate),
-                args,
                 TARGETS[name][0] if impl == "chunked" else None,
-                loop=impl == "recurrent",
+                impl == "recurrent",
             )
             for impl in impls
         ]
-        results += _ratios(rows, "recurrent", "associative")
+        results += rows_of(case, dt, _la_inputs(kk, gate, cplx, length), impls)
+    if "delta" not in cases:
+        return results
     ks = jax.random.split(jax.random.key(3), 5)
     q = jax.random.normal(ks[0], (B, length, H, K))
     k = jax.random.normal(ks[1], (B, length, H, K))
@@ -238,17 +256,31 @@ def linear_attention_rows(quick: bool = False, length: int = 4096) -> list[harne
     beta = jax.nn.sigmoid(jax.random.normal(ks[3], (B, length, H)))
     lg = jax.nn.log_sigmoid(3.0 + jax.random.normal(ks[4], (B, length, H)))
     case = f"delta_rule gated B={B} L={length} H={H} K=V={K} fwd+bwd"
-    rows = [
-        row(
-            case,
-            impl,
-            "float32",
-            _delta_fn(impl),
-            (q, k, v, beta, lg),
-            2.0 if impl == "chunked" else None,
-            loop=True,  # both forms scan (the chunked one over chunks, matmuls inside)
-        )
+    # both forms scan (the chunked one over chunks, matmuls inside): no FLOP rate
+    impls = [
+        (impl, _delta_fn(impl), 2.0 if impl == "chunked" else None, True)
         for impl in ("recurrent", "chunked")
     ]
-    results += _ratios(rows, "recurrent", "associative")
-    return results
+    return results + rows_of(case, "float32", (q, k, v, beta, lg), impls)
+
+
+def _interleaved(calls, repeats: int) -> list[harness.Timing]:
+    """Times the ``(fn, args)`` of one case round-robin, so that a load changing during the
+    case hits every impl alike; a first call each (the compile) before. One Timing each:
+    the median and min of ``repeats`` runs."""
+    firsts = []
+    for fn, args in calls:
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        firsts.append(time.perf_counter() - t0)
+    times = [[] for _ in calls]
+    for _ in range(repeats):
+        for ts, (fn, args) in zip(times, calls, strict=True):
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            ts.append(time.perf_counter() - t0)
+    out = []
+    for first, ts in zip(firsts, times, strict=True):
+        med = statistics.median(ts)
+        out.append(harness.Timing(med, min(ts), max(first - med, 0.0), len(ts)))
+    return out

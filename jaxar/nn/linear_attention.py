@@ -15,6 +15,7 @@ decoding's rollback).
     Mamba2:   S_t = exp(dt_t A_h) S_{t-1} + dt_t B_t x_t^T, y_t = S_t^T C_t + D x_t
               (x, B, C after a short causal convolution; output gated by silu(z))
     GatedDeltaNet: S_t = g_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T
+              (q, k, v after a short causal convolution + SiLU, as Mamba2's x, B, C)
 
 References:
   Yang et al. 2024, "Gated Linear Attention Transformers with Hardware-Efficient Training",
@@ -131,6 +132,44 @@ class _HeadOut(nnx.Module):
         y = yf.reshape(b, length, -1) * self.scale[...].astype(jnp.float32)[None, None]
         y = y * jax.nn.silu(self.wg(x).astype(jnp.float32))
         return self.wo(y.astype(self.dtype or x.dtype))
+
+
+def _short_conv(u, w, bias, prev, reset=None):
+    """Depthwise causal conv ``y_t = bias + sum_j w_j u_{t-j}`` (j < W), with the W - 1
+    inputs before position 0 taken from ``prev`` (B, W - 1, C); inputs before a reset do
+    not reach positions at or after it. ``bias`` may be None. Returns y (float32) and the
+    padded input (B, W - 1 + T, C), whose last W - 1 rows are the next call's ``prev``."""
+    width = w.shape[0]
+    t = u.shape[1]
+    padded = jnp.concatenate([prev.astype(u.dtype), u], axis=1)
+    if reset is not None:  # doc[t]: index of the document holding t (prev: document 0)
+        doc = jnp.concatenate(
+            [jnp.zeros_like(reset[:, :1], jnp.int32).repeat(width - 1, 1),
+             jnp.cumsum(reset, axis=1, dtype=jnp.int32)], 1
+        )  # fmt: skip
+    y = jnp.zeros(u.shape, jnp.float32)
+    if bias is not None:
+        y = y + bias.astype(jnp.float32)[None, None]
+    for j in range(width):
+        tap = lax.dynamic_slice_in_dim(padded, width - 1 - j, t, axis=1).astype(jnp.float32)
+        if reset is not None:
+            same = lax.dynamic_slice_in_dim(doc, width - 1 - j, t, axis=1) == doc[:, width - 1 :]
+            tap = jnp.where(same[..., None], tap, 0.0)
+        y = y + w[j].astype(jnp.float32)[None, None] * tap
+    return y, padded
+
+
+def _conv_window_steps(padded, t):
+    """The conv state (the last W - 1 inputs) after each of the last ``t`` inputs of
+    ``padded`` (B, W - 1 + t, C): (t, B, W - 1, C) float32."""
+    w1 = padded.shape[1] - t
+    padded = padded.astype(jnp.float32)
+    return jnp.stack([padded[:, i + 1 : i + 1 + w1] for i in range(t)])
+
+
+def _conv_init(width, channels, rngs, param_dtype):
+    init = partitioned(nnx.initializers.normal(1.0 / math.sqrt(width)), (None, "heads"))
+    return nnx.Param(init(rngs.params(), (width, channels), param_dtype))
 
 
 # --------------------------------------------------------------------------- GLA
@@ -352,28 +391,6 @@ class Mamba2Config:
         return Mamba2(self, d_model, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
-def _short_conv(u, w, bias, prev, reset=None):
-    """Depthwise causal conv ``y_t = bias + sum_j w_j u_{t-j}`` (j < W), with the W - 1
-    inputs before position 0 taken from ``prev`` (B, W - 1, C); inputs before a reset do
-    not reach positions at or after it. Returns y and the padded input (B, W - 1 + T, C)."""
-    width = w.shape[0]
-    t = u.shape[1]
-    padded = jnp.concatenate([prev.astype(u.dtype), u], axis=1)
-    if reset is not None:  # doc[t]: index of the document holding t (prev: document 0)
-        doc = jnp.concatenate(
-            [jnp.zeros_like(reset[:, :1], jnp.int32).repeat(width - 1, 1),
-             jnp.cumsum(reset, axis=1, dtype=jnp.int32)], 1
-        )  # fmt: skip
-    y = jnp.broadcast_to(bias[None, None], u.shape).astype(jnp.float32)
-    for j in range(width):
-        tap = lax.dynamic_slice_in_dim(padded, width - 1 - j, t, axis=1).astype(jnp.float32)
-        if reset is not None:
-            same = lax.dynamic_slice_in_dim(doc, width - 1 - j, t, axis=1) == doc[:, width - 1 :]
-            tap = jnp.where(same[..., None], tap, 0.0)
-        y = y + w[j].astype(jnp.float32)[None, None] * tap
-    return y, padded
-
-
 class Mamba2(nnx.Module):
     """Mamba-2 mixer (Dao and Gu 2024, arXiv:2405.21060): SSD through the scalar-gate core
     (``q = C``, ``k = dt B``, ``v = x``, ``log a = dt A``), short conv, silu(z) gating."""
@@ -391,10 +408,7 @@ class Mamba2(nnx.Module):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
         self.conv_dim = inner + 2 * self.n
         self.w_in = dense(d_model, 2 * inner + 2 * self.n + self.h, ("embed", "heads"), **kw)
-        init = partitioned(
-            nnx.initializers.normal(1.0 / math.sqrt(cfg.conv_width)), (None, "heads")
-        )
-        self.conv_w = nnx.Param(init(rngs.params(), (cfg.conv_width, self.conv_dim), param_dtype))
+        self.conv_w = _conv_init(cfg.conv_width, self.conv_dim, rngs, param_dtype)
         zeros = partitioned(nnx.initializers.zeros_init(), ("heads",))
         self.conv_b = nnx.Param(zeros(rngs.params(), (self.conv_dim,), param_dtype))
         u = jax.random.uniform(rngs.params(), (self.h,))
@@ -466,18 +480,15 @@ class Mamba2(nnx.Module):
         _causal_only("Mamba2", bidirectional)
         del positions
         t = x_BxTxD.shape[1]
-        w = self.cfg.conv_width
         z, xbc, dt = self._split(x_BxTxD)
         xbc, padded = _short_conv(xbc, self.conv_w[...], self.conv_b[...], state["conv"])
         q, k, v, la = self._ssd_inputs(xbc, dt)
         y, steps = _scan_states(q, k, v, la, state["ssm"])
         out = self._output(x_BxTxD, y, v.astype(jnp.float32), z)
-        padded = padded.astype(jnp.float32)
-        new = {"ssm": steps[-1], "conv": padded[:, t:]}
+        new = {"ssm": steps[-1], "conv": padded[:, t:].astype(jnp.float32)}
         if not return_steps:
             return out, new
-        conv_steps = jnp.stack([padded[:, i + 1 : i + w] for i in range(t)])
-        return out, new, {"ssm": steps, "conv": conv_steps}
+        return out, new, {"ssm": steps, "conv": _conv_window_steps(padded, t)}
 
 
 # --------------------------------------------------------------------------- GatedDeltaNet
@@ -490,26 +501,38 @@ class GatedDeltaNetConfig:
     Attributes:
       num_heads: H.
       head_dim: K = V per head (default d_model // num_heads).
+      conv_width: W of the depthwise causal convolutions (+ SiLU) on q, k, v, as in the
+        paper and Mamba-2 (4); 0 disables them (the projections go straight to the L2 norm).
       impl: ``jaxar.ops.delta_rule`` implementation for full sequences.
       chunk_size: C of the chunked (WY / UT) form.
     """
 
     num_heads: int = 4
     head_dim: int | None = None
+    conv_width: int = 4
     impl: DeltaRuleImpl = "auto"
     chunk_size: int = 16
 
     def __post_init__(self):
         _check_common("GatedDeltaNetConfig", self, "delta_rule")
+        w = self.conv_width
+        if isinstance(w, bool) or not isinstance(w, int) or w < 0:
+            raise ValueError(
+                f"GatedDeltaNetConfig.conv_width={w!r} is invalid; accepted: an int >= 0 "
+                "(0: no short convolution)"
+            )
 
     def make(self, d_model: int, *, rngs: nnx.Rngs, dtype=None, param_dtype=jnp.float32):
         return GatedDeltaNet(self, d_model, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
 class GatedDeltaNet(nnx.Module):
-    """Gated DeltaNet (Yang, Kautz and Hatamizadeh 2025, arXiv:2412.06464): L2-normalised
-    q, k; ``beta = sigmoid(x W_b)``; ``log g = -exp(A) softplus(x W_a + b)`` (Mamba-2's
-    gate). The paper's short convolutions on q, k, v are not included."""
+    """Gated DeltaNet (Yang, Kautz and Hatamizadeh 2025, arXiv:2412.06464):
+    ``q, k, v = silu(conv_W(x W_qkv))`` (a depthwise causal conv of width W, as Mamba-2's;
+    skipped for W = 0), q and k L2-normalised; ``beta = sigmoid(x W_b)``;
+    ``log g = -exp(A) softplus(x W_a + b)`` (Mamba-2's gate). The decode state is
+    ``{"s": (B, H, K, K), "conv": (B, W - 1, 3 H K)}`` (the last W - 1 projections; no
+    "conv" for W = 0)."""
 
     def __init__(
         self, cfg: GatedDeltaNetConfig, d_model: int, *, rngs, dtype=None, param_dtype=jnp.float32
@@ -524,36 +547,48 @@ class GatedDeltaNet(nnx.Module):
         self.wa = dense(d_model, self.h, ("embed", "heads"), use_bias=True, **kw)
         a = jax.random.uniform(rngs.params(), (self.h,), minval=1.0, maxval=16.0)
         self.a_log = nnx.Param(jnp.log(a).astype(param_dtype))
+        if cfg.conv_width:
+            self.conv_w = _conv_init(cfg.conv_width, 3 * hk, rngs, param_dtype)
         self.out = _HeadOut(d_model, self.h, self.k, **kw)
 
-    def _features(self, x):
+    def _features(self, x, prev=None, reset=None):
+        """q, k, v, beta, log g, and the conv's padded input (None for W = 0)."""
         b, length, _ = x.shape
         shp = (b, length, self.h, self.k)
+        q, k, v = self.wq(x), self.wk(x), self.wv(x)
+        padded = None
+        if self.cfg.conv_width:
+            qkv = jnp.concatenate([q, k, v], axis=-1)
+            if prev is None:
+                prev = jnp.zeros((b, self.cfg.conv_width - 1, qkv.shape[-1]), qkv.dtype)
+            qkv, padded = _short_conv(qkv, self.conv_w[...], None, prev, reset)
+            q, k, v = jnp.split(jax.nn.silu(qkv), 3, axis=-1)
 
         def l2(t):
             t = t.astype(jnp.float32)
             return t * lax.rsqrt(jnp.sum(t * t, axis=-1, keepdims=True) + 1e-6)
 
-        q = l2(self.wq(x).reshape(shp)) / math.sqrt(self.k)
-        k = l2(self.wk(x).reshape(shp))
-        v = self.wv(x).reshape(shp).astype(jnp.float32)
+        q = l2(q.reshape(shp)) / math.sqrt(self.k)
+        k = l2(k.reshape(shp))
+        v = v.reshape(shp).astype(jnp.float32)
         beta = jax.nn.sigmoid(self.wb(x).astype(jnp.float32))
         lg = -jnp.exp(self.a_log[...].astype(jnp.float32))[None, None] * jax.nn.softplus(
             self.wa(x).astype(jnp.float32)
         )
-        return q, k, v, beta, lg
+        return q, k, v, beta, lg, padded
 
     def __call__(self, x_BxLxD, *, segment_ids=None, positions=None, mask=None):
         _no_mask("GatedDeltaNet", mask)
         del positions
-        q, k, v, beta, lg = self._features(x_BxLxD)
+        reset = _resets(segment_ids, x_BxLxD)
+        q, k, v, beta, lg, _ = self._features(x_BxLxD, reset=reset)
         y = delta_rule(
             q,
             k,
             v,
             beta,
             gate=lg,
-            reset=_resets(segment_ids, x_BxLxD),
+            reset=reset,
             impl=self.cfg.impl,
             chunk_size=self.cfg.chunk_size,
             normalize_keys=False,
@@ -561,14 +596,20 @@ class GatedDeltaNet(nnx.Module):
         return self.out(x_BxLxD, y)
 
     def init_state(self, batch_size: int, max_len: int = 0, dtype=None):
-        """Zero (B, H, K, K) float32 state."""
+        """``{"s": zero (B, H, K, K) float32, "conv": zero (B, W - 1, 3 H K) float32}``
+        (no "conv" for W = 0)."""
         del max_len, dtype
-        return jnp.zeros((batch_size, self.h, self.k, self.k), jnp.float32)
+        state = {"s": jnp.zeros((batch_size, self.h, self.k, self.k), jnp.float32)}
+        if self.cfg.conv_width:
+            c = 3 * self.h * self.k
+            state["conv"] = jnp.zeros((batch_size, self.cfg.conv_width - 1, c), jnp.float32)
+        return state
 
     def decode(self, x_BxTxD, state, *, positions=None, bidirectional=False, return_steps=False):
         _causal_only("GatedDeltaNet", bidirectional)
         del positions
-        q, k, v, beta, lg = self._features(x_BxTxD)
+        t = x_BxTxD.shape[1]
+        q, k, v, beta, lg, padded = self._features(x_BxTxD, prev=state.get("conv"))
 
         def step(s, inp):
             k_t, v_t, b_t, g_t = inp
@@ -577,8 +618,12 @@ class GatedDeltaNet(nnx.Module):
             s = g[..., None] * s + k_t[..., :, None] * u[..., None, :]
             return s, s
 
-        xs = tuple(jnp.moveaxis(t, 1, 0) for t in (k, v, beta, lg))
-        s, steps = lax.scan(step, state.astype(jnp.float32), xs)
+        xs = tuple(jnp.moveaxis(a, 1, 0) for a in (k, v, beta, lg))
+        s, steps = lax.scan(step, state["s"].astype(jnp.float32), xs)
         y = jnp.einsum("bthk,tbhkv->bthv", q, steps)
         out = self.out(x_BxTxD, y)
-        return (out, s, steps) if return_steps else (out, s)
+        new, all_steps = {"s": s}, {"s": steps}
+        if padded is not None:
+            new["conv"] = padded[:, t:].astype(jnp.float32)
+            all_steps["conv"] = _conv_window_steps(padded, t)
+        return (out, new, all_steps) if return_steps else (out, new)

@@ -17,7 +17,9 @@ Implementations (``impl``):
     ``A_tj = beta_t (gamma_t / gamma_j) k_t . k_j`` (j < t) and ``gamma_t`` the decay from the
     chunk start; so ``U = U~ - W S_0`` where ``[U~, W] = (I + A)^-1 [diag(beta) V,
     diag(beta gamma) K]`` does not depend on the state (the inverse by recursive 2x2
-    blocks, i.e. matmuls: a batched ``solve_triangular`` is ~20x slower on CPU). Then
+    blocks, i.e. matmuls: on CPU a batched ``solve_triangular`` is no faster at C = 16
+    and several times slower at C = 32; the solve's gradient is its adjoint, two matmuls,
+    not autodiff of the blocks). Then
     ``Y = diag(gamma) Q S_0 + (QK^T o D) U`` and
     ``S_C = gamma_C S_0 + (diag(gamma_C / gamma) K)^T U``, all matmuls; only the (K, V)
     state is carried across chunks (``lax.scan``).
@@ -192,13 +194,45 @@ def _unit_lower_inverse(a):
     return t[..., 0, :c, :c]
 
 
-def chunk_terms(q, k, v, beta, log_gate, c):
+@jax.custom_vjp
+def _solve_unit_lower(a, rhs):
+    """``(I + a)^-1 rhs`` for strictly lower-triangular ``a`` (..., C, C), rhs (..., C, R).
+
+    Custom VJP (the adjoint of a triangular solve, two matmuls): with ``X = T rhs`` and
+    ``T = (I + a)^-1``, ``d rhs = T^T dX`` and ``d a = -strict_lower(d rhs X^T)``, instead of
+    differentiating through the log2 C levels of :func:`_unit_lower_inverse`.
+    """
+    return jnp.matmul(_unit_lower_inverse(a), rhs)
+
+
+def _solve_fwd(a, rhs):
+    t = _unit_lower_inverse(a)
+    x = jnp.matmul(t, rhs)
+    return x, (t, x)
+
+
+def _solve_bwd(res, dx):
+    t, x = res
+    d_rhs = jnp.matmul(jnp.swapaxes(t, -1, -2), dx)
+    c = t.shape[-1]
+    strict = jnp.tril(jnp.ones((c, c), bool), -1)
+    d_a = jnp.where(strict, -jnp.matmul(d_rhs, jnp.swapaxes(x, -1, -2)), 0.0)
+    return d_a.astype(t.dtype), d_rhs
+
+
+_solve_unit_lower.defvjp(_solve_fwd, _solve_bwd)
+
+
+def chunk_terms(q, k, v, beta, log_gate, c, *, chunk_major=False):
     """The state-independent terms of the chunked (WY / UT) form, per chunk of ``c`` rows.
 
     Args:
       q, k: (B, L, H, K) (keys already normalised); v: (B, L, H, V); beta, log_gate:
         (B, L, H), log_gate in [``_LOG_ZERO``, 0]. Padded to a multiple of ``c`` with
         no-op steps (beta = 0, g = 1).
+      c: the chunk size C.
+      chunk_major: lay the terms out as (N, B, H, ...) (the chunk axis first, as a
+        ``lax.scan`` over chunks reads them) instead of (B, H, N, ...).
 
     Returns:
       ``(u_tilde, w, scores, q_gamma, k_to_end, gamma_end)``, each (B, H, N, C, ...):
@@ -211,30 +245,30 @@ def chunk_terms(q, k, v, beta, log_gate, c):
     pad = -length % c
     n = (length + pad) // c
 
-    def chunks(t):  # (B, L, H, ...) -> (B, H, N, C, ...); padding is a no-op step
+    def chunks(t):  # (B, L, H, ...) -> (B, H, N, C, ...) or (N, B, H, C, ...); padding: no-op
         t = jnp.pad(t, [(0, 0), (0, pad)] + [(0, 0)] * (t.ndim - 2))
-        t = t.reshape(b, n, c, *t.shape[2:])
-        return jnp.moveaxis(t, 3, 1)
+        t = t.reshape(b, n, c, *t.shape[2:])  # (B, N, C, H, ...)
+        return jnp.moveaxis(t, (1, 3), (0, 2)) if chunk_major else jnp.moveaxis(t, 3, 1)
 
     vv = v.shape[-1]
-    q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)  # (B, H, N, C, K|V)
-    beta_c, lg_c = chunks(beta), chunks(log_gate)  # (B, H, N, C)
-    seg = segment_sum(lg_c)  # (B, H, N, C, C): log(gamma_t / gamma_j), t >= j
+    q_c, k_c, v_c = chunks(q), chunks(k), chunks(v)  # (..., C, K|V)
+    beta_c, lg_c = chunks(beta), chunks(log_gate)  # (..., C)
+    seg = segment_sum(lg_c)  # (..., C, C): log(gamma_t / gamma_j), t >= j
     decay = jnp.exp(seg)
     log_gamma = jnp.cumsum(lg_c, axis=-1)  # decay from the chunk start to t (inclusive)
     to_end = jnp.exp(seg[..., -1, :])  # gamma_C / gamma_j
-    gamma_end = jnp.exp(log_gamma[..., -1])  # (B, H, N)
+    gamma_end = jnp.exp(log_gamma[..., -1])  # (B, H, N) or (N, B, H)
     gamma = jnp.exp(log_gamma)
 
-    kkt = jnp.einsum("bhnik,bhnjk->bhnij", k_c, k_c)
-    strict = jnp.tril(jnp.ones((c, c), bool), -1).reshape(1, 1, 1, c, c)
+    kkt = jnp.einsum("...ik,...jk->...ij", k_c, k_c)
+    strict = jnp.tril(jnp.ones((c, c), bool), -1)
     a = jnp.where(strict, beta_c[..., :, None] * decay * kkt, 0.0)
     rhs = jnp.concatenate(
         [beta_c[..., None] * v_c, (beta_c * gamma)[..., None] * k_c], axis=-1
-    )  # (B, H, N, C, V + K)
-    x = jnp.matmul(_unit_lower_inverse(a), rhs)
+    )  # (..., C, V + K)
+    x = _solve_unit_lower(a, rhs)
     u_tilde, w = x[..., :vv], x[..., vv:]
-    scores = jnp.einsum("bhnik,bhnjk->bhnij", q_c, k_c) * decay  # -> 0 above the diagonal
+    scores = jnp.einsum("...ik,...jk->...ij", q_c, k_c) * decay  # -> 0 above the diagonal
     q_gamma = q_c * gamma[..., None]
     k_to_end = k_c * to_end[..., None]
     return u_tilde, w, scores, q_gamma, k_to_end, gamma_end
@@ -243,8 +277,8 @@ def chunk_terms(q, k, v, beta, log_gate, c):
 def _chunked(q, k, v, beta, log_gate, s0, c):
     b, length, h, _ = q.shape
     vv = v.shape[-1]
-    terms = chunk_terms(q, k, v, beta, log_gate, c)
-    n = terms[0].shape[2]
+    terms = chunk_terms(q, k, v, beta, log_gate, c, chunk_major=True)  # (N, B, H, ...)
+    n = terms[0].shape[0]
 
     def step(s, inp):  # s (B, H, K, V)
         u_t, w_n, sc, qg, kd, ge = inp
@@ -253,7 +287,6 @@ def _chunked(q, k, v, beta, log_gate, s0, c):
         s = ge[..., None, None] * s + jnp.einsum("bhck,bhcv->bhkv", kd, u)
         return s, y
 
-    xs = tuple(jnp.moveaxis(t, 2, 0) for t in terms)
-    s, y = lax.scan(step, s0, xs)  # y (N, B, H, C, V)
+    s, y = lax.scan(step, s0, terms)  # y (N, B, H, C, V)
     y = jnp.transpose(y, (1, 0, 3, 2, 4)).reshape(b, n * c, h, vv)
     return y[:, :length], s

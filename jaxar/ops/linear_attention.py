@@ -253,6 +253,13 @@ def _range_sums(la):
     return mm(la)
 
 
+def _running_sum(x):
+    """Inclusive running sums over the chunk axis of ``x`` (..., C, K): row J - 2 of
+    :func:`_range_sums` alone (the same 0/1 matmul)."""
+    ones = jnp.tril(jnp.ones((x.shape[-2],) * 2, x.dtype))
+    return jnp.einsum("tu,...uk->...tk", ones, x, precision=lax.Precision.HIGHEST)
+
+
 def _intra_diag(q, k, v, sums):
     """Within-chunk outputs for diagonal gates, by the binary split (module docstring).
 
@@ -317,26 +324,15 @@ def _chunked(q, k, v, la, s0, gate, chunk_size):
     if gate == "scalar":
         y = _intra_scalar(qc, kc, vc, lc)
         sums = _range_sums(lc[..., None])  # (J, B, H, N, C, 1)
+    elif jnp.iscomplexobj(lc):
+        return _chunked_complex(qc, kc, vc, lc, s0, (b, length, h, e))
     else:
-        rot = None
-        if jnp.iscomplexobj(lc):  # phases are unit-modulus: fold them into q and k
-            theta = _range_sums(lc.imag)[-2]  # (B, H, N, C, K) phase from the chunk start
-            rot = lax.complex(jnp.cos(theta), jnp.sin(theta))
-            lc = lc.real
         sums = _range_sums(lc)
-        if rot is None:
-            y = _intra_diag(qc, kc, vc, sums)
-        else:  # Re(q e^{i theta_t} k e^{-i theta_s}) as one real contraction over 2K
-            q2 = jnp.concatenate([qc * rot.real, qc * rot.imag], axis=-1)
-            k2 = jnp.concatenate([kc * rot.real, kc * rot.imag], axis=-1)
-            y = _intra_diag(q2, k2, vc, sums)
-            qc, kc = qc * rot, kc * (jnp.conj(rot) * rot[..., -1:, :])
+        y = _intra_diag(qc, kc, vc, sums)
     # state in / out of each chunk: S_out = exp(sum la) S_in + sum_s (k_s exp(la_{s<u<=C})) v_s^T
     q_in = qc * jnp.exp(sums[-2])
     k_out = kc * jnp.exp(sums[-1])
     g = jnp.exp(sums[-2][..., -1, :])  # (B, H, N, K|1)
-    if gate == "diag" and rot is not None:
-        g = g * rot[..., -1, :]
     u = jnp.einsum("bhnsk,bhnse->bhnke", k_out, vc.astype(k_out.dtype)).astype(s0.dtype)
 
     def step(s, inp):
@@ -345,7 +341,7 @@ def _chunked(q, k, v, la, s0, gate, chunk_size):
 
     s_last, s_in = lax.scan(step, s0, (jnp.moveaxis(g, 2, 0), jnp.moveaxis(u, 2, 0)))
     s_in = jnp.moveaxis(s_in, 0, 2)  # (B, H, N, K, E): the state entering each chunk
-    if jnp.iscomplexobj(s_in):
+    if jnp.iscomplexobj(s_in):  # a complex state0 with real gates
         q_in = q_in.astype(s_in.dtype)
         y_in = jnp.concatenate([q_in.real, q_in.imag], -1)
         s_cat = jnp.concatenate([s_in.real, -s_in.imag], -2)
@@ -354,3 +350,47 @@ def _chunked(q, k, v, la, s0, gate, chunk_size):
         y = y + jnp.einsum("bhntk,bhnke->bhnte", q_in, s_in)
     y = jnp.moveaxis(y, 1, 3).reshape(b, n * c, h, e)[:, :length]
     return y, s_last
+
+
+def _chunked_complex(qc, kc, vc, lc, s0, shape):
+    """The chunked form for complex diagonal gates ``|a| e^{i phi}``, in real arithmetic.
+
+    qc, kc, vc (B, H, N, C, K|E) real; lc (B, H, N, C, K) complex; s0 (B, H, K, E) complex.
+    With theta_t the running phase from the chunk start (unit-modulus factors only):
+    within the chunk ``Re(q_t e^{i theta_t} . k_s e^{-i theta_s})`` is one real contraction
+    over 2K of ``[q cos, q sin]`` and ``[k cos, k sin]``; the chunk's write is
+    ``U = sum_s (k_s |a|_{s<u<=C} e^{i (theta_C - theta_s)}) v_s^T`` (two real matmuls, v is
+    real), the carry ``S <- |a|_C e^{i theta_C} S + U`` runs on (real, imaginary) pairs,
+    and the state's read is ``Re((q |a|_{<=t} e^{i theta_t})^T S)``.
+    """
+    b, length, h, e = shape
+    n, c = qc.shape[2], qc.shape[3]
+    theta = _running_sum(lc.imag)  # (B, H, N, C, K)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    sums = _range_sums(lc.real)
+    q2 = jnp.concatenate([qc * cos, qc * sin], axis=-1)
+    k2 = jnp.concatenate([kc * cos, kc * sin], axis=-1)
+    y = _intra_diag(q2, k2, vc, sums)
+    k_out = kc * jnp.exp(sums[-1])  # e^{i (theta_C - theta_s)}: cos_C cos + sin_C sin, ...
+    cos_c, sin_c = cos[..., -1:, :], sin[..., -1:, :]
+    u_re = jnp.einsum("bhnsk,bhnse->bhnke", k_out * (cos_c * cos + sin_c * sin), vc)
+    u_im = jnp.einsum("bhnsk,bhnse->bhnke", k_out * (sin_c * cos - cos_c * sin), vc)
+    mag = jnp.exp(sums[-2][..., -1, :])  # (B, H, N, K)
+    g_re, g_im = mag * cos[..., -1, :], mag * sin[..., -1, :]
+
+    def step(s, inp):
+        s_re, s_im = s
+        gr, gi, ur, ui = (t[..., None] if t.ndim == 3 else t for t in inp)
+        return (gr * s_re - gi * s_im + ur, gr * s_im + gi * s_re + ui), s
+
+    xs = tuple(jnp.moveaxis(t, 2, 0) for t in (g_re, g_im, u_re, u_im))
+    real = jnp.real(s0).dtype
+    (last_re, last_im), (in_re, in_im) = lax.scan(
+        step, (jnp.real(s0), jnp.imag(s0)), tuple(t.astype(real) for t in xs)
+    )
+    q_in = qc * jnp.exp(sums[-2])
+    y_in = jnp.concatenate([q_in * cos, q_in * sin], -1)  # Re(q_in^T S) = [qr, qi] [Sr; -Si]
+    s_cat = jnp.moveaxis(jnp.concatenate([in_re, -in_im], -2), 0, 2)  # (B, H, N, 2K, E)
+    y = y + jnp.einsum("bhntk,bhnke->bhnte", y_in, s_cat)
+    y = jnp.moveaxis(y, 1, 3).reshape(b, n * c, h, e)[:, :length]
+    return y, lax.complex(last_re, last_im)

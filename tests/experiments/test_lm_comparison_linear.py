@@ -12,7 +12,7 @@ from jaxar.train import config as config_lib
 from jaxar.train import experiments, tasks
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-PARAMS = {"gla": 427_136, "retnet": 426_880, "mamba2": 425_944, "gated_deltanet": 428_944}
+PARAMS = {"gla": 427_136, "retnet": 426_880, "mamba2": 425_944, "gated_deltanet": 432_016}
 TRANSFORMER_TINY = 426_624
 
 

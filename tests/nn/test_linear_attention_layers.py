@@ -24,8 +24,9 @@ CONFIGS = {
     "gla": GLAConfig(num_heads=2, chunk_size=4),
     "retnet": RetNetConfig(num_heads=2, chunk_size=4),
     "mamba2": Mamba2Config(num_heads=2, d_state=4, chunk_size=4),
-    "gated_deltanet": GatedDeltaNetConfig(num_heads=2, chunk_size=4),
+    "gated_deltanet": GatedDeltaNetConfig(num_heads=2, chunk_size=4),  # short convs, W = 4
 }
+NO_CONV = GatedDeltaNetConfig(num_heads=2, chunk_size=4, conv_width=0)
 
 
 @nnx.jit
@@ -43,10 +44,13 @@ def _close(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), **TOL)
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize(
+    "name", [*CONFIGS, pytest.param("gated_deltanet_noconv", marks=pytest.mark.slow)]
+)
 def test_full_equals_decode_steps_and_resets(name):
-    assert isinstance(CONFIGS[name], MIXERS[name])
-    mixer = CONFIGS[name].make(D, rngs=nnx.Rngs(0))
+    cfg = NO_CONV if name == "gated_deltanet_noconv" else CONFIGS[name]
+    assert isinstance(cfg, MIXERS[name.removesuffix("_noconv")])
+    mixer = cfg.make(D, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.key(1), (B, L, D))
     full = _call(mixer, x)
     assert full.shape == (B, L, D) and np.isfinite(np.asarray(full)).all()
@@ -93,6 +97,8 @@ def test_config_errors():
         Mamba2Config(d_state=0)
     with pytest.raises(ValueError, match="GatedDeltaNetConfig.chunk_size=-1"):
         GatedDeltaNetConfig(chunk_size=-1)
+    with pytest.raises(ValueError, match="GatedDeltaNetConfig.conv_width=-1.*int >= 0"):
+        GatedDeltaNetConfig(conv_width=-1)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         Mamba2Config(num_heads=3).make(16, rngs=nnx.Rngs(0))
 
