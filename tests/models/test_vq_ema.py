@@ -43,7 +43,8 @@ def one_step():
 
 
 def _build(cfg, seed):
-    return vq.VQ(cfg, rngs=nnx.Rngs(seed))  # the same shapes in every test: compiled once
+    # rbg keys: threefry's per-initializer compiles would cost more than the whole test
+    return vq.VQ(cfg, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg")))
 
 
 def _pure(state):
