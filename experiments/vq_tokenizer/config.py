@@ -3,12 +3,14 @@
 
 A convolutional autoencoder (``jaxar.models.vq``) with the quantizer chosen per variant,
 all at 64 codes: ``vq`` (cosine codebook 64 x 4, codebook + 0.25 commitment losses),
+``vq_ema`` (the same cosine lookup, the codebook an EMA of its assigned latents (decay
+0.99) with dead codes (EMA count < 1) restarted at batch latents; 0.25 commitment loss only),
 ``fsq`` (levels 4 x 4 x 4), ``lfq`` (6 sign bits, entropy penalty 0.1), ``msrq`` (VAR's
 multi-scale residual quantization, one 64 x 4 codebook at scales 1, 2, 4 (digits) or
 1, 2, 4, 8 (photos)). L1 reconstruction.
 
 Variants (``vq_tokenizer:<variant>``):
-  * ``tiny_<q>`` for q in vq / fsq / lfq / msrq: the embedded 8x8 digits, 2x downsampling
+  * ``tiny_<q>`` for q in vq / vq_ema / fsq / lfq / msrq: the embedded 8x8 digits, 2x downsampling
     to a 4x4 code grid (16 codes per image), width 32, batch 32, 400 steps (about a
     minute on 2 CPU cores). ``tiny`` = ``tiny_vq``.
   * ``photos_<q>``: 32x32 RGB crops of scikit-learn's two sample photos (``photos``), 4x
@@ -41,7 +43,7 @@ References:
 
 from jaxar.experiments.common import config_dict
 
-QUANTIZERS = ("vq", "fsq", "lfq", "msrq")
+QUANTIZERS = ("vq", "vq_ema", "fsq", "lfq", "msrq")
 VARIANTS = ("tiny", "full", "full_msrq") + tuple(
     f"{s}_{q}" for s in ("tiny", "photos", "cifar10") for q in QUANTIZERS
 )
@@ -49,6 +51,7 @@ VARIANTS = ("tiny", "full", "full_msrq") + tuple(
 # quantizer -> model fields giving 64 codes
 _AT_64 = {
     "vq": dict(quantizer="vq", latent_dim=4, codebook_size=64),
+    "vq_ema": dict(quantizer="vq_ema", latent_dim=4, codebook_size=64),
     "fsq": dict(quantizer="fsq", latent_dim=3, levels=(4, 4, 4)),
     "lfq": dict(quantizer="lfq", latent_dim=6),
     "msrq": dict(quantizer="msrq", latent_dim=4, codebook_size=64),

@@ -7,6 +7,11 @@ integer codes; the decoder maps ``z_q`` back to ``x_hat``. Quantizers (``jaxar.o
 
 * ``"vq"``: a learned codebook (K, d), optionally cosine (``normalize``), codebook +
   ``beta`` commitment losses;
+* ``"vq_ema"``: the same nearest-code lookup, but the codebook is not a parameter: it is
+  the EMA codebook of VQ-VAE (``e_k = m_k / N_k``, ``jaxar.ops.ema_codebook_update``,
+  decay ``ema_decay``, dead codes (``N_k < dead_threshold``) restarted at batch latents),
+  updated by :func:`loss` in every train step through :class:`CodebookEMA` variables (the
+  trainer's model state); only the ``beta`` commitment loss trains the encoder;
 * ``"fsq"``: ``levels`` per channel (``d = len(levels)``, ``K = prod(levels)``), no loss;
 * ``"lfq"``: ``q = sign(z)``, ``K = 2^d``, ``entropy_weight`` times the entropy penalty;
 * ``"rq"``: ``rq_depth`` residual codebooks (ids (B, g, g, depth));
@@ -43,6 +48,7 @@ __all__ = [
     "PRESETS",
     "VQConfig",
     "VQ",
+    "CodebookEMA",
     "Frozen",
     "freeze",
     "loss",
@@ -50,7 +56,7 @@ __all__ = [
     "x_to_images",
 ]
 
-QUANTIZERS = ("vq", "fsq", "lfq", "rq", "msrq")
+QUANTIZERS = ("vq", "vq_ema", "fsq", "lfq", "rq", "msrq")
 RECON = ("l1", "l2")
 
 # name -> fields. tiny: 8x8 digits, 2x downsampling to a 4x4 grid of 64 codes; photos: 32x32
@@ -84,6 +90,8 @@ class VQConfig:
       scales: msrq scales (strictly increasing, ending at the grid; default 1, 2, .., g
         by doubling plus g).
       beta: commitment weight. entropy_weight, lfq_temperature: lfq's penalty.
+      ema_decay, ema_eps, dead_threshold: vq_ema's EMA decay in [0, 1), Laplace smoothing,
+        and the EMA count under which a code restarts (0: never).
       recon: ``"l1"`` or ``"l2"``.
       data: the embedded dataset whose held-out images ``jaxar sample`` reconstructs.
       num_classes: unused by the tokenizer (the data sets it).
@@ -103,6 +111,9 @@ class VQConfig:
     beta: float = 0.25
     entropy_weight: float = 0.1
     lfq_temperature: float = 0.5
+    ema_decay: float = 0.99
+    ema_eps: float = 1e-5
+    dead_threshold: float = 1.0
     recon: str = "l1"
     data: str = "digits"
     num_classes: int | None = None
@@ -135,6 +146,16 @@ class VQConfig:
                     f"VQConfig.levels={self.levels} needs latent_dim={len(self.levels)}; got "
                     f"latent_dim={self.latent_dim}"
                 )
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(
+                f"VQConfig.ema_decay={self.ema_decay!r} is invalid; accepted: a float in [0, 1)"
+            )
+        if not self.ema_eps > 0:
+            raise ValueError(f"VQConfig.ema_eps={self.ema_eps!r} is invalid; accepted: a float > 0")
+        if not self.dead_threshold >= 0:
+            raise ValueError(
+                f"VQConfig.dead_threshold={self.dead_threshold!r} is invalid; accepted: a float >= 0"
+            )
         if self.quantizer == "lfq" and self.latent_dim > 16:
             raise ValueError(f"VQConfig.latent_dim={self.latent_dim}; lfq accepts <= 16")
         scales = tuple(self.scales) or _default_scales(self.grid)
@@ -196,8 +217,14 @@ class _ResBlock(nnx.Module):
         return x + self.conv2(jax.nn.silu(self.norm2(h)))
 
 
+class CodebookEMA(nnx.BatchStat):
+    """vq_ema's codebook and its EMA statistics: state the loss updates outside the
+    gradient (``nnx.BatchStat``: the trainer's model state, never the optimizer's)."""
+
+
 class VQ(nnx.Module):
-    """Encoder, quantizer (codebook parameters for vq / rq / msrq), decoder."""
+    """Encoder, quantizer (codebook parameters for vq / rq / msrq; :class:`CodebookEMA`
+    codebook, counts ``N`` and sums ``m`` for vq_ema), decoder."""
 
     def __init__(self, config: VQConfig, *, rngs: nnx.Rngs):
         cfg = self.config = config
@@ -212,6 +239,7 @@ class VQ(nnx.Module):
         self.dec_out = _conv(w, cfg.channels, 3, 1, cfg, rngs)
         shape = {
             "vq": (cfg.codebook_size, cfg.latent_dim),
+            "vq_ema": (cfg.codebook_size, cfg.latent_dim),
             "msrq": (cfg.codebook_size, cfg.latent_dim),
             "rq": (cfg.rq_depth, cfg.codebook_size, cfg.latent_dim),
         }.get(cfg.quantizer)
@@ -219,7 +247,13 @@ class VQ(nnx.Module):
         if shape is not None:
             scale = 1.0 if cfg.quantizer == "vq" else 1.0 / math.sqrt(cfg.latent_dim)
             init = nnx.initializers.normal(scale)
-            self.codebook = nnx.Param(init(rngs.params(), shape, cfg.param_dtype))
+            book = init(rngs.params(), shape, cfg.param_dtype)
+            if cfg.quantizer == "vq_ema":  # N_k = 1, m_k = e_k: e = m / N at the start
+                self.codebook = CodebookEMA(book)
+                self.ema_count = CodebookEMA(jnp.ones(shape[:1], jnp.float32))
+                self.ema_sum = CodebookEMA(book.astype(jnp.float32))
+            else:
+                self.codebook = nnx.Param(book)
 
     # ---- pieces --------------------------------------------------------------------
     def encode(self, images):
@@ -249,6 +283,9 @@ class VQ(nnx.Module):
             quant = cfg.beta * l["commitment"] + cfg.entropy_weight * l["entropy_penalty"]
             return z_q, ids, {"quant": quant, **l}
         book = self.codebook[...].astype(jnp.float32)
+        if kind == "vq_ema":
+            z_q, ids, l = qops.vector_quantize(z, book, normalize=cfg.normalize)
+            return z_q, ids, {"quant": cfg.beta * l["commitment"], **l}
         if kind == "vq":
             z_q, ids, l = qops.vector_quantize(z, book, normalize=cfg.normalize)
         elif kind == "rq":
@@ -277,7 +314,7 @@ class VQ(nnx.Module):
             ) & 1
             return jnp.where(bits > 0, 1.0, -1.0)
         book = self.codebook[...].astype(jnp.float32)
-        if kind == "vq":
+        if kind in ("vq", "vq_ema"):
             if cfg.normalize:
                 book = book / jnp.linalg.norm(book, axis=-1, keepdims=True)
             return jnp.take(book, ids, axis=0)
@@ -292,6 +329,24 @@ class VQ(nnx.Module):
     def decode_ids(self, ids):
         """Codes -> uint8 images."""
         return x_to_images(self.decode(self.code_vectors(ids)))
+
+    def ema_update(self, z, ids, key=None):
+        """vq_ema's codebook step on latents ``z`` (B, g, g, d) and their ``ids``, in place:
+        ``N <- d N + (1 - d) n``, ``m <- d m + (1 - d) sum z``, ``e = m / N`` (smoothed;
+        cosine codes average l2-normalised latents), restarting codes with
+        ``N < dead_threshold`` when ``key`` is given. Returns the number restarted."""
+        cfg = self.config
+        z = jax.lax.stop_gradient(z.astype(jnp.float32))
+        if cfg.normalize:
+            z = z * jax.lax.rsqrt(jnp.maximum(jnp.sum(z * z, -1, keepdims=True), 1e-12))
+        book, n, m, restarted = qops.ema_codebook_update(
+            self.codebook[...], self.ema_count[...], self.ema_sum[...], z, ids,
+            decay=cfg.ema_decay, eps=cfg.ema_eps, key=key, dead_threshold=cfg.dead_threshold,
+        )  # fmt: skip
+        self.codebook[...] = book
+        self.ema_count[...] = n
+        self.ema_sum[...] = m
+        return restarted
 
     def __call__(self, images):
         """``(x_hat, ids, quantizer losses)``."""
@@ -308,12 +363,12 @@ class Frozen(nnx.Variable):
 
 
 def freeze(module: nnx.Module) -> nnx.Module:
-    """Turns every ``nnx.Param`` of ``module`` into :class:`Frozen` in place (a trained
-    tokenizer inside a token model) and returns it."""
+    """Turns every ``nnx.Param`` and :class:`CodebookEMA` of ``module`` into :class:`Frozen`
+    in place (a trained tokenizer inside a token model) and returns it."""
     for _, node in list(nnx.iter_graph(module)):
         if isinstance(node, nnx.Module):
             for name, val in list(vars(node).items()):
-                if isinstance(val, nnx.Param):
+                if isinstance(val, nnx.Param | CodebookEMA):
                     setattr(node, name, Frozen(val.get_value()))
     return module
 
@@ -326,8 +381,11 @@ def _flat_ids(cfg: VQConfig, ids):
 
 def loss(model: VQ, batch: dict, key=None):
     """Training hook: ``batch = {"image": uint8 (B, H, W, C), ...}`` -> ``(loss, metrics)``
-    with ``loss = recon + quant`` and metrics recon, quant, mse, usage, perplexity."""
-    del key
+    with ``loss = recon + quant`` and metrics recon, quant, mse, usage, perplexity.
+
+    With ``quantizer="vq_ema"`` it also takes the EMA codebook step on this batch
+    (:meth:`VQ.ema_update`, restarts drawn from ``key``; metric ``restarted``) after the
+    forward pass, which used the codebook from before the step."""
     cfg = model.config
     images = jnp.asarray(batch["image"])
     want = (cfg.image_size, cfg.image_size, cfg.channels)
@@ -336,7 +394,12 @@ def loss(model: VQ, batch: dict, key=None):
             f"batch['image'] must be (B, {', '.join(map(str, want))}); got {images.shape}"
         )
     x = images_to_x(images)
-    x_hat, ids, losses = model(images)
+    z = model.encode(images)
+    z_q, ids, losses = model.quantize(z)
+    x_hat = model.decode(z_q)
+    extra = {}
+    if cfg.quantizer == "vq_ema":
+        extra["restarted"] = model.ema_update(z, ids, key)
     err = x_hat - x
     recon = jnp.mean(jnp.abs(err)) if cfg.recon == "l1" else jnp.mean(err * err)
     value = recon + losses["quant"]
@@ -348,4 +411,5 @@ def loss(model: VQ, batch: dict, key=None):
         "mse": jnp.mean(err * err),
         "usage": usage,
         "perplexity": ppl,
+        **extra,
     }

@@ -1,8 +1,11 @@
-"""Checkpoints (orbax in one file): model, optimizer, EMA, step, RNG and data position together.
+"""Checkpoints (orbax in one file): model, optimizer, EMA, model state, step, RNG and data
+position together.
 
 One orbax ``CheckpointManager`` under ``workdir/checkpoints``: item ``state`` (the train
 state pytree, ``StandardSave``) and item ``data`` (the data iterator's state, JSON) are
-written in one step directory. Orbax writes a step into a temporary directory and renames
+written in one step directory (``model_state`` only for models that keep one, so the
+checkpoints of the others are unchanged; a step saved without it does not restore into a
+run that keeps one: a one-line error). Orbax writes a step into a temporary directory and renames
 it only when every item is complete, so a checkpoint interrupted half-way (SIGKILL,
 preemption) is never restored. A step directory without orbax's completion markers
 (``_CHECKPOINT_METADATA`` and ``commit_success.txt``, written last) is never restored either.
@@ -350,6 +353,11 @@ class Checkpointer:
                 ),
             )
         except Exception as e:
+            if "model_state" in target and "do not match" in str(e) and "model_state" in str(e):
+                raise CheckpointError(
+                    "saved without the model state this run keeps ('model_state', e.g. the "
+                    "vq_ema codebook): written by an older jaxar or for another model"
+                ) from e
             step_dir = self._step_dir(step)
             empty = [str(p.relative_to(step_dir)) for p in _files(step_dir) if not p.stat().st_size]
             where = f"empty file(s) {', '.join(empty)}; " if empty else ""

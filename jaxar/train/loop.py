@@ -95,9 +95,12 @@ class Run:
     restored_step: int | None = None
 
     def model(self, params=None):
-        """The NNX model around ``params`` (default: EMA params if kept, else params)."""
+        """The NNX model around ``params`` (default: EMA params if kept, else params) and
+        the run's model state (if any)."""
         if params is None:
             params = self.state.get("ema", self.state["params"])
+        if "model_state" in self.state:
+            return nnx.merge(self.graphdef, params, self.state["model_state"], self.rest)
         return nnx.merge(self.graphdef, params, self.rest)
 
     def put_batch(self, local: dict) -> dict:
@@ -153,7 +156,7 @@ def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
             return task.build(cfg.model, info, dtype, nnx.Rngs(cfg.seed))
 
     abstract = nnx.eval_shape(make_model)
-    graphdef, abs_params, abs_rest = nnx.split(abstract, nnx.Param, ...)
+    graphdef, abs_params, abs_ms, abs_rest = step_lib.split_model(abstract)
     if check_memory:
         row = int(np.prod(info.image_shape)) if info.kind == "image" else d.seq_len
         workdir_lib.check_memory(
@@ -162,16 +165,17 @@ def build(cfg: TrainConfig, *, devices=None, check_memory: bool = True) -> Run:
             tokens_per_row=row,
             backend=jax.default_backend(),
         )
-    out_sh = (sharding.state_shardings(abs_params, mesh), sharding.state_shardings(abs_rest, mesh))
+    out_sh = tuple(sharding.state_shardings(s, mesh) for s in (abs_params, abs_ms, abs_rest))
 
     def init():
-        _, p, r = nnx.split(make_model(), nnx.Param, ...)
-        return p, r
+        return step_lib.split_model(make_model())[1:]
 
-    params, rest = jax.jit(init, out_shardings=out_sh)()
+    params, model_state, rest = jax.jit(init, out_shardings=out_sh)()
     tx = optim.make(cfg)
     with jax.set_mesh(mesh):
-        state = step_lib.init_state(params, tx, seed=cfg.seed, ema=cfg.ema_decay > 0)
+        state = step_lib.init_state(
+            params, tx, seed=cfg.seed, ema=cfg.ema_decay > 0, model_state=model_state
+        )
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     train_fn = step_lib.make_train_step(
@@ -211,8 +215,11 @@ def evaluate(run: Run, params=None, *, num_batches: int | None = None) -> dict:
     totals: dict[str, float] = {}
     for i in range(num):
         metrics = jax.device_get(
-            run.eval_step(params, run.put_batch(ds[i]), jax.random.fold_in(key, i))
-        )
+            run.eval_step(
+                params, run.put_batch(ds[i]), jax.random.fold_in(key, i),
+                run.state.get("model_state"),
+            )
+        )  # fmt: skip
         for k, v in metrics.items():
             totals[k] = totals.get(k, 0.0) + float(v)
     return {k: v / num for k, v in totals.items()}
@@ -547,6 +554,8 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
             say(f"sampling failed ({type(e).__name__}: {e}); the checkpoint is saved")
     summary["wall_s"] = time.time() - t_start
     summary["params"] = run.state["params"]
+    if "model_state" in run.state:
+        summary["model_state"] = run.state["model_state"]
     skipped = f"; {summary['num_skipped']} steps skipped as non-finite" * bool(
         summary["num_skipped"]
     )

@@ -203,9 +203,9 @@ class TokenFamily(Family):
                 f"the tokenizer in {workdir!r} takes {tok.image_size}x{tok.image_size}x"
                 f"{tok.channels} images; the data's are {info.image_shape}"
             )
-        if self.name == "token_ar" and tok.quantizer not in ("vq", "fsq", "lfq"):
+        if self.name == "token_ar" and tok.quantizer not in ("vq", "vq_ema", "fsq", "lfq"):
             raise ValueError(
-                f"token_ar needs one code per position (quantizer vq, fsq or lfq); the "
+                f"token_ar needs one code per position (quantizer vq, vq_ema, fsq or lfq); the "
                 f"tokenizer in {workdir!r} uses {tok.quantizer!r}"
             )
         return self.config.preset(

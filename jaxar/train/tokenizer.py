@@ -130,8 +130,10 @@ def _weights(workdir: str):
     cfg = _run_config(workdir)
     vq_cfg = tokenizer_config(workdir)
     with jax.ensure_compile_time_eval():
-        params = nnx.state(VQ(vq_cfg, rngs=nnx.Rngs(0)), nnx.Param)
-        state = step_lib.init_state(params, optim.make(cfg), seed=cfg.seed, ema=cfg.ema_decay > 0)
+        _, params, model_state, _ = step_lib.split_model(VQ(vq_cfg, rngs=nnx.Rngs(0)))
+        state = step_lib.init_state(
+            params, optim.make(cfg), seed=cfg.seed, ema=cfg.ema_decay > 0, model_state=model_state
+        )
         directory = pathlib.Path(workdir) / "checkpoints"
         if not directory.is_dir():
             raise ValueError(
@@ -143,6 +145,8 @@ def _weights(workdir: str):
         finally:
             ckpt.close()
         weights = restored.get("ema", restored["params"])
+        if "model_state" in restored:  # vq_ema: the EMA codebook is model state
+            weights = nnx.merge_state(weights, restored["model_state"])
         return vq_cfg, jax.tree.map(np.asarray, weights), int(ckpt.restored_step)
 
 

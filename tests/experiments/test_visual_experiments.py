@@ -39,7 +39,7 @@ def test_every_variant_loads(name):
 
 
 def test_tokenizer_variants_build_at_64_codes():
-    for q in ("vq", "fsq", "lfq", "msrq"):
+    for q in ("vq", "vq_ema", "fsq", "lfq", "msrq"):
         cfg = _load("vq_tokenizer", f"tiny_{q}")
         family = tasks.get("vq")
         config = family.make_config(cfg.model, DIGITS, jax.numpy.float32)
@@ -73,15 +73,15 @@ def test_token_family_tokenizer_errors(tmp_path):
         family.make_config(cfg.model, DIGITS, jax.numpy.float32)
 
 
-@pytest.mark.slow  # four tiny trainer runs
+@pytest.mark.slow  # six tiny trainer runs
 def test_tokenizer_then_token_models_end_to_end(tmp_path, capsys):
     short = ["--config.steps=2", "--config.eval_every=2", "--config.checkpoint_every=2",
              "--config.eval_batches=1", "--config.num_samples=2", "--config.batch_size=8"]  # fmt: skip
-    for q, model in (("vq", "llamagen"), ("msrq", "var")):
+    for q, model in (("vq", "llamagen"), ("msrq", "var"), ("vq_ema", "llamagen")):
         tok = tmp_path / f"tok_{q}"
         argv = ["--config", str(ROOT / f"experiments/vq_tokenizer/config.py:tiny_{q}")]
         assert cli.train_main([*argv, "--workdir", str(tok), *short]) == 0
-        run = tmp_path / model
+        run = tmp_path / f"{model}_{q}"
         argv = [
             "--config",
             str(ROOT / f"experiments/{model}/config.py:tiny"),
@@ -89,7 +89,7 @@ def test_tokenizer_then_token_models_end_to_end(tmp_path, capsys):
             str(run),
         ]
         assert cli.train_main([*argv, *short, f"--config.model.tokenizer_workdir={tok}"]) == 0
-        out = tmp_path / f"{model}.png"
+        out = tmp_path / f"{model}_{q}.png"
         assert cli.sample_main(["--workdir", str(run), "--num", "4", "--out", str(out)]) == 0
         assert out.stat().st_size > 0
         assert cli.eval_main(["--workdir", str(run), "--batches", "1"]) == 0

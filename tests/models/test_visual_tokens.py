@@ -17,6 +17,7 @@ def _images(b=2, size=8, c=1):
 
 QUANT = {
     "vq": dict(quantizer="vq"),
+    "vq_ema": dict(quantizer="vq_ema"),
     "fsq": dict(quantizer="fsq", latent_dim=3, levels=(4, 4, 4)),
     "lfq": dict(quantizer="lfq", latent_dim=6),
     "rq": dict(quantizer="rq"),
