@@ -27,6 +27,8 @@ target's (K + 1)-token ``decode`` over its one-token ``decode`` (best of 3 jitte
 :data:`COST_CALLS` calls, same cache size), and ``predicted_v`` = tokens per call / (v + c K)
 is the formula with it; ``round_ms`` is the measured time per target call (``min_ms`` /
 ``target_calls``) and ``step_ms`` (on ``generate`` rows) the time per generated token.
+``cpu_ms``: the best process CPU time of a call, ``speedup_cpu`` the baseline's over it (a
+loaded machine slows wall time more than CPU time).
 """
 
 from __future__ import annotations
@@ -125,6 +127,17 @@ def _model(variant: str, steps: int | None, tmp: pathlib.Path | None):
     return loop.load_run(str(workdir)).model(), str(workdir)
 
 
+def _cpu_best(fn, repeats: int) -> float:
+    """Best process CPU seconds of ``fn()`` (all threads; less disturbed than wall time by
+    other processes on a shared machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        jax.block_until_ready(fn())
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def _alpha(stats) -> float:
     acc = float(np.sum(np.asarray(stats["accepted"])))
     rej = float(np.sum(np.asarray(stats["rejections"])))
@@ -158,10 +171,9 @@ def run(quick: bool) -> list[harness.Result]:
         t_draft = harness.timeit(plain, draft, repeats=repeats)
         c = t_draft.min_s / t_target.min_s
         base_min = t_target.min_s
-        step_ms = t_target.min_s * 1e3 / new
-        rows.append(
-            _row(case, "generate", t_target, b * new, {"c": c, "step_ms": step_ms}, base_min)
-        )
+        base_cpu = _cpu_best(lambda: plain(target), repeats)
+        extra = {"c": c, "step_ms": t_target.min_s * 1e3 / new, "cpu_ms": base_cpu * 1e3}
+        rows.append(_row(case, "generate", t_target, b * new, extra, base_min))
         plans = [(f"spec-{k}", draft, k) for k in ks] + [(f"self-{k}", None, k) for k in self_ks]
         for name, d, k in plans:
 
@@ -172,6 +184,7 @@ def run(quick: bool) -> list[harness.Result]:
                 )  # fmt: skip
 
             t = harness.timeit(spec, repeats=repeats)
+            cpu = _cpu_best(spec, repeats)
             _, stats = spec()
             alpha = _alpha(stats)
             cost = 0.0 if d is None else c
@@ -185,6 +198,8 @@ def run(quick: bool) -> list[harness.Result]:
                 "predicted_v": predicted_speedup(alpha, k, cost, v),
                 "target_calls": int(stats["target_calls"]),
                 "round_ms": t.min_s * 1e3 / max(int(stats["target_calls"]), 1),
+                "cpu_ms": cpu * 1e3,
+                "speedup_cpu": base_cpu / cpu,
             }
             rows.append(_row(case, name, t, b * new, extra, base_min))
         for shape, d in [(s, None) for s in TREES] + [(s, draft) for s in TREES]:
