@@ -23,8 +23,8 @@ by a shared machine) and the 1-minute load average ``load1`` when the row was ti
 
 The formula prices a (K + 1)-token verification like a one-token call (true where a decode
 step is bound by reading the weights, as on an accelerator). ``v`` measures that price: the
-target's (K + 1)-token ``decode`` over its one-token ``decode`` (best of 3 jitted scans of
-:data:`COST_CALLS` calls, same cache size), and ``predicted_v`` = tokens per call / (v + c K)
+target's (K + 1)-token ``decode`` over its one-token ``decode`` (best CPU time of 5 jitted
+scans of :data:`COST_CALLS` calls, same cache size), and ``predicted_v`` = tokens per call / (v + c K)
 is the formula with it; ``round_ms`` is the measured time per target call (``min_ms`` /
 ``target_calls``) and ``step_ms`` (on ``generate`` rows) the time per generated token.
 ``cpu_ms``: the best process CPU time of a call, ``speedup_cpu`` the baseline's over it (a
@@ -52,7 +52,7 @@ from jaxar.train import experiments, loop
 PROMPT = b"def __init__(self, "
 TREES = ((2, 2, 2),)  # tree verification of the heads' / draft's top-k (greedy)
 VARIANTS = ("deep_target", "deep_draft")  # experiments/speculative
-COST_CALLS = 16  # decode calls per timed scan in verify_cost
+COST_CALLS = 32  # decode calls per timed scan in verify_cost
 
 
 def predicted_speedup(alpha: float, k: int, c: float, v: float = 1.0) -> float:
@@ -78,9 +78,10 @@ def _decode_scan(graphdef, params, batch: int, t: int, max_len: int):
     return jax.lax.scan(step, state, jnp.arange(COST_CALLS, dtype=jnp.int32))[1]
 
 
-def verify_cost(model, k: int, batch: int, repeats: int = 3) -> float:
+def verify_cost(model, k: int, batch: int, repeats: int = 5) -> float:
     """``v``: time of a (K + 1)-token ``decode`` over a one-token ``decode`` of ``model``
-    (best of ``repeats`` jitted scans each, interleaved, the same cache size)."""
+    (best process CPU time of ``repeats`` jitted scans each, interleaved, the same cache
+    size)."""
     graphdef, params = nnx.split(model)
     max_len = COST_CALLS * (k + 1)
     fns = [functools.partial(_decode_scan, graphdef, params, batch, t, max_len) for t in (1, k + 1)]
@@ -89,9 +90,9 @@ def verify_cost(model, k: int, batch: int, repeats: int = 3) -> float:
         jax.block_until_ready(fn())  # compile
     for _ in range(repeats):
         for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             jax.block_until_ready(fn())
-            best[i] = min(best[i], time.perf_counter() - t0)
+            best[i] = min(best[i], time.process_time() - t0)
     return best[1] / best[0]
 
 
