@@ -6,7 +6,7 @@ a draft (1 layer x 128) trained on the embedded ``stdlib`` corpus
 ``jaxar_runs/speculative_deep_{target,draft}`` when those runs exist (or from
 ``$JAXAR_SPECULATIVE_RUNS/{target,draft}``), otherwise trained here first (full: the
 experiment's steps; ``--quick``: 30 steps, in a temporary folder). ``--quick``: T = 32
-new bytes, heads K = 3 only; full: T = 128, K = 1..3; best (and median) of 3 timed runs
+new bytes, heads K = 3 only; full: T = 128, K = 1..3; best (and median) of 5 timed runs
 after a compiling one.
 
 Rows per batch size B in (1, 8), greedy decoding of T new bytes after a code prompt:
@@ -20,17 +20,29 @@ predicted speed-up ``(1 - alpha^(K+1)) / ((1 - alpha) (c K + 1))`` (Leviathan et
 arXiv:2211.17192; c = 0 for the heads, whose cost is inside the target call), the best
 time ``min_ms`` with ``speedup_min`` (baseline best / this best: the figure least disturbed
 by a shared machine) and the 1-minute load average ``load1`` when the row was timed.
+
+The formula prices a (K + 1)-token verification like a one-token call (true where a decode
+step is bound by reading the weights, as on an accelerator). ``v`` measures that price: the
+target's (K + 1)-token ``decode`` over its one-token ``decode`` (best CPU time of 5 jitted
+scans of :data:`COST_CALLS` calls, same cache size), and ``predicted_v`` = tokens per call / (v + c K)
+is the formula with it; ``round_ms`` is the measured time per target call (``min_ms`` /
+``target_calls``) and ``step_ms`` (on ``generate`` rows) the time per generated token.
+``cpu_ms``: the best process CPU time of a call, ``speedup_cpu`` the baseline's over it (a
+loaded machine slows wall time more than CPU time).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxar.bench import harness
 from jaxar.sampling import generate, speculative, tree
@@ -40,13 +52,48 @@ from jaxar.train import experiments, loop
 PROMPT = b"def __init__(self, "
 TREES = ((2, 2, 2),)  # tree verification of the heads' / draft's top-k (greedy)
 VARIANTS = ("deep_target", "deep_draft")  # experiments/speculative
+COST_CALLS = 32  # decode calls per timed scan in verify_cost
 
 
-def predicted_speedup(alpha: float, k: int, c: float) -> float:
-    """``(1 - alpha^(K+1)) / ((1 - alpha)(c K + 1))``: expected tokens per call over the
-    cost of a call in target-call units (MATHS.md s.9)."""
+def predicted_speedup(alpha: float, k: int, c: float, v: float = 1.0) -> float:
+    """``(1 - alpha^(K+1)) / ((1 - alpha)(c K + v))``: expected tokens per call over the
+    cost of a round in one-token target calls (MATHS.md s.9 has ``v = 1``: a (K + 1)-token
+    verification priced like a one-token call)."""
     tokens = k + 1.0 if alpha >= 1.0 else (1.0 - alpha ** (k + 1)) / (1.0 - alpha)
-    return tokens / (c * k + 1.0)
+    return tokens / (c * k + v)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 2, 3, 4))
+def _decode_scan(graphdef, params, batch: int, t: int, max_len: int):
+    """COST_CALLS ``decode`` calls of ``t`` tokens each on one growing state."""
+    model = nnx.merge(graphdef, params)
+    state = model.init_state(batch, max_len)
+
+    def step(s, i):
+        tok = jnp.full((batch, t), i, jnp.int32)
+        pos = jnp.broadcast_to(i * t + jnp.arange(t, dtype=jnp.int32)[None], (batch, t))
+        logits, s = model.decode(tok, s, positions=pos)
+        return s, logits[:, -1, 0]
+
+    return jax.lax.scan(step, state, jnp.arange(COST_CALLS, dtype=jnp.int32))[1]
+
+
+def verify_cost(model, k: int, batch: int, repeats: int = 5) -> float:
+    """``v``: time of a (K + 1)-token ``decode`` over a one-token ``decode`` of ``model``
+    (best process CPU time of ``repeats`` jitted scans each, interleaved, the same cache
+    size)."""
+    graphdef, params = nnx.split(model)
+    max_len = COST_CALLS * (k + 1)
+    fns = [functools.partial(_decode_scan, graphdef, params, batch, t, max_len) for t in (1, k + 1)]
+    best = [float("inf")] * 2
+    for fn in fns:
+        jax.block_until_ready(fn())  # compile
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            t0 = time.process_time()
+            jax.block_until_ready(fn())
+            best[i] = min(best[i], time.process_time() - t0)
+    return best[1] / best[0]
 
 
 def _workdir(variant: str) -> pathlib.Path:
@@ -81,6 +128,17 @@ def _model(variant: str, steps: int | None, tmp: pathlib.Path | None):
     return loop.load_run(str(workdir)).model(), str(workdir)
 
 
+def _cpu_best(fn, repeats: int) -> float:
+    """Best process CPU seconds of ``fn()`` (all threads; less disturbed than wall time by
+    other processes on a shared machine)."""
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.process_time()
+        jax.block_until_ready(fn())
+        best = min(best, time.process_time() - t0)
+    return best
+
+
 def _alpha(stats) -> float:
     acc = float(np.sum(np.asarray(stats["accepted"])))
     rej = float(np.sum(np.asarray(stats["rejections"])))
@@ -98,7 +156,7 @@ def run(quick: bool) -> list[harness.Result]:
     batches = (1, 8)
     ks = (2, 4, 8)
     self_ks = (3,) if quick else (1, 2, 3)
-    repeats = 3
+    repeats = 5
     key = jax.random.key(0)
     rows = []
     for b in batches:
@@ -114,7 +172,9 @@ def run(quick: bool) -> list[harness.Result]:
         t_draft = harness.timeit(plain, draft, repeats=repeats)
         c = t_draft.min_s / t_target.min_s
         base_min = t_target.min_s
-        rows.append(_row(case, "generate", t_target, b * new, {"c": c}, base_min))
+        base_cpu = _cpu_best(lambda: plain(target), repeats)
+        extra = {"c": c, "step_ms": t_target.min_s * 1e3 / new, "cpu_ms": base_cpu * 1e3}
+        rows.append(_row(case, "generate", t_target, b * new, extra, base_min))
         plans = [(f"spec-{k}", draft, k) for k in ks] + [(f"self-{k}", None, k) for k in self_ks]
         for name, d, k in plans:
 
@@ -125,14 +185,22 @@ def run(quick: bool) -> list[harness.Result]:
                 )  # fmt: skip
 
             t = harness.timeit(spec, repeats=repeats)
+            cpu = _cpu_best(spec, repeats)
             _, stats = spec()
             alpha = _alpha(stats)
             cost = 0.0 if d is None else c
+            v = verify_cost(target, k, b)
             extra = {
                 "alpha": alpha,
                 "c": cost,
+                "v": v,
                 "tokens_per_call": float(np.mean(np.asarray(stats["tokens_per_call"]))),
                 "predicted": predicted_speedup(alpha, k, cost),
+                "predicted_v": predicted_speedup(alpha, k, cost, v),
+                "target_calls": int(stats["target_calls"]),
+                "round_ms": t.min_s * 1e3 / max(int(stats["target_calls"]), 1),
+                "cpu_ms": cpu * 1e3,
+                "speedup_cpu": base_cpu / cpu,
             }
             rows.append(_row(case, name, t, b * new, extra, base_min))
         for shape, d in [(s, None) for s in TREES] + [(s, draft) for s in TREES]:

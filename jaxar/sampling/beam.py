@@ -21,8 +21,8 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, valid_logits
-from jaxar.sampling.generate import _check_prompt_ids
-from jaxar.sampling.speculative import _check_common, _check_lm, _vocab
+from jaxar.sampling.generate import _check_prompt_ids, _vocab_size
+from jaxar.sampling.speculative import _check_common, _check_lm
 
 __all__ = ["beam_search"]
 
@@ -62,7 +62,7 @@ def beam_search(
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty={length_penalty!r} is invalid; accepted: a float >= 0")
     graphdef, params = nnx.split(model)
-    vocab = _vocab(graphdef, params)
+    vocab = _vocab_size(model, graphdef, params)
     if eos_id is not None and (not isinstance(eos_id, int | np.integer) or not 0 <= eos_id < vocab):
         raise ValueError(f"eos_id={eos_id!r} is invalid; accepted: None or an int in [0, {vocab})")
     if not isinstance(prompt, jax.core.Tracer):

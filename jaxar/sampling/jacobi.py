@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, check_draws, valid_logits
-from jaxar.sampling.generate import _check_prompt_ids
+from jaxar.sampling.generate import _check_prompt_ids, _vocab_size
 from jaxar.sampling.speculative import (
     _check_common,
     _check_lm,
@@ -65,19 +65,17 @@ def generate(model, prompt_BxP, *, max_new_tokens: int, window: int = 16):
         raise ValueError(f"window={window!r} is invalid; accepted: an int >= 1")
     graphdef, params = nnx.split(model)
     if not isinstance(prompt, jax.core.Tracer):
-        _check_prompt_ids(np.asarray(prompt), _vocab(graphdef, params))
-    mode = _verify_mode(model, prompt.shape[0])
-    tokens, stats = _jacobi(
-        graphdef, params, prompt.astype(jnp.int32), max_new_tokens, window, mode
-    )
+        _check_prompt_ids(np.asarray(prompt), _vocab_size(model, graphdef, params))
+    tokens, stats = _jacobi(graphdef, params, prompt.astype(jnp.int32), max_new_tokens, window)
     check_draws(tokens[:, prompt.shape[1] :], "jacobi.generate")
     return tokens, stats
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
-def _jacobi(graphdef, params, prompt, max_new, w, mode):
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _jacobi(graphdef, params, prompt, max_new, w):
     model = nnx.merge(graphdef, params)
     b, p = prompt.shape
+    mode = _verify_mode(model, b)
     total = p + max_new
     max_len = total + 2 * w
     bad_prompt = jnp.any((prompt < 0) | (prompt >= _vocab(graphdef, params)), axis=1)

@@ -50,7 +50,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, categorical, check_draws, valid_logits
-from jaxar.sampling.generate import _check_prompt_ids, _logits_probe
+from jaxar.sampling.generate import _check_prompt_ids, _logits_probe, _vocab_size
 from jaxar.sampling.logits import process
 
 __all__ = ["generate"]
@@ -130,7 +130,8 @@ def _decode_steps(model, tokens_BxT, state, positions_BxT, *, mode: str, hidden:
 
 def _verify_mode(model, batch: int) -> str:
     """How ``model`` is verified: "cache", "steps" (its decode has ``return_steps``) or
-    "scan" (a mixer without it: one-token steps)."""
+    "scan" (a mixer without it: one-token steps). Shape-only tracing: called inside the
+    jitted loops, so it runs once per compilation, not per call."""
     state = jax.eval_shape(lambda: model.init_state(batch, 2))
     if all(_is_cache(s) for s in state):
         return "cache"
@@ -153,11 +154,11 @@ def _split_pair(target, draft):
     """``(t_graph, t_params, d_graph, d_params, vocab)`` of a target and an optional draft
     (None, None for no draft), refusing a draft over another vocabulary."""
     t_graph, t_params = nnx.split(target)
-    v_t = _vocab(t_graph, t_params)
+    v_t = _vocab_size(target, t_graph, t_params)
     if draft is None:
         return t_graph, t_params, None, None, v_t
     d_graph, d_params = nnx.split(draft)
-    v_d = _vocab(d_graph, d_params)
+    v_d = _vocab_size(draft, d_graph, d_params)
     if v_t != v_d:
         raise ValueError(
             f"draft vocabulary size {v_d} differs from the target's {v_t}; accepted: a "
@@ -304,7 +305,6 @@ def generate(
         float(temperature),
         top_k,
         top_p,
-        _verify_mode(target, prompt.shape[0]),
     )
     check_draws(tokens[:, prompt.shape[1] :], "speculative.generate")
     return (tokens, stats) if return_stats else tokens
@@ -328,14 +328,15 @@ def _logits_probe_shape(model) -> int:
     return model.config.vocab_size
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 8, 9, 10, 11))
+@functools.partial(jax.jit, static_argnums=(0, 2, 6, 7, 8, 9, 10))
 def _speculative(
-    t_graph, t_params, d_graph, d_params, key, prompt, max_new, k, temperature, top_k, top_p, mode
+    t_graph, t_params, d_graph, d_params, key, prompt, max_new, k, temperature, top_k, top_p
 ):
     target = nnx.merge(t_graph, t_params)
     self_spec = d_graph is None
     draft = None if self_spec else nnx.merge(d_graph, d_params)
     b, p = prompt.shape
+    mode = _verify_mode(target, b)
     total = p + max_new
     # slack: an idle row still writes K + 1 slots past its length (then ignored)
     max_len = total + 2 * k + 1

@@ -141,7 +141,6 @@ def generate(
             "whose layers are all global attention (use speculative.generate otherwise)"
         )
     graphdef, params, d_graph, d_params, v_t = _split_pair(target, draft)
-    d_mode = None if draft is None else _verify_mode(draft, prompt.shape[0])
     if max(tree) > v_t:
         raise ValueError(
             f"tree={tuple(tree)} asks for {max(tree)} candidates per depth from a vocabulary "
@@ -157,16 +156,16 @@ def generate(
         prompt.astype(jnp.int32),
         max_new_tokens,
         tuple(int(k) for k in tree),
-        d_mode,
     )
     check_draws(tokens[:, prompt.shape[1] :], "tree.generate")
     return (tokens, stats) if return_stats else tokens
 
 
-@functools.partial(jax.jit, static_argnums=(0, 2, 5, 6, 7))
-def _tree(graphdef, params, d_graph, d_params, prompt, max_new, tree, d_mode):
+@functools.partial(jax.jit, static_argnums=(0, 2, 5, 6))
+def _tree(graphdef, params, d_graph, d_params, prompt, max_new, tree):
     target = nnx.merge(graphdef, params)
     draft = None if d_graph is None else nnx.merge(d_graph, d_params)
+    d_mode = None if draft is None else _verify_mode(draft, prompt.shape[0])
     parents, depths, ranks = (jnp.asarray(a) for a in tree_structure(tree))
     n_nodes, depth = parents.shape[0], len(tree)
     mask = tree_mask(parents)  # (N, N)

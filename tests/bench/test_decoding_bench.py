@@ -12,3 +12,5 @@ def test_decoding_is_registered_and_prediction_matches_formula():
     assert predicted_speedup(0.8, 4, 0.25) == pytest.approx(3.3616 / 2.0)
     assert predicted_speedup(1.0, 4, 0.0) == 5.0  # every draft accepted, free drafts
     assert predicted_speedup(0.0, 8, 0.5) == pytest.approx(1.0 / 5.0)  # all rejected
+    # a verification priced at v one-token calls: the round costs c K + v
+    assert predicted_speedup(0.8, 4, 0.25, v=2.0) == pytest.approx(3.3616 / 3.0)
