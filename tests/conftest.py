@@ -11,6 +11,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 # With libtpu installed (the tpu extra) every process that compiles for a TPU topology
 # loads it; without this, the first one locks /tmp/libtpu_lockfile and the others fail.
 os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+# The suite compiles far more than it runs (hundreds of small programs): LLVM at -O0
+# compiles about twice as fast on CPU, and the fast suite ran ~18% faster (a 120-test
+# subset, 660 s vs 801 s side by side). XLA's HLO passes (fusion, layout) are unchanged,
+# and child processes (CLI runs, notebooks) inherit the flag. JAXAR_TEST_XLA_OPT=1 keeps
+# XLA's default back-end optimisation.
+if os.environ.get("JAXAR_TEST_XLA_OPT") != "1":
+    os.environ["XLA_FLAGS"] = " ".join(
+        [os.environ.get("XLA_FLAGS", ""), "--xla_backend_optimization_level=0"]
+    ).strip()
 
 import absl.flags  # noqa: E402
 import jax  # noqa: E402

@@ -194,16 +194,20 @@ def abstract_train_step(cfg: TrainConfig, mesh, info=None, *, say=_say):
         with nnx.use_eager_sharding(False):
             return build()
 
-    graphdef, abs_params, abs_rest = nnx.split(nnx.eval_shape(make_model), nnx.Param, ...)
+    # params, the non-gradient model state (travels in the train state, as in the trainer)
+    # and the fixed rest (closed over by the step)
+    graphdef, abs_params, abs_ms, abs_rest = step_lib.split_model(nnx.eval_shape(make_model))
     if jax.tree.leaves(abs_rest):  # closed over by the step: must be concrete, and small
         # jitted, returning only the rest: XLA drops the parameters' initialisers
-        rest = jax.jit(lambda: nnx.split(make_model(), nnx.Param, ...)[2])()
+        rest = jax.jit(lambda: step_lib.split_model(make_model())[3])()
     else:
         rest = abs_rest
     tx = optim.make(cfg)
     ema = cfg.ema_decay > 0
     abs_state = jax.eval_shape(
-        lambda p: step_lib.init_state(p, tx, seed=cfg.seed, ema=ema), abs_params
+        lambda p, ms: step_lib.init_state(p, tx, seed=cfg.seed, ema=ema, model_state=ms),
+        abs_params,
+        abs_ms,
     )
     # optimizer moments and the EMA carry the params' logical names: shard them alike
     state_sh = sharding.state_shardings(abs_state, mesh)

@@ -74,3 +74,21 @@ def test_images_of_variable_shape_are_refused():
     info = sources.DataInfo("image", image_shape=(None, None, 3), num_classes=1000)
     with pytest.raises(ValueError, match=r"^config.data.name='tfds:imagenet2012' has images of"):
         compile_lib._batch(cfg, info, None)
+
+
+def test_model_state_travels_in_the_abstract_train_state():
+    """A model with non-gradient state (the EMA codebook) compiles as the trainer runs it:
+    the codebook is in ``model_state``, not a constant of the step nor a parameter."""
+    import jax
+
+    from jaxar import sharding
+    from jaxar.train import config as config_lib
+    from jaxar.train import experiments
+
+    cfg = config_lib.from_config_dict(experiments.load_config("vq_tokenizer:tiny_vq_ema"))
+    step, state, batch = compile_lib.abstract_train_step(cfg, sharding.make_mesh(8, 1, 1))
+    assert "model_state" in state
+    assert not any(
+        "codebook" in jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_flatten_with_path(state["params"])[0]
+    )
