@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxar import sharding
 from jaxar.models.common import from_preset
 from jaxar.models.token_transformer import (
     TokenModelConfig,
@@ -118,7 +119,11 @@ class TokenAR(nnx.Module):
         return jnp.concatenate([logits, pad], -1)
 
     def _embed(self, tokens):
-        return jnp.take(self.embed[...], tokens, axis=0).astype(self.config.dtype)
+        # the table gathered over embed and the rows kept on the batch axes, as
+        # jaxar.nn.layers.Embed does (else XLA gathers the codes' batch under fsdp/tensor)
+        table = sharding.constrain(self.embed[...], ("vocab", None))
+        h = jnp.take(table, tokens, axis=0).astype(self.config.dtype)
+        return sharding.constrain(h, ("batch", "length", "embed"))
 
     def __call__(self, tokens_BxL):
         """Full causal pass over ``[class, codes...]`` -> logits (B, L, V)."""

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxar import dispatch
+from jaxar import dispatch, sharding
 from jaxar.models.common import from_preset
 from jaxar.models.token_transformer import (
     TokenModelConfig,
@@ -140,7 +140,10 @@ class VAR(nnx.Module):
         self.tokenizer = nnx.data(None if tokenizer is None else freeze(tokenizer))
 
     def condition(self, labels_B):
-        return jnp.take(self.class_emb[...], jnp.asarray(labels_B, jnp.int32), axis=0)
+        # gathered over embed, rows on the batch axes (as jaxar.nn.layers.Embed)
+        table = sharding.constrain(self.class_emb[...], ("vocab", None))
+        cond = jnp.take(table, jnp.asarray(labels_B, jnp.int32), axis=0)
+        return sharding.constrain(cond, ("batch", "embed"))
 
     def embed_block(self, k: int, x_BxTxC, cond_BxD):
         """Inputs of scale k (k = 0: the class token; else area-resized ``f_hat``)."""
