@@ -28,7 +28,6 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxar import sharding
 from jaxar.models.common import from_preset
 from jaxar.models.token_transformer import (
     TokenModelConfig,
@@ -36,6 +35,7 @@ from jaxar.models.token_transformer import (
     TokenTransformerConfig,
 )
 from jaxar.models.vq import VQ, freeze
+from jaxar.nn.layers import embed_lookup
 from jaxar.ops.masks import causal_mask
 
 __all__ = ["PRESETS", "TokenARConfig", "TokenAR", "loss", "image_codes"]
@@ -119,11 +119,8 @@ class TokenAR(nnx.Module):
         return jnp.concatenate([logits, pad], -1)
 
     def _embed(self, tokens):
-        # the table gathered over embed and the rows kept on the batch axes, as
-        # jaxar.nn.layers.Embed does (else XLA gathers the codes' batch under fsdp/tensor)
-        table = sharding.constrain(self.embed[...], ("vocab", None))
-        h = jnp.take(table, tokens, axis=0).astype(self.config.dtype)
-        return sharding.constrain(h, ("batch", "length", "embed"))
+        h = embed_lookup(self.embed[...], tokens, out_axes=("batch", "length", "embed"))
+        return h.astype(self.config.dtype)
 
     def __call__(self, tokens_BxL):
         """Full causal pass over ``[class, codes...]`` -> logits (B, L, V)."""

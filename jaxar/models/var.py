@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxar import dispatch, sharding
+from jaxar import dispatch
 from jaxar.models.common import from_preset
 from jaxar.models.token_transformer import (
     TokenModelConfig,
@@ -39,6 +39,7 @@ from jaxar.models.token_transformer import (
     TokenTransformerConfig,
 )
 from jaxar.models.vq import VQ, Frozen, freeze
+from jaxar.nn.layers import embed_lookup
 from jaxar.ops import quantize as qops
 from jaxar.ops.masks import ScaleCausal, scale_causal_mask
 
@@ -140,10 +141,8 @@ class VAR(nnx.Module):
         self.tokenizer = nnx.data(None if tokenizer is None else freeze(tokenizer))
 
     def condition(self, labels_B):
-        # gathered over embed, rows on the batch axes (as jaxar.nn.layers.Embed)
-        table = sharding.constrain(self.class_emb[...], ("vocab", None))
-        cond = jnp.take(table, jnp.asarray(labels_B, jnp.int32), axis=0)
-        return sharding.constrain(cond, ("batch", "embed"))
+        labels = jnp.asarray(labels_B, jnp.int32)
+        return embed_lookup(self.class_emb[...], labels, out_axes=("batch", "embed"))
 
     def embed_block(self, k: int, x_BxTxC, cond_BxD):
         """Inputs of scale k (k = 0: the class token; else area-resized ``f_hat``)."""

@@ -105,6 +105,20 @@ class MLP(nnx.Module):
         return self.down(h)
 
 
+def embed_lookup(table_VxD, ids, *, dtype=None, out_axes=None):
+    """Rows ``table[ids]`` of an embedding table named ``("vocab", "embed")``.
+
+    The table is gathered over ``embed`` before the take (else XLA gathers the ids' batch
+    instead under fsdp / tensor meshes); ``out_axes`` (e.g. ``("batch", "length",
+    "embed")``) keeps the rows on those logical axes; ``dtype`` casts the table first.
+    """
+    table = sharding.constrain(table_VxD, ("vocab", None))
+    if dtype is not None:
+        table = table.astype(dtype)
+    rows = jnp.take(table, ids, axis=0)
+    return rows if out_axes is None else sharding.constrain(rows, out_axes)
+
+
 class Embed(nnx.Module):
     """Token embedding ``(V, D)`` named ``("vocab", "embed")``; ``attend`` gives tied logits."""
 
@@ -116,10 +130,7 @@ class Embed(nnx.Module):
         )
 
     def __call__(self, tokens):
-        table = sharding.constrain(self.embedding[...], ("vocab", None))  # gathered over embed
-        if self.dtype is not None:
-            table = table.astype(self.dtype)
-        return jnp.take(table, tokens, axis=0)
+        return embed_lookup(self.embedding[...], tokens, dtype=self.dtype)
 
     def attend(self, h_BxLxD):
         """Logits ``h E^T`` (float32)."""
