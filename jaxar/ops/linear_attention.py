@@ -21,7 +21,8 @@ Implementations (``impl``, ``jaxar.dispatch.LinearAttentionImpl``):
       being the split point (flash-linear-attention's secondary chunking applied
       recursively, down to single positions). Elementwise work per position: about
       K log2(C) exponentials, against K C for a (C, C, K) decay tensor; no
-      log-space tensor at all.
+      log-space tensor at all. The exponents of each level are prefix / suffix sums
+      within its halves: (m, m) 0/1 matmuls on the halves, block-local.
 
   * ``"pallas"``: ``pallas_kernels.gateloop.linear_attention``, one kernel for the three
     gate kinds (a scalar gate broadcast over K before it), log-gates floored at e^-30;
@@ -217,76 +218,68 @@ def segment_sum(x):
 
 
 @functools.cache
-def _sum_matrices(c: int) -> np.ndarray:
-    """0/1 matrices (J, C, C) that sum exactly the log-gates each decay needs, J = log2(C) + 2.
-
-    Row j < log2(C) (half-width m = 2^j): for t in a right half [mid, mid + m) the sum over
-    [mid, t]; for t in a left half [mid - m, mid) the sum over (t, mid). Row J - 2: the
-    inclusive running sum over [0, t]; row J - 1: the sum over (t, C - 1].
-    """
-    levels = max(0, (c - 1).bit_length())
-    out = np.zeros((levels + 2, c, c), np.float32)
-    for j in range(levels):
-        m = 1 << j
-        for t in range(c):
-            mid = (t // (2 * m)) * 2 * m + m
-            if t >= mid:
-                out[j, t, mid : t + 1] = 1
-            else:
-                out[j, t, t + 1 : mid] = 1
-    for t in range(c):
-        out[levels, t, : t + 1] = 1
-        out[levels + 1, t, t + 1 :] = 1
-    return out
+def _block_sum_matrices(m: int) -> np.ndarray:
+    """(2, m, m) 0/1 matrices on a block of m positions: row 0 sums [0, t] (inclusive
+    prefix), row 1 sums (t, m) (exclusive suffix)."""
+    ones = np.ones((m, m), np.float32)
+    return np.stack([np.tril(ones), np.triu(ones, 1)])
 
 
-def _range_sums(la):
-    """``(J, ..., C, K)`` exact range sums of ``la`` (..., C, K) by ``_sum_matrices``: one
-    matmul; each entry adds exactly its own terms (0/1 weights)."""
-    mats = jnp.asarray(_sum_matrices(la.shape[-2]), jnp.real(la).dtype)
+def _block_sums(x, which: int):
+    """Exact prefix (``which=0``) or exclusive suffix (``which=1``) sums of ``x`` (..., m, K)
+    along its m axis: one matmul with 0/1 weights, each entry adding exactly its own
+    terms (no difference of running sums)."""
+    mat = jnp.asarray(_block_sum_matrices(x.shape[-2])[which], jnp.real(x).dtype)
+    return jnp.einsum("tu,...uk->...tk", mat, x, precision=lax.Precision.HIGHEST)
 
-    def mm(x):
-        return jnp.einsum("jtu,...uk->j...tk", mats, x, precision=lax.Precision.HIGHEST)
 
-    if jnp.iscomplexobj(la):
-        return lax.complex(mm(la.real), mm(la.imag))
-    return mm(la)
+def _edge_sums(la):
+    """``(in, out)`` of ``la`` (..., C, K): the inclusive running sum over [0, t] (the
+    decay from the chunk start to t) and the sum over (t, C - 1] (from t to the end)."""
+    return _block_sums(la, 0), _block_sums(la, 1)
 
 
 def _running_sum(x):
-    """Inclusive running sums over the chunk axis of ``x`` (..., C, K): row J - 2 of
-    :func:`_range_sums` alone (the same 0/1 matmul)."""
-    ones = jnp.tril(jnp.ones((x.shape[-2],) * 2, x.dtype))
-    return jnp.einsum("tu,...uk->...tk", ones, x, precision=lax.Precision.HIGHEST)
+    """Inclusive running sums over the chunk axis of ``x`` (..., C, K)."""
+    return _block_sums(x, 0)
 
 
-def _intra_diag(q, k, v, sums):
+def _intra_diag(q, k, v, la):
     """Within-chunk outputs for diagonal gates, by the binary split (module docstring).
 
-    q, k (..., C, R K) real; v (..., C, E); sums (J, ..., C, K) real from ``_range_sums``;
-    C a power of two; R = 2 for complex gates as real pairs ``[q cos theta, q sin theta]``,
-    ``[k cos theta, k sin theta]`` (theta the phase from the chunk start). Returns
+    q, k (..., C, R K) real; v (..., C, E); la (..., C, K) real log-gates; C a power of
+    two; R = 2 for complex gates as real pairs ``[q cos theta, q sin theta]``, ``[k cos
+    theta, k sin theta]`` (theta the phase from the chunk start). At half-width m the
+    exponents are block-local: the prefix sums of each right half and the exclusive suffix
+    sums of each left half, (m, m) 0/1 matmuls on those halves only (m C K multiply-adds
+    per level and no (levels, C, K) tensor to assemble in the backward pass). Returns
     (..., C, E).
     """
-    reps = q.shape[-1] // sums.shape[-1]
+    reps = q.shape[-1] // la.shape[-1]
     cc = q.shape[-2]
     lead = q.shape[:-2]
+
+    def tile(f):  # a factor per key dimension, repeated over the R parts of q / k
+        return jnp.concatenate([f] * reps, axis=-1) if reps > 1 else f
+
     y = jnp.sum(q * k, axis=-1, keepdims=True) * v  # s = t: decay 1
-    m, j = 1, 0
+    m = 1
     while m < cc:
         nb = cc // (2 * m)
 
         def split(t, nb=nb, m=m):
             return t.reshape(*lead, nb, 2, m, t.shape[-1])
 
-        f = jnp.exp(sums[j])  # exp(<= 0): q's factor on right halves, k's on left
-        f = split(jnp.concatenate([f] * reps, axis=-1) if reps > 1 else f)
-        q_r = split(q)[..., 1, :, :] * f[..., 1, :, :]
-        k_l = split(k)[..., 0, :, :] * f[..., 0, :, :]
+        halves = split(la)
+        # q's factor on right halves exp(sum_{mid<=u<=t}), k's on left exp(sum_{s<u<mid})
+        q_r = split(q)[..., 1, :, :] * tile(jnp.exp(_block_sums(halves[..., 1, :, :], 0)))
+        k_l = split(k)[..., 0, :, :]
+        if m > 1:  # a left half of one position has an empty sum: factor 1
+            k_l = k_l * tile(jnp.exp(_block_sums(halves[..., 0, :, :], 1)))
         scores = jnp.einsum("...tk,...sk->...ts", q_r, k_l)  # (..., nb, m, m)
         y_r = jnp.einsum("...ts,...se->...te", scores, split(v)[..., 0, :, :])
         y = y + jnp.stack([jnp.zeros_like(y_r), y_r], axis=-3).reshape(y.shape)
-        m, j = 2 * m, j + 1
+        m *= 2
     return y
 
 
@@ -297,7 +290,7 @@ def _intra_scalar(q, k, v, la):
     (s, t]: zero gates are taken out of b and counted instead, so b stays O(|log a| C)."""
     c = la.shape[-1]
     zero = la <= 0.5 * LOG_ZERO
-    b = _range_sums(jnp.where(zero, 0.0, la)[..., None])[-2, ..., 0]
+    b = _running_sum(jnp.where(zero, 0.0, la)[..., None])[..., 0]
     n0 = jnp.cumsum(zero, axis=-1, dtype=jnp.int32)
     causal = jnp.tril(jnp.ones((c, c), bool)).reshape((1,) * (la.ndim - 1) + (c, c))
     keep = (n0[..., :, None] == n0[..., None, :]) & causal
@@ -323,16 +316,16 @@ def _chunked(q, k, v, la, s0, gate, chunk_size):
     qc, kc, vc, lc = chunks(q), chunks(k), chunks(v), chunks(la)
     if gate == "scalar":
         y = _intra_scalar(qc, kc, vc, lc)
-        sums = _range_sums(lc[..., None])  # (J, B, H, N, C, 1)
+        sum_in, sum_out = _edge_sums(lc[..., None])  # (B, H, N, C, 1)
     elif jnp.iscomplexobj(lc):
         return _chunked_complex(qc, kc, vc, lc, s0, (b, length, h, e))
     else:
-        sums = _range_sums(lc)
-        y = _intra_diag(qc, kc, vc, sums)
+        sum_in, sum_out = _edge_sums(lc)
+        y = _intra_diag(qc, kc, vc, lc)
     # state in / out of each chunk: S_out = exp(sum la) S_in + sum_s (k_s exp(la_{s<u<=C})) v_s^T
-    q_in = qc * jnp.exp(sums[-2])
-    k_out = kc * jnp.exp(sums[-1])
-    g = jnp.exp(sums[-2][..., -1, :])  # (B, H, N, K|1)
+    q_in = qc * jnp.exp(sum_in)
+    k_out = kc * jnp.exp(sum_out)
+    g = jnp.exp(sum_in[..., -1, :])  # (B, H, N, K|1)
     u = jnp.einsum("bhnsk,bhnse->bhnke", k_out, vc.astype(k_out.dtype)).astype(s0.dtype)
 
     def step(s, inp):
@@ -367,15 +360,15 @@ def _chunked_complex(qc, kc, vc, lc, s0, shape):
     n, c = qc.shape[2], qc.shape[3]
     theta = _running_sum(lc.imag)  # (B, H, N, C, K)
     cos, sin = jnp.cos(theta), jnp.sin(theta)
-    sums = _range_sums(lc.real)
+    sum_in, sum_out = _edge_sums(lc.real)
     q2 = jnp.concatenate([qc * cos, qc * sin], axis=-1)
     k2 = jnp.concatenate([kc * cos, kc * sin], axis=-1)
-    y = _intra_diag(q2, k2, vc, sums)
-    k_out = kc * jnp.exp(sums[-1])  # e^{i (theta_C - theta_s)}: cos_C cos + sin_C sin, ...
+    y = _intra_diag(q2, k2, vc, lc.real)
+    k_out = kc * jnp.exp(sum_out)  # e^{i (theta_C - theta_s)}: cos_C cos + sin_C sin, ...
     cos_c, sin_c = cos[..., -1:, :], sin[..., -1:, :]
     u_re = jnp.einsum("bhnsk,bhnse->bhnke", k_out * (cos_c * cos + sin_c * sin), vc)
     u_im = jnp.einsum("bhnsk,bhnse->bhnke", k_out * (sin_c * cos - cos_c * sin), vc)
-    mag = jnp.exp(sums[-2][..., -1, :])  # (B, H, N, K)
+    mag = jnp.exp(sum_in[..., -1, :])  # (B, H, N, K)
     g_re, g_im = mag * cos[..., -1, :], mag * sin[..., -1, :]
 
     def step(s, inp):
@@ -388,7 +381,7 @@ def _chunked_complex(qc, kc, vc, lc, s0, shape):
     (last_re, last_im), (in_re, in_im) = lax.scan(
         step, (jnp.real(s0), jnp.imag(s0)), tuple(t.astype(real) for t in xs)
     )
-    q_in = qc * jnp.exp(sums[-2])
+    q_in = qc * jnp.exp(sum_in)
     y_in = jnp.concatenate([q_in * cos, q_in * sin], -1)  # Re(q_in^T S) = [qr, qi] [Sr; -Si]
     s_cat = jnp.moveaxis(jnp.concatenate([in_re, -in_im], -2), 0, 2)  # (B, H, N, 2K, E)
     y = y + jnp.einsum("bhntk,bhnke->bhnte", y_in, s_cat)
