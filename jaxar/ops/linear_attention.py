@@ -68,6 +68,8 @@ GateKind = Literal["diag", "scalar"]
 # log-gate of a = 0 (resets, -inf): exp(LOG_ZERO) is exactly 0 in float32 and float64, and
 # sums of up to ~1e300 / 1e4 such terms stay finite, so 0 * LOG_ZERO = 0 inside matmuls.
 LOG_ZERO = -1e4
+# blocks up to this many positions sum their log-gates by explicit adds (chosen by A/B)
+SMALL_BLOCK = 4
 
 
 def linear_attention(
@@ -228,8 +230,22 @@ def _block_sum_matrices(m: int) -> np.ndarray:
 def _block_sums(x, which: int):
     """Exact prefix (``which=0``) or exclusive suffix (``which=1``) sums of ``x`` (..., m, K)
     along its m axis: one matmul with 0/1 weights, each entry adding exactly its own
-    terms (no difference of running sums)."""
-    mat = jnp.asarray(_block_sum_matrices(x.shape[-2])[which], jnp.real(x).dtype)
+    terms (no difference of running sums); for m <= SMALL_BLOCK, explicit adds of slices
+    (a fused loop: the matmul would first transpose x to put m last)."""
+    m = x.shape[-2]
+    if m <= SMALL_BLOCK:
+        rows = [x[..., i, :] for i in range(m)]
+        out, acc = [], None
+        order = range(m) if which == 0 else range(m - 1, -1, -1)
+        for i in order:
+            if which == 0:
+                acc = rows[i] if acc is None else acc + rows[i]
+                out.append(acc)
+            else:
+                out.append(jnp.zeros_like(rows[i]) if acc is None else acc)
+                acc = rows[i] if acc is None else acc + rows[i]
+        return jnp.stack(out if which == 0 else out[::-1], axis=-2)
+    mat = jnp.asarray(_block_sum_matrices(m)[which], jnp.real(x).dtype)
     return jnp.einsum("tu,...uk->...tk", mat, x, precision=lax.Precision.HIGHEST)
 
 

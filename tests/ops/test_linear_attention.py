@@ -4,6 +4,7 @@ GLA with a constant gate == GateLoop with a real constant gate; SSD == scalar co
 gates at long length; argument errors."""
 
 import functools
+import importlib
 
 import jax
 import jax.numpy as jnp
@@ -204,6 +205,22 @@ def test_extreme_complex_gates_long_as_accurate_as_the_float32_recurrence():
                    float(np.abs(np.asarray(s) - want[1]).max()))  # fmt: skip
 
     assert err("chunked") <= err("recurrent")
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 32])
+def test_block_sums_add_exactly_their_own_log_gates(m):
+    """The level / edge exponents (explicit adds for small blocks, 0/1 matmuls above):
+    prefix and exclusive-suffix sums equal float64 sums of the same terms, also next to a
+    reset's -1e4 (no difference of running sums, so small gates keep their digits)."""
+    la_mod = importlib.import_module("jaxar.ops.linear_attention")
+    x = -np.abs(np.random.default_rng(m).normal(size=(3, m, 5))) * 1e-3
+    x[:, m // 2] = la_mod.LOG_ZERO
+    pre = np.cumsum(x, axis=1)
+    suf = np.concatenate([np.cumsum(x[:, ::-1], axis=1)[:, ::-1][:, 1:], 0 * x[:, :1]], axis=1)
+    for which, want in ((0, pre), (1, suf)):
+        got = np.asarray(la_mod._block_sums(jnp.asarray(x, jnp.float32), which))
+        terms = np.where(np.abs(want) >= 1e3, 1e4, 1.0)  # float32 ulp of the largest term
+        assert np.all(np.abs(got - want) <= 4 * np.finfo(np.float32).eps * terms * m), which
 
 
 def test_argument_errors():
