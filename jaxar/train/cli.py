@@ -314,7 +314,9 @@ def sample_main(argv: list[str]) -> int:
         if _speculative_requested(args):
             samples = _speculative_sample(args, run, model, options)
         else:
-            samples = run.task.sample(model, jax.random.key(args.seed), args.num, **options)
+            samples = run.task.sample(
+                model, jax.random.key(args.seed), args.num, run=run, **options
+            )
     except (ValueError, FileNotFoundError) as e:
         return _error("sample", e)
     out = args.out

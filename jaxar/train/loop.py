@@ -278,7 +278,7 @@ def write_samples(
     step = int(run.state["step"])
     key = jax.random.fold_in(jax.random.key(seed), step)
     length = {"length": run.cfg.sample_length} if run.task.kind == "text" else {}
-    samples = run.task.sample(run.model(), key, num, **length)
+    samples = run.task.sample(run.model(), key, num, run=run, **length)
     if jax.process_index() != 0:  # every process samples (SPMD); process 0 writes
         return pathlib.Path(out or workdir / "samples")
     if out is None:
