@@ -193,12 +193,7 @@ def _check_common(prompt_BxP, max_new_tokens):
         raise ValueError(f"prompt_BxP must be (B, P) with P >= 1, got shape {prompt.shape}")
     if not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"prompt_BxP must be integer ids, got dtype {prompt.dtype}")
-    if (
-        not isinstance(max_new_tokens, int)
-        or isinstance(max_new_tokens, bool)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+    positive_int("max_new_tokens", max_new_tokens)
     return prompt
 
 
