@@ -7,6 +7,7 @@ from typing import Any
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxar import dispatch
+from jaxar.ops.checks import positive_int
 
 
 def select_lowering(interpret: Any, kernel: str) -> str:
@@ -50,9 +51,7 @@ def check_block_sizes(blocks, names: tuple[str, ...]) -> None:
     """Validates a ``BlockSizes``: each of ``names`` an int >= 1, ``num_warps`` None or a
     power of two up to 16 (Triton's launch width)."""
     for name in names:
-        value = getattr(blocks, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"BlockSizes.{name}={value!r}; accepted: an int >= 1")
+        positive_int(f"BlockSizes.{name}", getattr(blocks, name))
     if blocks.num_warps is not None and blocks.num_warps not in (1, 2, 4, 8, 16):
         raise ValueError(
             f"BlockSizes.num_warps={blocks.num_warps!r}; accepted: None, 1, 2, 4, 8, 16"

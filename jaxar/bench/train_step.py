@@ -90,10 +90,13 @@ def measure(case_list, *, rounds: int, steps: int, seq_len: int = SEQ_LEN,
             family, preset, overrides, seq_len=seq_len, batch_size=batch_size
         )
         t0 = time.perf_counter()
-        lowered = run.train_step.lower(run.state, batch)
+        traced = run.train_step.trace(run.state, batch)
+        lowered = traced.lower()
         compiled = lowered.compile()
         compile_s = time.perf_counter() - t0
-        flops, source = throughput.step_flops(lowered, run.model(), tokens, run.tokens_per_row())
+        flops, source = throughput.step_flops(
+            lowered, run.model(), tokens, run.tokens_per_row(), jaxpr=traced.jaxpr
+        )
         mem = compiled.memory_analysis()
         state, metrics = compiled(run.state, batch)  # one warm step
         jax.block_until_ready(metrics)
@@ -109,8 +112,8 @@ def measure(case_list, *, rounds: int, steps: int, seq_len: int = SEQ_LEN,
         med = statistics.median(times[name])
         extra = {
             "tokens/s": round(e["tokens"] / med),
-            "mfu": round(throughput.mfu(e["flops"], med, peak), 4),
-            "GFLOP/step": round(e["flops"] / 1e9, 3),
+            **{k: round(v, 4) for k, v in throughput.mfu_fields(e["flops"], med, peak).items()},
+            "GFLOP/step": None if e["flops"] is None else round(e["flops"] / 1e9, 3),
             "flops": e["source"],
         }
         if e["temp"] is not None:

@@ -42,6 +42,7 @@ from jaxar.models.common import from_preset
 from jaxar.nn.attention import AttentionImpl
 from jaxar.nn.axial import AxialAttention
 from jaxar.nn.layers import MLP, RMSNorm, dense, partitioned
+from jaxar.ops.checks import positive_int
 
 __all__ = ["PRESETS", "AxialTransformerConfig", "AxialTransformer", "loss"]
 
@@ -104,9 +105,7 @@ class AxialTransformerConfig:
             "outer_layers",
             "inner_layers",
         ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"AxialTransformerConfig.{name}={v!r}; accepted: an int >= 1")
+            positive_int(f"AxialTransformerConfig.{name}", getattr(self, name))
         if self.d_model % self.num_heads:
             raise ValueError(
                 f"AxialTransformerConfig.d_model={self.d_model} must be divisible by "

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 
 from jaxar.models import mdlm
 from jaxar.ops import masked_diffusion as md_ops
+from jaxar.ops.checks import positive_int
 from jaxar.ops.masks import block_diffusion_mask as mask_fn
 
 __all__ = [
@@ -56,8 +57,7 @@ class BD3Config(mdlm.MDLMConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if not isinstance(self.block_size, int) or self.block_size < 1:
-            raise ValueError(f"BD3Config.block_size must be an int >= 1, got {self.block_size!r}")
+        positive_int("BD3Config.block_size", self.block_size)
 
 
 class BD3(mdlm.MDLM):

@@ -31,6 +31,7 @@ from jaxar import sharding
 from jaxar.models.common import check_fields, from_preset
 from jaxar.nn import MIXERS
 from jaxar.nn.layers import MLP, MLP_ACTIVATIONS, Embed, RMSNorm, dense
+from jaxar.ops.checks import positive_int
 
 __all__ = ["PRESETS", "REMAT", "SIZES", "LMConfig", "Backbone", "LM", "lm_loss", "loss"]
 
@@ -148,9 +149,7 @@ class LMConfig:
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "num_layers", "num_heads"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"LMConfig.{name}={v!r} is invalid; accepted: an int >= 1")
+            positive_int(f"LMConfig.{name}", getattr(self, name))
         if isinstance(self.mixer, list):
             object.__setattr__(self, "mixer", tuple(self.mixer))
         names = (self.mixer,) if isinstance(self.mixer, str) else self.mixer
@@ -173,14 +172,7 @@ class LMConfig:
                 f"LMConfig.mixer_options={_thaw(self.mixer_options)!r} is unused with mixers=...;"
                 " accepted: set the options on the mixer configs, or use mixer= names"
             )
-        if (
-            not isinstance(self.mtp_heads, int)
-            or isinstance(self.mtp_heads, bool)
-            or (self.mtp_heads < 0)
-        ):
-            raise ValueError(
-                f"LMConfig.mtp_heads={self.mtp_heads!r} is invalid; accepted: an int >= 0"
-            )
+        positive_int("LMConfig.mtp_heads", self.mtp_heads, minimum=0)
         if not self.mtp_weight >= 0:
             raise ValueError(f"LMConfig.mtp_weight={self.mtp_weight!r} is invalid; accepted: >= 0")
         if self.mlp_ratio < 0:

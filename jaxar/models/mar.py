@@ -54,6 +54,7 @@ from jaxar.models.lm import Backbone, LMConfig
 from jaxar.nn.diffusion_head import PRESETS as HEAD_PRESETS
 from jaxar.nn.diffusion_head import DiffusionHead, DiffusionHeadConfig
 from jaxar.ops import gaussian_diffusion as gd
+from jaxar.ops.checks import positive_int
 
 __all__ = [
     "ORDERS",
@@ -151,9 +152,7 @@ class MARConfig:
             "num_train_steps",
             "num_draws",
         ):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"MARConfig.{name}={v!r} must be an int >= 1")
+            positive_int(f"MARConfig.{name}", getattr(self, name))
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"MARConfig.patch_size={self.patch_size} must divide image_size={self.image_size}"

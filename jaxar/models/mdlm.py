@@ -43,6 +43,7 @@ from jaxar.models.common import from_preset
 from jaxar.models.lm import LM, SIZES, LMConfig
 from jaxar.ops import masked_diffusion as md_ops
 from jaxar.ops.attention import dot_product_attention
+from jaxar.ops.checks import positive_int
 
 __all__ = ["PRESETS", "MDLMConfig", "MDLM", "nelbo", "loss", "unigram_entropy"]
 
@@ -99,8 +100,7 @@ class MDLMConfig:
         skew = self.position_skew
         if isinstance(skew, bool) or not isinstance(skew, int | float) or not 0 <= skew < 1:
             raise ValueError(f"{name}.position_skew={skew!r}; accepted: a float in [0, 1)")
-        if not isinstance(self.vocab_size, int) or self.vocab_size < 1:
-            raise ValueError(f"{name}.vocab_size={self.vocab_size!r}; accepted: an int >= 1")
+        positive_int(f"{name}.vocab_size", self.vocab_size)
         _check_times(name, self.t_low, self.t_high, self.schedule)
         _ = self.lm  # building the backbone config validates its fields
 

@@ -37,6 +37,7 @@ from jaxar import dispatch, sharding
 from jaxar.dispatch import AttentionImpl
 from jaxar.nn.layers import MLP, RMSNorm, partitioned
 from jaxar.ops.attention import apply_rope_nd, dot_product_attention
+from jaxar.ops.checks import positive_int
 
 __all__ = ["TokenTransformerConfig", "TokenTransformer", "TokenModelConfig"]
 
@@ -58,9 +59,7 @@ class TokenTransformerConfig:
     def __post_init__(self):
         dispatch.resolve("attention", self.attention_impl, arg="attention_impl")
         for n in ("d_model", "num_layers", "num_heads"):
-            v = getattr(self, n)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"{n}={v!r} is invalid; accepted: an int >= 1")
+            positive_int(n, getattr(self, n))
         if self.d_model % self.num_heads:
             raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
         k = self.d_model // self.num_heads
@@ -104,9 +103,7 @@ class TokenModelConfig:
     def __post_init__(self):
         name = type(self).__name__
         for n in ("num_codes", *self._POSITIVE, "num_classes"):
-            v = getattr(self, n)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}.{n}={v!r} is invalid; accepted: an int >= 1")
+            positive_int(f"{name}.{n}", getattr(self, n))
         if not 0.0 <= self.label_drop_prob < 1.0:
             raise ValueError(f"{name}.label_drop_prob={self.label_drop_prob} not in [0, 1)")
 

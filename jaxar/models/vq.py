@@ -42,6 +42,7 @@ from flax import nnx
 
 from jaxar.models.common import from_preset
 from jaxar.ops import quantize as qops
+from jaxar.ops.checks import positive_int
 
 __all__ = [
     "QUANTIZERS",
@@ -122,11 +123,8 @@ class VQConfig:
 
     def __post_init__(self):
         for name in ("image_size", "channels", "width", "latent_dim", "codebook_size", "rq_depth"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"VQConfig.{name}={v!r} is invalid; accepted: an int >= 1")
-        if not isinstance(self.num_down, int) or self.num_down < 0:
-            raise ValueError(f"VQConfig.num_down={self.num_down!r}; accepted: an int >= 0")
+            positive_int(f"VQConfig.{name}", getattr(self, name))
+        positive_int("VQConfig.num_down", self.num_down, minimum=0)
         if self.image_size % 2**self.num_down:
             raise ValueError(
                 f"VQConfig.image_size={self.image_size} must be divisible by 2^num_down = "

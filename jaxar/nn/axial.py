@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxar.nn.attention import AttentionConfig
 from jaxar.ops.attention import axial_attention
+from jaxar.ops.checks import positive_int
 
 __all__ = ["AxialAttention"]
 
@@ -38,8 +39,7 @@ class AxialAttention(nnx.Module):
         dtype: Any = None,
         param_dtype: Any = jnp.float32,
     ):
-        if not isinstance(axis, int) or axis < 1:
-            raise ValueError(f"axis={axis!r} is not supported; accepted: an int >= 1")
+        positive_int("axis", axis)
         self.axis, self.causal, self.impl = axis, causal, impl
         cfg = AttentionConfig(num_heads=num_heads, causal=causal, rope=False, impl=impl)
         self.attn = cfg.make(d_model, rngs=rngs, dtype=dtype, param_dtype=param_dtype)

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxar import sharding
+from jaxar.ops.checks import positive_int
 
 __all__ = ["PRESETS", "DiffusionHeadConfig", "DiffusionHead", "timestep_embedding"]
 
@@ -59,9 +60,7 @@ class DiffusionHeadConfig:
 
     def __post_init__(self):
         for name in ("token_dim", "cond_dim", "width", "depth", "frequency_dim"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or v < 1:
-                raise ValueError(f"DiffusionHeadConfig.{name}={v!r} must be an int >= 1")
+            positive_int(f"DiffusionHeadConfig.{name}", getattr(self, name))
         if self.frequency_dim % 2:
             raise ValueError(f"DiffusionHeadConfig.frequency_dim={self.frequency_dim} must be even")
         if not self.max_period > 1:

@@ -21,6 +21,7 @@ from flax import nnx
 from jaxar import dispatch
 from jaxar.dispatch import GateLoopImpl
 from jaxar.nn.layers import dense, partitioned
+from jaxar.ops.checks import positive_int
 from jaxar.ops.gateloop import gateloop
 from jaxar.ops.scan import check_chunk_size, linear_scan
 
@@ -67,8 +68,7 @@ class GateLoopConfig:
                     f"GateLoopConfig mode={mode!r} and impl={self.impl!r} disagree; pass impl only"
                 )
             object.__setattr__(self, "impl", mode)
-        if not isinstance(self.num_heads, int) or self.num_heads < 1:
-            raise ValueError(f"GateLoopConfig.num_heads={self.num_heads!r} must be a positive int")
+        positive_int("GateLoopConfig.num_heads", self.num_heads)
         if self.head_dim is not None and (not isinstance(self.head_dim, int) or self.head_dim < 1):
             raise ValueError(f"GateLoopConfig.head_dim={self.head_dim!r} must be None or > 0")
         dispatch.resolve("gateloop", self.impl, arg="GateLoopConfig.impl")

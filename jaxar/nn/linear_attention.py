@@ -43,6 +43,7 @@ from jaxar import dispatch
 from jaxar.dispatch import DeltaRuleImpl, LinearAttentionImpl
 from jaxar.nn.layers import dense, partitioned
 from jaxar.ops.attention import apply_rope
+from jaxar.ops.checks import positive_int
 from jaxar.ops.delta_rule import delta_rule
 from jaxar.ops.linear_attention import linear_attention
 
@@ -59,15 +60,12 @@ __all__ = [
 
 
 def _check_common(name, cfg, op):
-    if not isinstance(cfg.num_heads, int) or cfg.num_heads < 1:
-        raise ValueError(f"{name}.num_heads={cfg.num_heads!r} is invalid; accepted: an int >= 1")
+    positive_int(f"{name}.num_heads", cfg.num_heads)
     hd = getattr(cfg, "head_dim", None)
     if hd is not None and (not isinstance(hd, int) or hd < 1):
         raise ValueError(f"{name}.head_dim={hd!r} is invalid; accepted: None or an int >= 1")
     dispatch.resolve(op, cfg.impl, arg=f"{name}.impl")
-    c = cfg.chunk_size
-    if isinstance(c, bool) or not isinstance(c, int) or c < 1:
-        raise ValueError(f"{name}.chunk_size={c!r} is invalid; accepted: an int >= 1")
+    positive_int(f"{name}.chunk_size", cfg.chunk_size)
 
 
 def _head_dim(name, d_model, cfg):
@@ -197,8 +195,7 @@ class GLAConfig:
 
     def __post_init__(self):
         _check_common("GLAConfig", self, "linear_attention")
-        if not isinstance(self.gate_rank, int) or self.gate_rank < 1:
-            raise ValueError(f"GLAConfig.gate_rank={self.gate_rank!r}; accepted: an int >= 1")
+        positive_int("GLAConfig.gate_rank", self.gate_rank)
         if not self.gate_temperature > 0:
             raise ValueError(f"GLAConfig.gate_temperature={self.gate_temperature!r}; accepted: > 0")
 
@@ -378,9 +375,7 @@ class Mamba2Config:
     def __post_init__(self):
         _check_common("Mamba2Config", self, "linear_attention")
         for name in ("expand", "d_state", "conv_width"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"Mamba2Config.{name}={v!r} is invalid; accepted: an int >= 1")
+            positive_int(f"Mamba2Config.{name}", getattr(self, name))
         if not 0 < self.dt_min <= self.dt_max:
             raise ValueError(
                 f"Mamba2Config dt range ({self.dt_min}, {self.dt_max}); accepted: "

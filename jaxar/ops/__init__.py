@@ -16,6 +16,7 @@ from jaxar.ops.categorical import (
     gumbel_categorical,
     valid_logits,
 )
+from jaxar.ops.checks import positive_int
 from jaxar.ops.delta_rule import delta_rule
 from jaxar.ops.gateloop import gateloop
 from jaxar.ops.gaussian_diffusion import (
@@ -60,6 +61,7 @@ from jaxar.ops.scan import linear_scan
 from jaxar.ops.ssm import causal_conv, dss_chunked, dss_kernel, dss_recurrent
 
 __all__ = [
+    "positive_int",
     "linear_scan",
     "gateloop",
     "linear_attention",

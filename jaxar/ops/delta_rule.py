@@ -40,6 +40,7 @@ from jax import lax
 
 from jaxar import dispatch
 from jaxar.dispatch import DeltaRuleImpl
+from jaxar.ops.checks import positive_int
 from jaxar.ops.linear_attention import segment_sum
 
 __all__ = ["delta_rule", "chunk_terms", "DeltaRuleImpl", "IMPLS"]
@@ -97,8 +98,7 @@ def delta_rule(
     reset = None if reset is None else jnp.asarray(reset)
     _validate(q, k, v, beta, gate, initial_state, reset)
     impl = dispatch.resolve("delta_rule", impl)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is not accepted; expected an int >= 1")
+    positive_int("chunk_size", chunk_size)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     real = jnp.promote_types(out_dtype, jnp.float32)
     q, k, v, beta = (t.astype(real) for t in (q, k, v, beta))

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxar.ops.checks import positive_int
+
 __all__ = [
     "SCHEDULES",
     "TARGETS",
@@ -64,8 +66,7 @@ def diffusion_schedule(name: str, num_steps: int, *, max_beta: float = 0.999) ->
     """
     if name not in SCHEDULES:
         raise ValueError(f"name={name!r} is not a diffusion schedule; accepted: {SCHEDULES}")
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"num_steps={num_steps!r} must be an int >= 1")
+    positive_int("num_steps", num_steps)
     if name == "cosine":
         s = 0.008
         u = np.arange(num_steps + 1, dtype=np.float64) / num_steps

@@ -47,6 +47,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxar.ops.checks import positive_int
+
 __all__ = [
     "SCHEDULES",
     "mask_schedule",
@@ -174,8 +176,7 @@ def masked_diffusion_loss(
       ValueError: bad shapes, dtypes, ``mask_id``, or a bad concrete target.
     """
     _check_schedule(schedule)
-    if isinstance(mask_id, bool) or not isinstance(mask_id, int | np.integer) or mask_id < 0:
-        raise ValueError(f"mask_id={mask_id!r} is not accepted; expected an int >= 0")
+    positive_int("mask_id", mask_id, minimum=0)
     logits = jnp.asarray(logits)
     if logits.ndim != 3:
         raise ValueError(f"logits must be (B, L, V), got shape {logits.shape}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from jaxar.ops.checks import positive_int
 from jaxar.ops.scan import check_chunk_size, linear_scan
 
 __all__ = ["DEFAULT_DSS_CHUNK", "causal_conv", "dss_chunked", "dss_kernel", "dss_recurrent"]
@@ -68,8 +69,7 @@ def _discrete(lam_CxN, log_step_C):
 
 def dss_kernel(lam_CxN, log_step_C, w_CxN, length: int):
     """DSS-exp kernel ``K[l, c] = Re(sum_n w_{c,n} exp(lam_{c,n} delta_c l))``, shape (L, C)."""
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"length={length!r} must be a positive int")
+    positive_int("length", length)
     dl = _discrete(lam_CxN, log_step_C)  # (C, N)
     pos = jnp.arange(length, dtype=jnp.real(dl).dtype)
     expo = jnp.exp(dl[None] * pos[:, None, None])  # (L, C, N)

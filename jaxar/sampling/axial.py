@@ -19,6 +19,7 @@ from flax import nnx
 
 from jaxar.models.axial import AxialTransformer
 from jaxar.ops.categorical import INVALID, check_draws, valid_logits
+from jaxar.ops.checks import positive_int
 
 __all__ = ["METHODS", "sample"]
 
@@ -92,8 +93,7 @@ def sample(model: AxialTransformer, key, num: int, *, method: str = "semi_parall
     """
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not supported; accepted: {METHODS}")
-    if not isinstance(num, int) or num < 1:
-        raise ValueError(f"num={num!r} is not supported; accepted: an int >= 1")
+    positive_int("num", num)
     graphdef, state = nnx.split(model)
     images = check_draws(_sample_jit(graphdef, state, key, num, method), "axial sample")
     return images.astype(jnp.uint8)

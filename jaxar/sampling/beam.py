@@ -21,6 +21,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, valid_logits
+from jaxar.ops.checks import positive_int
 from jaxar.sampling.generate import _check_prompt_ids, _vocab_size
 from jaxar.sampling.speculative import _check_common, _check_lm
 
@@ -57,8 +58,7 @@ def beam_search(
     """
     _check_lm(model, "model")
     prompt = _check_common(prompt_BxP, max_new_tokens)
-    if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
-        raise ValueError(f"beam_size={beam_size!r} is invalid; accepted: an int >= 1")
+    positive_int("beam_size", beam_size)
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty={length_penalty!r} is invalid; accepted: a float >= 0")
     graphdef, params = nnx.split(model)

@@ -39,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxar.ops import gaussian_diffusion as gd
+from jaxar.ops.checks import positive_int
 
 __all__ = ["METHODS", "FLOW_METHODS", "respace", "sample", "flow_sample"]
 
@@ -178,8 +179,7 @@ def flow_sample(
     if method not in FLOW_METHODS:
         raise ValueError(f"method={method!r} is not supported; accepted: {FLOW_METHODS}")
     shape = _check_shape(shape, cond)
-    if not isinstance(num_steps, int | np.integer) or num_steps < 1:
-        raise ValueError(f"num_steps={num_steps!r} must be an int >= 1")
+    positive_int("num_steps", num_steps)
     h = 1.0 / num_steps
     x = jnp.asarray(temperature, jnp.float32) * jax.random.normal(key, shape, jnp.float32)
     grid = jnp.arange(num_steps, dtype=jnp.float32) * h

@@ -20,6 +20,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, check_draws
+from jaxar.ops.checks import positive_int
 from jaxar.sampling.logits import sample_token
 
 __all__ = ["generate"]
@@ -60,8 +61,7 @@ def generate(
         raise ValueError(f"prompt_BxP must be (B, P) with P >= 1, got shape {prompt.shape}")
     if not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"prompt_BxP must be integer ids, got dtype {prompt.dtype}")
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+    positive_int("max_new_tokens", max_new_tokens)
     if temperature < 0:
         raise ValueError(f"temperature={temperature!r} must be >= 0")
     graphdef, params = nnx.split(model)

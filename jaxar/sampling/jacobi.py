@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, check_draws, valid_logits
+from jaxar.ops.checks import positive_int
 from jaxar.sampling.generate import _check_prompt_ids, _vocab_size
 from jaxar.sampling.speculative import (
     _check_common,
@@ -61,8 +62,7 @@ def generate(model, prompt_BxP, *, max_new_tokens: int, window: int = 16):
     """
     _check_lm(model, "model")
     prompt = _check_common(prompt_BxP, max_new_tokens)
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window={window!r} is invalid; accepted: an int >= 1")
+    positive_int("window", window)
     graphdef, params = nnx.split(model)
     if not isinstance(prompt, jax.core.Tracer):
         _check_prompt_ids(np.asarray(prompt), _vocab_size(model, graphdef, params))

@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxar.models.mar import CFG_SCHEDULES, MAR, alphas_cumprod
 from jaxar.ops import gaussian_diffusion as gd
+from jaxar.ops.checks import positive_int
 from jaxar.sampling import diffusion_head as dh
 
 __all__ = ["reveal_schedule", "guidance_scale", "masked_order_generate", "sample_tokens"]
@@ -32,8 +33,7 @@ def reveal_schedule(seq_len: int, num_iter: int) -> np.ndarray:
     ``m_k = floor(L cos(pi/2 (k+1)/num_iter))`` clamped to ``[1, m_{k-1} - 1]`` (so every
     step reveals at least one token while more than one remains), and ``m_{K-1} = 0``.
     """
-    if not isinstance(num_iter, int | np.integer) or num_iter < 1:
-        raise ValueError(f"num_iter={num_iter!r} must be an int >= 1")
+    positive_int("num_iter", num_iter)
     remaining = seq_len
     out = []
     for k in range(num_iter):

@@ -39,6 +39,7 @@ from flax import nnx
 
 from jaxar.models import mar as mar_model
 from jaxar.ops.categorical import check_draws
+from jaxar.ops.checks import positive_int
 from jaxar.sampling import axial as axial_sampling
 from jaxar.sampling import block_diffusion, masked_diffusion
 from jaxar.sampling import mar as mar_sampling
@@ -101,8 +102,7 @@ class Sampler:
                 )
 
     def __call__(self, model, key, num: int, **options):
-        if not isinstance(num, int) or isinstance(num, bool) or num < 1:
-            raise ValueError(f"{self.name}: num={num!r} is invalid; accepted: an int >= 1")
+        positive_int(f"{self.name}: num", num)
         self.check(options)
         return self.fn(model, key, num, **{**self.defaults, **options})
 
@@ -120,8 +120,7 @@ def _prompt(prompt, num: int):
 
 
 def _check_length(length, prompt_len: int = 0):
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise ValueError(f"length={length!r} is invalid; accepted: an int >= 1")
+    positive_int("length", length)
     if length <= prompt_len:
         raise ValueError(
             f"length={length} must exceed the prompt's {prompt_len} tokens (length counts "

@@ -50,6 +50,7 @@ import numpy as np
 from flax import nnx
 
 from jaxar.ops.categorical import INVALID, categorical, check_draws, valid_logits
+from jaxar.ops.checks import positive_int
 from jaxar.sampling.generate import _check_prompt_ids, _logits_probe, _vocab_size
 from jaxar.sampling.logits import process
 
@@ -192,12 +193,7 @@ def _check_common(prompt_BxP, max_new_tokens):
         raise ValueError(f"prompt_BxP must be (B, P) with P >= 1, got shape {prompt.shape}")
     if not jnp.issubdtype(prompt.dtype, jnp.integer):
         raise ValueError(f"prompt_BxP must be integer ids, got dtype {prompt.dtype}")
-    if (
-        not isinstance(max_new_tokens, int)
-        or isinstance(max_new_tokens, bool)
-        or max_new_tokens < 1
-    ):
-        raise ValueError(f"max_new_tokens={max_new_tokens!r} must be a positive int")
+    positive_int("max_new_tokens", max_new_tokens)
     return prompt
 
 
@@ -216,8 +212,7 @@ def _mtp_heads(model) -> int:
 
 
 def _check_num_draft(num_draft, target, draft):
-    if not isinstance(num_draft, int) or isinstance(num_draft, bool) or num_draft < 1:
-        raise ValueError(f"num_draft={num_draft!r} is invalid; accepted: an int >= 1")
+    positive_int("num_draft", num_draft)
     if draft is None and num_draft > _mtp_heads(target):
         raise ValueError(
             f"num_draft={num_draft} exceeds the target's mtp_heads={_mtp_heads(target)}; "

@@ -314,7 +314,9 @@ def sample_main(argv: list[str]) -> int:
         if _speculative_requested(args):
             samples = _speculative_sample(args, run, model, options)
         else:
-            samples = run.task.sample(model, jax.random.key(args.seed), args.num, **options)
+            samples = run.task.sample(
+                model, jax.random.key(args.seed), args.num, run=run, **options
+            )
     except (ValueError, FileNotFoundError) as e:
         return _error("sample", e)
     out = args.out
@@ -359,8 +361,9 @@ def _check_speculative_flags(args) -> None:
             raise ValueError(
                 f"--num-draft={args.num_draft} needs --draft-workdir or --speculative=self"
             )
-        if args.num_draft < 1:
-            raise ValueError(f"--num-draft={args.num_draft} is invalid; accepted: an int >= 1")
+        from jaxar.ops.checks import positive_int  # jax-free parsing: imported when used
+
+        positive_int("--num-draft", args.num_draft)
     if _speculative_requested(args) and args.out is not None and args.out.endswith(".png"):
         raise ValueError(f"--out={args.out!r}: speculative decoding samples text (.txt)")
 

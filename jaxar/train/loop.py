@@ -278,7 +278,7 @@ def write_samples(
     step = int(run.state["step"])
     key = jax.random.fold_in(jax.random.key(seed), step)
     length = {"length": run.cfg.sample_length} if run.task.kind == "text" else {}
-    samples = run.task.sample(run.model(), key, num, **length)
+    samples = run.task.sample(run.model(), key, num, run=run, **length)
     if jax.process_index() != 0:  # every process samples (SPMD); process 0 writes
         return pathlib.Path(out or workdir / "samples")
     if out is None:
@@ -436,7 +436,7 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
         sps = steps / seconds
         out = dict(steps_per_sec=sps, tokens_per_sec=sps * tokens_per_step)
         if perf:
-            out["mfu"] = throughput_lib.mfu(perf["flops"], 1.0 / sps, perf["peak"])
+            out.update(throughput_lib.mfu_fields(perf["flops"], 1.0 / sps, perf["peak"]))
         return out
 
     def handle(step_n: int, metrics) -> None:
@@ -471,6 +471,12 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
             speed = (
                 f"  {r['steps_per_sec']:.2f} steps/s  {r['tokens_per_sec']:,.0f} tokens/s"
                 + (f"  MFU {r['mfu']:.2%}" if "mfu" in r else "")
+                + (
+                    f"  MFU n/a ({r['mfu_implausible']:.0%} of peak: the FLOP count or the "
+                    "peak is wrong)"
+                    if "mfu_implausible" in r
+                    else ""
+                )
                 if r
                 else "  (no timed step yet: the first step compiles)"
             )
@@ -479,17 +485,21 @@ def _train(cfg: TrainConfig, workdir: pathlib.Path, *, devices, quiet: bool) -> 
     def first_step_done(step_n: int, batch, metrics) -> None:
         """Compile is over: measure the FLOPs and the peak, then start the timer."""
         jax.block_until_ready(metrics)
-        lowered = run.train_step.lower(run.state, batch)
+        traced = run.train_step.trace(run.state, batch)
         perf["flops"], perf["flops_source"] = throughput_lib.step_flops(
-            lowered, run.model(), tokens_per_step, run.tokens_per_row()
+            traced.lower(), run.model(), tokens_per_step, run.tokens_per_row(), jaxpr=traced.jaxpr
         )
         perf["peak"], perf["peak_source"] = throughput_lib.peak_flops(
             jnp.bfloat16 if cfg.compute_dtype == "bfloat16" else jnp.float32,
             run.mesh.devices.flat,
         )
-        say(
+        basis = (
             f"MFU basis: {perf['flops'] / 1e9:.4g} GFLOP/step ({perf['flops_source']}), "
-            f"peak {perf['peak'] / 1e12:.4g} TFLOP/s ({perf['peak_source']}); "
+            if perf["flops"] is not None
+            else f"no MFU: {perf['flops_source']}; "
+        )
+        say(
+            f"{basis}peak {perf['peak'] / 1e12:.4g} TFLOP/s ({perf['peak_source']}); "
             "throughput excludes the first step, evaluation and checkpointing"
         )
         timer.resume(step_n)

@@ -60,6 +60,8 @@ class Family:
       eval_keys: metrics reported by ``jaxar eval``, the first present is the headline.
       sample_bytes: ``(config, num, length) -> bytes`` a text sampler needs at least (so
         ``jaxar sample`` refuses an impossible length up front), or None.
+      sample_inputs: ``(eval_source, num) -> dict`` of sampler options read from the run's
+        evaluation source (as the model sees it: resized and cropped), or None.
     """
 
     kind: Literal["text", "image"]
@@ -70,6 +72,7 @@ class Family:
     data_fields: Callable[[Any, Any], Mapping[str, Any]] = text_fields
     eval_keys: tuple[str, ...] = ("bits_per_token", "loss")
     sample_bytes: Callable[[Any, int, int], int] | None = None
+    sample_inputs: Callable[[Any, int], Mapping[str, Any]] | None = None
 
     def make_config(self, model_cfg: ModelConfig, info, dtype):
         """``config.preset(model_cfg.preset, **data_fields, **model_cfg.overrides)``."""
@@ -85,8 +88,12 @@ class Family:
         del model_cfg, data, split
         return source
 
-    def sample(self, model, key, num: int, **options) -> np.ndarray:
-        """``self.sampler(model, key, num, **options)`` as a host array."""
+    def sample(self, model, key, num: int, *, run=None, **options) -> np.ndarray:
+        """``self.sampler(model, key, num, **options)`` as a host array; given the ``run``
+        (a ``jaxar.train.loop.Run``), ``sample_inputs(run.eval_source, num)`` adds options
+        (``options`` win)."""
+        if run is not None and self.sample_inputs is not None:
+            options = {**self.sample_inputs(run.eval_source, num), **options}
         return np.asarray(self.sampler(model, key, num, **options))
 
 
@@ -144,24 +151,51 @@ def get(name: str) -> Family:
 # --------------------------------------------------------------------------- image tokens
 
 
-def _vq_reconstructions(model, key, num, *, split):
-    """``num`` held-out images of ``model.config.data`` then their reconstructions: a
-    (2 num, H, W, C) uint8 grid (originals in the first half)."""
+def _vq_reconstructions(model, key, num, *, split, images=None):
+    """``num`` held-out images then their reconstructions: a (2 n, H, W, C) uint8 grid
+    (originals in the first half, n <= num).
+
+    ``images``: uint8 (N, H, W, C) as the model trains on them; the trainer and ``jaxar
+    sample`` pass the first ``num`` of the run's evaluation split after its resize-and-crop
+    (``data.image_size``). None reads ``split`` of the embedded set ``model.config.data``,
+    whose images must then already have the model's shape.
+    """
     from jaxar.data import corpora  # the data layer is imported lazily, as by the trainer
 
     del key
-    sets = {"digits": corpora.digits, "photos": corpora.photos}
-    name = model.config.data
-    if name not in sets:
+    cfg = model.config
+    want = (cfg.image_size, cfg.image_size, cfg.channels)
+    if images is None:
+        sets = {"digits": corpora.digits, "photos": corpora.photos}
+        if cfg.data not in sets:
+            raise ValueError(
+                f"config.model.data={cfg.data!r}: reconstruction grids need an embedded image "
+                f"set or images=; accepted: {tuple(sets)}"
+            )
+        images = sets[cfg.data](split)["image"]
+        if images.shape[1:] != want:
+            raise ValueError(
+                f"the embedded {cfg.data!r} images are {images.shape[1:]}, the tokenizer takes "
+                f"{want}; accepted: images= prepared as in training (data.image_size)"
+            )
+    images = np.asarray(images)
+    if images.ndim != 4 or images.shape[1:] != want or images.dtype != np.uint8:
         raise ValueError(
-            f"config.model.data={name!r}: reconstruction grids need an embedded image set; "
-            f"accepted: {tuple(sets)}"
+            f"images={images.dtype}{images.shape} is not supported; accepted: uint8 "
+            f"(N, {', '.join(map(str, want))})"
         )
-    images = sets[name](split)["image"][:num]
+    images = images[:num]
     return np.concatenate([images, np.asarray(model.reconstruct(images))], 0)
 
 
-sample_vq = samplers.Sampler("sample_vq", _vq_reconstructions, dict(split="test"))
+def _held_out_images(source, num: int) -> dict[str, Any]:
+    """``images``: the first ``num`` images of an evaluation source (its deterministic
+    resize-and-crop)."""
+    n = min(num, len(source))
+    return dict(images=np.stack([np.asarray(source[i]["image"]) for i in range(n)]))
+
+
+sample_vq = samplers.Sampler("sample_vq", _vq_reconstructions, dict(split="test", images=None))
 
 
 def _token_fields(info, dtype) -> dict[str, Any]:
@@ -230,7 +264,7 @@ def _with_tokenizer(cls):
 
 FAMILIES["vq"] = Family(
     "image", vq.VQConfig, vq.VQ, vq.loss, sample_vq, tokenizer_lib.vq_fields,
-    ("mse", "recon", "loss"),
+    ("mse", "recon", "loss"), sample_inputs=_held_out_images,
 )  # fmt: skip
 FAMILIES["token_ar"] = TokenFamily(
     "image", token_ar.TokenARConfig, _with_tokenizer(token_ar.TokenAR), token_ar.loss,

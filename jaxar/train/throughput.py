@@ -10,10 +10,16 @@ Pathways", arXiv:2204.02311, appendix B)::
     mfu = flops_per_step / (step_seconds * peak_flops)
 
 ``flops_per_step`` is XLA's cost analysis of the lowered (unpartitioned, so global) train
-step when the program has no loop; XLA counts a loop body once whatever its trip count, so
-a step with a ``scan`` (gradient accumulation, a recurrent mixer) falls back to the
-estimate ``6 N T + 12 S_att D_att T`` (N parameters, T tokens per step, per attention layer
-``D_att = heads x head_dim`` over ``S_att`` keys, fwd+bwd). ``peak_flops`` is the published
+step when its jaxpr has no loop over floating-point work; XLA counts a loop body once
+whatever its trip count (and a Pallas kernel not at all), so a step with a ``scan``
+(gradient accumulation, a recurrent mixer) falls back to the estimate
+``6 N T + 12 S_att D_att T`` (N parameters, T tokens per step, per attention layer
+``D_att = heads x head_dim`` over ``S_att`` keys, fwd+bwd). Loops that XLA's lowering adds
+for integer work (the PRNG's threefry rounds, e.g. a vq_ema restart draw) do not count as
+loops. The estimate describes token models; a model with convolutions (whose layers see
+fewer positions after each downsampling) gets no estimate, hence no MFU, and the reason is
+logged. An MFU above 1 means the count or the peak is wrong: :func:`mfu_fields` reports it
+as ``mfu_implausible``, never as ``mfu``. ``peak_flops`` is the published
 bf16 peak times the device count on GPU/TPU; on CPU, where every (possibly fake) device
 shares the host's cores, it is the host's matmul FLOP/s measured once per process in the
 step's compute dtype (the ``roofline`` benchmark's matmul).
@@ -25,6 +31,7 @@ import time
 from collections.abc import Callable
 
 import jax
+import jax.extend.core as jax_core
 import jax.numpy as jnp
 from flax import nnx
 
@@ -37,8 +44,10 @@ __all__ = [
     "estimate_flops",
     "matmul_flops",
     "mfu",
+    "mfu_fields",
     "peak_flops",
     "step_flops",
+    "uncounted_work",
 ]
 
 
@@ -97,10 +106,54 @@ def _has_loop(lowered) -> bool:
     return "stablehlo.while" in text
 
 
-def cost_flops(lowered) -> float | None:
+def _float_work(jaxpr) -> bool:
+    """Whether any equation of ``jaxpr`` (or of its sub-jaxprs) makes a float or complex
+    value."""
+    for eqn in jaxpr.eqns:
+        if any(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in eqn.outvars):
+            return True
+        if any(_float_work(_open(j)) for j in jax_core.jaxprs_in_params(eqn.params)):
+            return True
+    return False
+
+
+def _open(jaxpr):
+    return getattr(jaxpr, "jaxpr", jaxpr)  # a ClosedJaxpr -> its Jaxpr
+
+
+def uncounted_work(jaxpr) -> str | None:
+    """Why XLA's cost analysis of ``jaxpr``'s program would not be its true FLOP count, or
+    None when it would be.
+
+    Reasons: a loop over floating-point work (a ``scan`` of length > 1 or a ``while``: XLA
+    counts the body once) or a Pallas kernel (a custom call XLA does not count, or an
+    interpreted loop). Integer-only loops are fine: their FLOPs are not model FLOPs, and the
+    PRNG's loops (threefry rounds) appear only after lowering.
+    """
+    for eqn in _open(jaxpr).eqns:
+        name = eqn.primitive.name
+        if name == "pallas_call":
+            return "a Pallas kernel (not counted by XLA)"
+        subs = [_open(j) for j in jax_core.jaxprs_in_params(eqn.params)]
+        if name == "scan" and eqn.params.get("length", 1) > 1 and any(map(_float_work, subs)):
+            return f"a scan of length {eqn.params['length']} (XLA counts its body once)"
+        if name == "while" and any(map(_float_work, subs)):
+            return "a while loop (XLA counts its body once)"
+        for sub in subs:
+            reason = uncounted_work(sub)
+            if reason is not None:
+                return reason
+    return None
+
+
+def cost_flops(lowered, *, jaxpr=None) -> float | None:
     """FLOPs of a lowered (unpartitioned) program from XLA's cost analysis; None when it
-    has a loop (counted once by XLA, so not the true count) or no analysis."""
-    if _has_loop(lowered):
+    has a loop (counted once by XLA, so not the true count) or no analysis.
+
+    With the program's ``jaxpr`` (``jax.jit(f).trace(*args).jaxpr``) the loop test is
+    :func:`uncounted_work`; without it any ``while`` in the lowered text refuses (also the
+    PRNG's integer loops)."""
+    if (uncounted_work(jaxpr) is not None) if jaxpr is not None else _has_loop(lowered):
         return None
     try:
         cost = lowered.cost_analysis()
@@ -114,10 +167,19 @@ def cost_flops(lowered) -> float | None:
 
 def estimate_flops(model, tokens_per_step: int, seq_len: int) -> float:
     """``6 N T + 12 S_att D_att T`` summed over attention layers (fwd + bwd), N = every
-    parameter of ``model``; ``S_att = min(seq_len, window)`` keys per query."""
+    parameter of ``model``; ``S_att = min(seq_len, window)`` keys per query.
+
+    Raises:
+      ValueError: ``model`` has convolutions (``6 N T`` does not describe them).
+    """
     n = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     flops = 6.0 * n * tokens_per_step
     for _, m in nnx.iter_graph(model):
+        if isinstance(m, nnx.Conv):
+            raise ValueError(
+                f"{type(model).__name__} has convolutions: 6 N T (every parameter once per "
+                "token) does not count their FLOPs"
+            )
         if isinstance(m, MultiHeadAttention):
             window = getattr(m.config, "window", None)
             keys = min(seq_len, window) if window else seq_len
@@ -125,12 +187,20 @@ def estimate_flops(model, tokens_per_step: int, seq_len: int) -> float:
     return flops
 
 
-def step_flops(lowered, model, tokens_per_step: int, seq_len: int) -> tuple[float, str]:
-    """``(flops per step, source)``: source "cost_analysis" or "estimate"."""
-    flops = cost_flops(lowered) if lowered is not None else None
+def step_flops(
+    lowered, model, tokens_per_step: int, seq_len: int, *, jaxpr=None
+) -> tuple[float | None, str]:
+    """``(flops per step, source)``: source "cost_analysis" or "estimate"; ``(None,
+    reason)`` when neither counts this step (a loop XLA cannot count in a model the
+    estimate does not describe). ``jaxpr`` as in :func:`cost_flops`."""
+    flops = cost_flops(lowered, jaxpr=jaxpr) if lowered is not None else None
     if flops is not None:
         return flops, "cost_analysis"
-    return estimate_flops(model, tokens_per_step, seq_len), "estimate"
+    try:
+        return estimate_flops(model, tokens_per_step, seq_len), "estimate"
+    except ValueError as e:
+        why = (uncounted_work(jaxpr) if jaxpr is not None else None) or "a loop or no analysis"
+        return None, f"XLA's count is refused ({why}) and {e}"
 
 
 _MEASURED: dict[tuple[str, str], float] = {}
@@ -166,3 +236,13 @@ def mfu(flops_per_step: float, seconds_per_step: float, peak: float) -> float:
     if seconds_per_step <= 0 or peak <= 0:
         raise ValueError(f"seconds_per_step={seconds_per_step} and peak={peak} must both be > 0")
     return flops_per_step / (seconds_per_step * peak)
+
+
+def mfu_fields(flops_per_step: float | None, seconds_per_step: float, peak: float) -> dict:
+    """``{"mfu": u}`` for a plausible ``u = mfu(...)`` (``0 < u <= 1``); ``{"mfu_implausible":
+    u}`` when ``u > 1`` (the FLOP count or the peak is wrong, so ``u`` is no utilisation);
+    ``{}`` when there is no count."""
+    if flops_per_step is None:
+        return {}
+    u = mfu(flops_per_step, seconds_per_step, peak)
+    return {"mfu": u} if u <= 1.0 else {"mfu_implausible": u}

@@ -8,6 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxar.ops.checks import positive_int
 from jaxar.ops.delta_rule import chunk_terms
 from pallas_kernels._common import pow2, round_up
 from pallas_kernels.delta_rule import kernel
@@ -60,8 +61,7 @@ def delta_rule(q, k, v, beta, *, log_gate=None, state0=None, chunk_size: int = 1
             raise ValueError(f"{name} has dtype {jnp.asarray(u).dtype}; accepted: {_REAL}")
     if state0 is not None and jnp.shape(state0) != (B, H, K, V):
         raise ValueError(f"state0 has shape {jnp.shape(state0)}; accepted: {(B, H, K, V)}")
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
+    positive_int("chunk_size", chunk_size)
     lowering = kernel.select_lowering(interpret)
     static = kernel.Static(lowering, interpret, max(16, pow2(chunk_size)))
     y_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from jaxar.ops.checks import positive_int
 from jaxar.ops.masks import ScaleCausal
 
 EMPTY, PARTIAL, FULL = 0, 1, 2
@@ -52,11 +53,7 @@ def _mod(x, n: int):
 
 
 def _check_positive(obj, name):
-    value = getattr(obj, name)
-    if not isinstance(value, int) or value < 1:
-        raise ValueError(
-            f"{type(obj).__name__}.{name}={value!r} is not supported; accepted: an int >= 1"
-        )
+    positive_int(f"{type(obj).__name__}.{name}", getattr(obj, name))
 
 
 @dataclasses.dataclass(frozen=True)

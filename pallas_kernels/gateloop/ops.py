@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jaxar.ops.checks import positive_int
 from jaxar.ops.gateloop import LOG_FLOOR, fold_gate_signs, log_gate
 from pallas_kernels.gateloop import kernel
 from pallas_kernels.gateloop.kernel import BlockSizes
@@ -73,8 +74,7 @@ def gateloop(
         raise ValueError(f"v has dtype {v.dtype}; accepted: {_REAL}")
     if state0 is not None and state0.shape != (B, H, K, E):
         raise ValueError(f"state0 has shape {state0.shape}; accepted: {(B, H, K, E)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
+    positive_int("chunk_size", chunk_size)
     cplx = any(jnp.iscomplexobj(u) for u in (q, k, a)) or (
         state0 is not None and jnp.iscomplexobj(state0)
     )
@@ -149,8 +149,7 @@ def linear_attention(
         raise ValueError(f"state0 has shape {jnp.shape(state0)}; accepted: {(B, H, K, E)}")
     if reset is not None and (jnp.shape(reset) != (B, L) or jnp.asarray(reset).dtype != bool):
         raise ValueError(f"reset has shape {jnp.shape(reset)}; accepted: bool {(B, L)}")
-    if not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r}; accepted: a positive int")
+    positive_int("chunk_size", chunk_size)
     cplx = jnp.iscomplexobj(log_a) or (state0 is not None and jnp.iscomplexobj(state0))
     static, S0 = _setup(q, v, state0, cplx, chunk_size, interpret, block_sizes)
     la = log_a.astype(jnp.complex64 if jnp.iscomplexobj(log_a) else jnp.float32)

@@ -56,7 +56,9 @@ def test_vq_config_errors():
         var.VARConfig(scales=(2, 4))
     with pytest.raises(ValueError, match=r"attention_impl='flash' is not supported by attention"):
         var.VARConfig(attention_impl="flash")
-    with pytest.raises(ValueError, match=r"TokenARConfig.grid=0 is invalid; accepted: an int"):
+    with pytest.raises(
+        ValueError, match=r"TokenARConfig.grid=0 is not supported; accepted: an int >= 1"
+    ):
         token_ar.TokenARConfig(grid=0)
     with pytest.raises(ValueError, match=r"VARConfig.label_drop_prob=1.0 not in \[0, 1\)"):
         var.VARConfig(label_drop_prob=1.0)

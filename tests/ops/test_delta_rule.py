@@ -140,9 +140,9 @@ def test_identities_beta_zero_unit_gate_zero_gate(impl, c):
 def test_argument_errors():
     q, k, v, beta, log_gate, s0, reset = _inputs()
     cases = [
-        (dict(chunk_size=0), r"^chunk_size=0 is not accepted; expected an int >= 1"),
-        (dict(chunk_size=-3), r"^chunk_size=-3 is not accepted"),
-        (dict(chunk_size=2.5), r"^chunk_size=2.5 is not accepted"),
+        (dict(chunk_size=0), r"^chunk_size=0 is not supported; accepted: an int >= 1"),
+        (dict(chunk_size=-3), r"^chunk_size=-3 is not supported"),
+        (dict(chunk_size=2.5), r"^chunk_size=2.5 is not supported"),
         (dict(impl="fast"), r"^impl='fast' is not supported by delta_rule; accepted: \('auto'"),
         (dict(gate=-log_gate), r"^gate holds log-gates log g_t, which must be <= 0"),
         (dict(gate=log_gate[:, :3]), r"^gate must be \(B, L, H\) = \(2, 11, 2\)"),

@@ -197,7 +197,9 @@ def test_bad_targets_raise_eagerly_and_give_nan_under_jit(bad_target):
 def test_bad_mask_id_and_dtypes_raise():
     logits, targets, noisy, t, _ = _bad_target_case()
     for mask_id in (-1, 2.0, True):
-        with pytest.raises(ValueError, match=rf"^mask_id={mask_id!r} is not accepted"):
+        with pytest.raises(
+            ValueError, match=rf"^mask_id={mask_id!r} is not supported; accepted: an int >= 0"
+        ):
             masked_diffusion_loss(logits, targets, noisy, t, mask_id=mask_id)
     with pytest.raises(ValueError, match="targets must be integer token ids"):
         masked_diffusion_loss(logits, targets.astype(jnp.float32), noisy, t, mask_id=7)

@@ -26,7 +26,7 @@ def test_unknown_option_lists_the_accepted(sampler):
         sampler(None, jax.random.key(0), 1, bogus=1)
     for option in sampler.options:
         assert f"'{option}'" in str(e.value)
-    with pytest.raises(ValueError, match="num=0 is invalid"):
+    with pytest.raises(ValueError, match="num=0 is not supported; accepted: an int >= 1"):
         sampler(None, jax.random.key(0), 0)
 
 

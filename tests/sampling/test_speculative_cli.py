@@ -81,7 +81,10 @@ def test_speculative_sample_prints_rate_and_speedup(capsys, argv):
             "--speculative=self and --draft-workdir both given",
         ),
         (["--num-draft", "3"], "--num-draft=3 needs --draft-workdir or --speculative=self"),
-        (["--draft-workdir", "draft", "--num-draft", "0"], "--num-draft=0 is invalid"),
+        (
+            ["--draft-workdir", "draft", "--num-draft", "0"],
+            "--num-draft=0 is not supported; accepted: an int >= 1",
+        ),
         (["--speculative", "self"], "draft=None .* mtp_heads=0; accepted"),
         (["--draft-workdir", "small_vocab"], "draft vocabulary size 128 differs"),
         (["--draft-workdir", "mdlm"], "--draft-workdir='mdlm' is a 'mdlm' run"),

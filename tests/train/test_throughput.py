@@ -63,3 +63,68 @@ def test_flops_estimate_agrees_with_cost_analysis():
         return jax.lax.scan(lambda c, _: (c + loss(p), None), 0.0, None, length=3)[0]
 
     assert throughput.cost_flops(jax.jit(jax.grad(scanned)).lower(params)) is None
+
+
+def test_mfu_above_one_is_flagged_not_reported():
+    assert throughput.mfu_fields(4e9, 0.5, 8e9) == {"mfu": pytest.approx(1.0)}
+    assert throughput.mfu_fields(1e10, 0.5, 8e9) == {"mfu_implausible": pytest.approx(2.5)}
+    assert throughput.mfu_fields(None, 0.5, 8e9) == {}
+
+
+def test_loops_that_xla_cannot_count():
+    """A scan or while over float work (or a Pallas kernel) is named; integer loops, a
+    length-1 scan and PRNG draws (threefry: a while only after lowering) are not."""
+    x = jnp.ones((4, 4))
+
+    def why(f, *args):
+        return throughput.uncounted_work(jax.jit(f).trace(*args).jaxpr)
+
+    def body(c, _):
+        return c @ c, None
+
+    assert why(lambda a: jax.lax.scan(body, a, None, length=3)[0], x).startswith("a scan of")
+    assert why(lambda a: jax.lax.scan(body, a, None, length=1)[0], x) is None
+
+    def power(a):
+        return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] @ c[1]), (0, a))
+
+    assert why(lambda a: power(a)[1], x).startswith("a while loop")
+    count = jnp.int32(5)
+    assert why(lambda n: jax.lax.while_loop(lambda i: i < n, lambda i: i + 1, 0), count) is None
+
+    def draw(k, a):
+        return jax.random.normal(k, a.shape) @ a
+
+    key = jax.random.key(0)
+    traced = jax.jit(draw).trace(key, x)
+    assert "stablehlo.while" in traced.lower().as_text()  # threefry rounds
+    assert throughput.uncounted_work(traced.jaxpr) is None
+    flops = throughput.cost_flops(traced.lower(), jaxpr=traced.jaxpr)
+    assert flops is not None and flops >= 2 * 4**3
+    assert throughput.cost_flops(traced.lower()) is None  # text only: refused
+
+
+def test_vq_ema_step_uses_xla_count():
+    """The vq_ema tokenizer's train step draws restarts (threefry loops after lowering):
+    its FLOPs are XLA's count, not 6 N T (which does not describe convolutions)."""
+    from jaxar.data import pipeline
+    from jaxar.train import config as config_lib
+    from jaxar.train import loop
+
+    model = dict(family="vq", preset="tiny", width=8, quantizer="vq_ema", codebook_size=16)
+    cfg = config_lib.from_config_dict(
+        dict(model=model, data=dict(name="digits"), batch_size=8, num_samples=0)
+    )
+    run = loop.build(cfg)
+    batch = run.put_batch(next(iter(pipeline.batched(run.train_source, 8, seed=0))))
+    traced = run.train_step.trace(run.state, batch)
+    lowered = traced.lower()
+    tokens = 8 * run.tokens_per_row()
+    flops, source = throughput.step_flops(
+        lowered, run.model(), tokens, run.tokens_per_row(), jaxpr=traced.jaxpr
+    )
+    assert source == "cost_analysis" and flops == lowered.cost_analysis()["flops"]
+    with pytest.raises(ValueError, match="has convolutions"):
+        throughput.estimate_flops(run.model(), tokens, run.tokens_per_row())
+    flops, reason = throughput.step_flops(None, run.model(), tokens, run.tokens_per_row())
+    assert flops is None and "convolutions" in reason
