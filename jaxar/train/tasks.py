@@ -146,8 +146,11 @@ def get(name: str) -> Family:
 
 def _vq_reconstructions(model, key, num, *, split):
     """``num`` held-out images of ``model.config.data`` then their reconstructions: a
-    (2 num, H, W, C) uint8 grid (originals in the first half)."""
-    from jaxar.data import corpora  # the data layer is imported lazily, as by the trainer
+    (2 num, H, W, C) uint8 grid (originals in the first half). Stored images of another
+    size than the tokenizer's ``image_size`` (a run with ``data.image_size``) are resized
+    on the short side and centre-cropped to it first (``jaxar.data.images.ImagePrep``)."""
+    from jaxar.data import corpora  # lazily, as by the trainer
+    from jaxar.data import images as images_lib
 
     del key
     sets = {"digits": corpora.digits, "photos": corpora.photos}
@@ -158,6 +161,10 @@ def _vq_reconstructions(model, key, num, *, split):
             f"accepted: {tuple(sets)}"
         )
     images = sets[name](split)["image"][:num]
+    size = model.config.image_size
+    if images.shape[1:3] != (size, size):
+        prep = images_lib.ImagePrep(size)
+        images = np.stack([prep(im) for im in images])
     return np.concatenate([images, np.asarray(model.reconstruct(images))], 0)
 
 

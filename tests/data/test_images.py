@@ -124,3 +124,24 @@ def test_bad_images_and_crops():
         images.center_crop(np.zeros((8, 12, 3), np.uint8), 9)
     with pytest.raises(ValueError, match=r"image size=0 is invalid"):
         images.ImagePrep(0)
+
+
+def test_vq_sample_grid_reconstructs_images_at_the_models_size():
+    """A tokenizer trained at data.image_size=16 on 8x8 digits reconstructs 16x16 images
+    (the stored ones resized), and refuses images of another shape in one line."""
+    from flax import nnx
+
+    from jaxar.data import corpora
+    from jaxar.models import vq
+    from jaxar.train import tasks
+
+    cfg = vq.VQConfig.preset("tiny", width=8, image_size=16)
+    model = vq.VQ(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    grid = tasks.sample_vq(model, jax.random.key(0), 2)
+    assert grid.shape == (4, 16, 16, 1) and grid.dtype == np.uint8
+    want = [images.ImagePrep(16)(im) for im in corpora.digits("test")["image"][:2]]
+    np.testing.assert_array_equal(grid[:2], np.stack(want))  # originals as the model sees them
+    with pytest.raises(
+        ValueError, match=r"images of shape \(2, 8, 8, 1\); accepted: \(B, 16, 16, 1\)"
+    ):
+        model.reconstruct(corpora.digits("test")["image"][:2])
