@@ -145,3 +145,22 @@ def test_vq_sample_grid_reconstructs_images_at_the_models_size():
         ValueError, match=r"images of shape \(2, 8, 8, 1\); accepted: \(B, 16, 16, 1\)"
     ):
         model.reconstruct(corpora.digits("test")["image"][:2])
+
+
+def test_image_fields_on_text_data_or_unsized_tfds_images_are_one_line_errors(monkeypatch):
+    prep = images.ImagePrep(8)
+    with pytest.raises(ValueError, match=r"^config.data.image_size=8 .*name='stdlib' is text data"):
+        sources.load("stdlib", "train", seq_len=8, image=prep)
+    with pytest.raises(ValueError, match=r"^config.data.image_size=8 .*name='stdlib' is text data"):
+        sources.describe("stdlib", image=prep)
+    # a tfds image set whose images vary in shape (ImageNet) needs data.image_size
+    varied = pipeline.MapRecords(
+        [{"image": np.zeros((9 + i, 7, 3), np.uint8), "label": 0} for i in range(4)],
+        lambda r: r, name="varied",
+    )  # fmt: skip
+    info = sources.DataInfo("image", image_shape=(None, None, 3), num_classes=1)
+    monkeypatch.setattr(sources, "_tfds", lambda *a, **k: (varied, info))
+    with pytest.raises(ValueError, match=r"^config.data.name='tfds:varied' has images of shape "):
+        sources.load("tfds:varied", "train", seq_len=8)
+    src, shaped = sources.load("tfds:varied", "train", seq_len=8, image=prep)
+    assert shaped.image_shape == (8, 8, 3) and src[3]["image"].shape == (8, 8, 3)
