@@ -164,3 +164,15 @@ def test_image_fields_on_text_data_or_unsized_tfds_images_are_one_line_errors(mo
         sources.load("tfds:varied", "train", seq_len=8)
     src, shaped = sources.load("tfds:varied", "train", seq_len=8, image=prep)
     assert shaped.image_shape == (8, 8, 3) and src[3]["image"].shape == (8, 8, 3)
+
+
+def test_resize_treats_every_channel_alike():
+    """Each channel is resized on its own: a 4th (alpha) channel of zeros leaves the colour
+    channels as an RGB resize makes them (PIL's RGBA resize premultiplies by alpha)."""
+    rgb = _ramp(12, 20)
+    rgba = np.concatenate([rgb, np.zeros_like(rgb[..., :1])], -1)
+    out = images.resize_short_side(rgba, 6)
+    np.testing.assert_array_equal(out[..., :3], images.resize_short_side(rgb, 6))
+    assert (out[..., 3] == 0).all()
+    two = images.resize_short_side(rgba[..., 1:3], 6)  # 2 channels: each alike too
+    np.testing.assert_array_equal(two, images.resize_short_side(rgb, 6)[..., 1:3])
