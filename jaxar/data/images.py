@@ -46,7 +46,8 @@ def _check_image(image) -> np.ndarray:
 def resize_short_side(image_HxWxC, short: int, resample: str = "bicubic") -> np.ndarray:
     """The image resized (PIL, antialiased) so that its short side is ``short`` pixels and
     its aspect ratio is kept: the long side becomes ``round(long * short / min(H, W))``.
-    An image whose short side already is ``short`` comes back unchanged."""
+    Every channel is filtered alike (no alpha premultiplication). An image whose short side
+    already is ``short`` comes back unchanged."""
     from PIL import Image
 
     image = _check_image(image_HxWxC)
@@ -61,10 +62,16 @@ def resize_short_side(image_HxWxC, short: int, resample: str = "bicubic") -> np.
     size_hw = (
         (short, max(short, round(w * scale))) if h <= w else (max(short, round(h * scale)), short)
     )
-    pil = Image.fromarray(image[..., 0] if c == 1 else image)
     method = getattr(Image.Resampling, resample.upper())
-    out = np.asarray(pil.resize((size_hw[1], size_hw[0]), resample=method), np.uint8)
-    return out.reshape(size_hw[0], size_hw[1], c)
+
+    def resize(planes):  # (H, W) or RGB (H, W, 3): every band filtered alike
+        pil = Image.fromarray(np.ascontiguousarray(planes))
+        return np.asarray(pil.resize((size_hw[1], size_hw[0]), resample=method), np.uint8)
+
+    if c == 3:
+        return resize(image)
+    # one channel at a time otherwise: PIL's RGBA / LA resizes premultiply by the alpha
+    return np.stack([resize(image[..., i]) for i in range(c)], -1)
 
 
 def _check_crop(image, size: int) -> np.ndarray:

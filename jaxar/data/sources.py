@@ -40,11 +40,27 @@ def _check_name(name: str) -> None:
         )
 
 
-def _prepared(source, info: DataInfo, image: images.ImagePrep | None, name: str):
-    if image is None or info.kind != "image":
+def _not_text(info: DataInfo, image: images.ImagePrep | None, name: str) -> None:
+    if image is not None and info.kind != "image":
+        raise ValueError(
+            f"config.data.image_size={image.size} resizes images, but config.data.name="
+            f"{name!r} is {info.kind} data; accepted: image_size=0 for text"
+        )
+
+
+def _prepared(source, info: DataInfo, image: images.ImagePrep | None, name: str, split: str):
+    _not_text(info, image, name)
+    if info.kind != "image":
+        return source, info
+    if image is None:
+        if not all(isinstance(n, int) for n in info.image_shape):
+            raise ValueError(
+                f"config.data.name={name!r} has images of shape {info.image_shape} (they vary); "
+                "accepted: set config.data.image_size (resize the short side and crop)"
+            )
         return source, info
     shaped = dataclasses.replace(info, image_shape=image.shape(info.image_shape[-1]))
-    return images.PreparedImages(source, image, name=name), shaped
+    return images.PreparedImages(source, image, name=f"{name}/{split}"), shaped
 
 
 def load(
@@ -63,6 +79,7 @@ def load(
     if packing not in ("concat", "pad"):
         raise ValueError(f"data.packing={packing!r} is not supported; accepted: ('concat', 'pad')")
     if name == "stdlib":
+        _not_text(DataInfo("text"), image, name)
         docs = corpora.stdlib_documents(split)
         if packing == "pad":
             return pipeline.PaddedRows(docs, seq_len, name=f"stdlib/{split}"), DataInfo("text")
@@ -73,11 +90,11 @@ def load(
             "image", image_shape=arrays["image"].shape[1:], num_classes=_EMBEDDED_CLASSES[name]
         )
         src = pipeline.ArraySource(arrays, name=f"{name}/{split}")
-        return _prepared(src, info, image, f"{name}/{split}")
+        return _prepared(src, info, image, name, split)
     src, info = _tfds(
         name[len("tfds:") :], split, seq_len=seq_len, packing=packing, data_dir=data_dir
     )
-    return _prepared(src, info, image, f"{name}/{split}")
+    return _prepared(src, info, image, name, split)
 
 
 _EMBEDDED_CLASSES = {"digits": 10, "photos": 2}
@@ -89,8 +106,8 @@ def describe(name: str, *, data_dir=None, image: images.ImagePrep | None = None)
     metadata (offline; the dataset need not be prepared). ``image`` fixes the shape."""
     _check_name(name)
     if name == "stdlib":
-        return DataInfo("text")
-    if name in ("digits", "photos"):
+        info = DataInfo("text")
+    elif name in ("digits", "photos"):
         side = 8 if name == "digits" else corpora.PHOTO_SIZE
         info = DataInfo(
             "image",
@@ -106,9 +123,11 @@ def describe(name: str, *, data_dir=None, image: images.ImagePrep | None = None)
         except Exception as e:  # noqa: BLE001 - unknown name, missing module, ...
             raise ValueError(f"config.data.name={name!r}: no tfds builder ({e})") from e
         if "image" not in features:
+            _not_text(DataInfo("text"), image, name)
             return DataInfo("text")
         classes = features["label"].num_classes if "label" in features else None
         info = DataInfo("image", image_shape=tuple(features["image"].shape), num_classes=classes)
+    _not_text(info, image, name)
     if image is not None:
         info = dataclasses.replace(info, image_shape=image.shape(info.image_shape[-1]))
     return info

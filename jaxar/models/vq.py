@@ -255,7 +255,15 @@ class VQ(nnx.Module):
 
     # ---- pieces --------------------------------------------------------------------
     def encode(self, images):
-        """uint8 (B, H, W, C) -> continuous latents (B, g, g, d)."""
+        """uint8 (B, H, W, C) -> continuous latents (B, g, g, d); H = W = ``image_size``,
+        C = ``channels`` (another shape: a one-line error, not codes on another grid)."""
+        cfg = self.config
+        want = (cfg.image_size, cfg.image_size, cfg.channels)
+        if images.ndim != 4 or tuple(images.shape[1:]) != want:
+            raise ValueError(
+                f"VQ got images of shape {tuple(images.shape)}; accepted: (B, "
+                f"{', '.join(map(str, want))})"
+            )
         h = self.enc_in(images_to_x(images).astype(self.config.dtype))
         for conv in self.enc_down:
             h = jax.nn.silu(conv(h))

@@ -124,3 +124,57 @@ def test_bad_images_and_crops():
         images.center_crop(np.zeros((8, 12, 3), np.uint8), 9)
     with pytest.raises(ValueError, match=r"image size=0 is invalid"):
         images.ImagePrep(0)
+
+
+def test_vq_sample_grid_reconstructs_images_at_the_models_size():
+    """A tokenizer trained at data.image_size=16 on 8x8 digits reconstructs 16x16 images
+    (the stored ones resized), and refuses images of another shape in one line."""
+    from flax import nnx
+
+    from jaxar.data import corpora
+    from jaxar.models import vq
+    from jaxar.train import tasks
+
+    cfg = vq.VQConfig.preset("tiny", width=8, image_size=16)
+    model = vq.VQ(cfg, rngs=nnx.Rngs(jax.random.key(0, impl="rbg")))
+    want = np.stack([images.ImagePrep(16)(im) for im in corpora.digits("test")["image"][:2]])
+    grid = tasks.sample_vq(model, jax.random.key(0), 2, images=want)  # as a run passes them
+    assert grid.shape == (4, 16, 16, 1) and grid.dtype == np.uint8
+    np.testing.assert_array_equal(grid[:2], want)  # originals as the model sees them
+    with pytest.raises(ValueError):  # without the run's images: the raw 8x8 set is refused
+        tasks.sample_vq(model, jax.random.key(0), 2)
+    with pytest.raises(
+        ValueError, match=r"images of shape \(2, 8, 8, 1\); accepted: \(B, 16, 16, 1\)"
+    ):
+        model.reconstruct(corpora.digits("test")["image"][:2])
+
+
+def test_image_fields_on_text_data_or_unsized_tfds_images_are_one_line_errors(monkeypatch):
+    prep = images.ImagePrep(8)
+    with pytest.raises(ValueError, match=r"^config.data.image_size=8 .*name='stdlib' is text data"):
+        sources.load("stdlib", "train", seq_len=8, image=prep)
+    with pytest.raises(ValueError, match=r"^config.data.image_size=8 .*name='stdlib' is text data"):
+        sources.describe("stdlib", image=prep)
+    # a tfds image set whose images vary in shape (ImageNet) needs data.image_size
+    varied = pipeline.MapRecords(
+        [{"image": np.zeros((9 + i, 7, 3), np.uint8), "label": 0} for i in range(4)],
+        lambda r: r, name="varied",
+    )  # fmt: skip
+    info = sources.DataInfo("image", image_shape=(None, None, 3), num_classes=1)
+    monkeypatch.setattr(sources, "_tfds", lambda *a, **k: (varied, info))
+    with pytest.raises(ValueError, match=r"^config.data.name='tfds:varied' has images of shape "):
+        sources.load("tfds:varied", "train", seq_len=8)
+    src, shaped = sources.load("tfds:varied", "train", seq_len=8, image=prep)
+    assert shaped.image_shape == (8, 8, 3) and src[3]["image"].shape == (8, 8, 3)
+
+
+def test_resize_treats_every_channel_alike():
+    """Each channel is resized on its own: a 4th (alpha) channel of zeros leaves the colour
+    channels as an RGB resize makes them (PIL's RGBA resize premultiplies by alpha)."""
+    rgb = _ramp(12, 20)
+    rgba = np.concatenate([rgb, np.zeros_like(rgb[..., :1])], -1)
+    out = images.resize_short_side(rgba, 6)
+    np.testing.assert_array_equal(out[..., :3], images.resize_short_side(rgb, 6))
+    assert (out[..., 3] == 0).all()
+    two = images.resize_short_side(rgba[..., 1:3], 6)  # 2 channels: each alike too
+    np.testing.assert_array_equal(two, images.resize_short_side(rgb, 6)[..., 1:3])
