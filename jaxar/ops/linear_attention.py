@@ -52,6 +52,7 @@ References:
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import Literal
 
 import jax
@@ -235,16 +236,10 @@ def _block_sums(x, which: int):
     m = x.shape[-2]
     if m <= SMALL_BLOCK:
         rows = [x[..., i, :] for i in range(m)]
-        out, acc = [], None
-        order = range(m) if which == 0 else range(m - 1, -1, -1)
-        for i in order:
-            if which == 0:
-                acc = rows[i] if acc is None else acc + rows[i]
-                out.append(acc)
-            else:
-                out.append(jnp.zeros_like(rows[i]) if acc is None else acc)
-                acc = rows[i] if acc is None else acc + rows[i]
-        return jnp.stack(out if which == 0 else out[::-1], axis=-2)
+        if which == 0:
+            return jnp.stack(list(itertools.accumulate(rows)), axis=-2)
+        tails = list(itertools.accumulate(rows[:0:-1]))[::-1]  # sums over (t, m) for t < m - 1
+        return jnp.stack(tails + [jnp.zeros_like(rows[-1])], axis=-2)
     mat = jnp.asarray(_block_sum_matrices(m)[which], jnp.real(x).dtype)
     return jnp.einsum("tu,...uk->...tk", mat, x, precision=lax.Precision.HIGHEST)
 
@@ -253,11 +248,6 @@ def _edge_sums(la):
     """``(in, out)`` of ``la`` (..., C, K): the inclusive running sum over [0, t] (the
     decay from the chunk start to t) and the sum over (t, C - 1] (from t to the end)."""
     return _block_sums(la, 0), _block_sums(la, 1)
-
-
-def _running_sum(x):
-    """Inclusive running sums over the chunk axis of ``x`` (..., C, K)."""
-    return _block_sums(x, 0)
 
 
 def _intra_diag(q, k, v, la):
@@ -306,7 +296,7 @@ def _intra_scalar(q, k, v, la):
     (s, t]: zero gates are taken out of b and counted instead, so b stays O(|log a| C)."""
     c = la.shape[-1]
     zero = la <= 0.5 * LOG_ZERO
-    b = _running_sum(jnp.where(zero, 0.0, la)[..., None])[..., 0]
+    b = _block_sums(jnp.where(zero, 0.0, la)[..., None], 0)[..., 0]
     n0 = jnp.cumsum(zero, axis=-1, dtype=jnp.int32)
     causal = jnp.tril(jnp.ones((c, c), bool)).reshape((1,) * (la.ndim - 1) + (c, c))
     keep = (n0[..., :, None] == n0[..., None, :]) & causal
@@ -374,7 +364,7 @@ def _chunked_complex(qc, kc, vc, lc, s0, shape):
     """
     b, length, h, e = shape
     n, c = qc.shape[2], qc.shape[3]
-    theta = _running_sum(lc.imag)  # (B, H, N, C, K)
+    theta = _block_sums(lc.imag, 0)  # (B, H, N, C, K): running phase from the chunk start
     cos, sin = jnp.cos(theta), jnp.sin(theta)
     sum_in, sum_out = _edge_sums(lc.real)
     q2 = jnp.concatenate([qc * cos, qc * sin], axis=-1)
