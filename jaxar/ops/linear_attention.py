@@ -62,6 +62,7 @@ from jax import lax
 
 from jaxar import dispatch
 from jaxar.dispatch import LinearAttentionImpl
+from jaxar.ops.checks import positive_int
 
 __all__ = ["LOG_ZERO", "GateKind", "linear_attention", "segment_sum"]
 
@@ -112,8 +113,7 @@ def linear_attention(
     reset = None if reset is None else jnp.asarray(reset)
     _validate(q, k, v, log_a, gate, state0, reset)
     impl = dispatch.resolve("linear_attention", impl)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size={chunk_size!r} is not supported; accepted: an int >= 1")
+    chunk_size = positive_int("chunk_size", chunk_size)
     out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
     real = jnp.promote_types(out_dtype, jnp.float32)
     cplx = jnp.iscomplexobj(log_a) or (state0 is not None and jnp.iscomplexobj(state0))
