@@ -59,6 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.custom_derivatives import SymbolicZero
 
 from jaxar import dispatch
 from jaxar.dispatch import LinearAttentionImpl
@@ -244,6 +245,70 @@ def _block_sums(x, which: int):
     return jnp.einsum("tu,...uk->...tk", mat, x, precision=lax.Precision.HIGHEST)
 
 
+def _swap(x):
+    return jnp.swapaxes(x, -1, -2)
+
+
+def _dot_nt(a, b):
+    return jnp.einsum("...mk,...nk->...mn", a, b)
+
+
+def _dot_nn(a, b):
+    return jnp.einsum("...mk,...kn->...mn", a, b)
+
+
+@jax.custom_jvp
+def _matmul_nt(a, b):
+    """``a @ b^T`` over leading batch axes, with a JVP whose transpose (the backward pass)
+    contracts the last axis of every left operand.
+
+    XLA's CPU backend hands a batched dot to its fast library only when the left operand
+    contracts its last axis; the plain autodiff transpose of ``a @ b^T`` w.r.t. ``b`` is
+    ``g^T @ a`` with the transpose folded into the dot (a slow generic loop for these
+    small blocks). Here that term is written so that its transpose is
+    ``barrier(g^T) @ a``: the small ``g^T`` is materialised and the dot is canonical.
+    Same values; forward mode keeps working (a JVP, not a VJP).
+    """
+    return _dot_nt(a, b)
+
+
+def _matmul_nt_jvp(primals, tangents):
+    a, b = primals
+    da, db = tangents
+    out = _dot_nt(a, b)
+    terms = []
+    if not isinstance(da, SymbolicZero):
+        terms.append(_dot_nt(da, b))  # transpose: g @ b
+    if not isinstance(db, SymbolicZero):
+        terms.append(_swap(lax.optimization_barrier(_dot_nt(db, a))))  # barrier(g^T) @ a
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+_matmul_nt.defjvp(_matmul_nt_jvp, symbolic_zeros=True)
+
+
+@jax.custom_jvp
+def _matmul_nn(a, b):
+    """``a @ b`` over leading batch axes; the backward pass's ``a^T @ g`` runs on a
+    materialised ``a^T`` (see :func:`_matmul_nt`)."""
+    return _dot_nn(a, b)
+
+
+def _matmul_nn_jvp(primals, tangents):
+    a, b = primals
+    da, db = tangents
+    out = _dot_nn(a, b)
+    terms = []
+    if not isinstance(da, SymbolicZero):
+        terms.append(_dot_nn(da, b))  # transpose: g @ b^T
+    if not isinstance(db, SymbolicZero):  # equal to a; its transpose is barrier(a^T)
+        terms.append(_dot_nn(_swap(lax.optimization_barrier(_swap(a))), db))
+    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+_matmul_nn.defjvp(_matmul_nn_jvp, symbolic_zeros=True)
+
+
 def _edge_sums(la):
     """``(in, out)`` of ``la`` (..., C, K): the inclusive running sum over [0, t] (the
     decay from the chunk start to t) and the sum over (t, C - 1] (from t to the end)."""
@@ -282,8 +347,8 @@ def _intra_diag(q, k, v, la):
         k_l = split(k)[..., 0, :, :]
         if m > 1:  # a left half of one position has an empty sum: factor 1
             k_l = k_l * tile(jnp.exp(_block_sums(halves[..., 0, :, :], 1)))
-        scores = jnp.einsum("...tk,...sk->...ts", q_r, k_l)  # (..., nb, m, m)
-        y_r = jnp.einsum("...ts,...se->...te", scores, split(v)[..., 0, :, :])
+        scores = _matmul_nt(q_r, k_l)  # (..., nb, m, m)
+        y_r = _matmul_nn(scores, split(v)[..., 0, :, :])
         y = y + jnp.stack([jnp.zeros_like(y_r), y_r], axis=-3).reshape(y.shape)
         m *= 2
     return y
