@@ -323,8 +323,13 @@ def _intra_diag(q, k, v, la):
     theta, k sin theta]`` (theta the phase from the chunk start). At half-width m the
     exponents are block-local: the prefix sums of each right half and the exclusive suffix
     sums of each left half, (m, m) 0/1 matmuls on those halves only (m C K multiply-adds
-    per level and no (levels, C, K) tensor to assemble in the backward pass). Returns
-    (..., C, E).
+    per level and no (levels, C, K) tensor to assemble in the backward pass).
+
+    The levels' (m, m) score blocks are assembled bottom-up into the chunk's lower
+    triangular (C, C) score matrix (a block of 2m is ``[[A, 0], [scores, B]]`` with A, B
+    the blocks of m below it) and applied to v by one (C, C) x (C, E) matmul: the
+    outputs are written once, not added level by level, and no half of v is copied out.
+    Returns (..., C, E).
     """
     reps = q.shape[-1] // la.shape[-1]
     cc = q.shape[-2]
@@ -333,7 +338,7 @@ def _intra_diag(q, k, v, la):
     def tile(f):  # a factor per key dimension, repeated over the R parts of q / k
         return jnp.concatenate([f] * reps, axis=-1) if reps > 1 else f
 
-    y = jnp.sum(q * k, axis=-1, keepdims=True) * v  # s = t: decay 1
+    blocks = jnp.sum(q * k, axis=-1)[..., None, None]  # (..., C, 1, 1): s = t, decay 1
     m = 1
     while m < cc:
         nb = cc // (2 * m)
@@ -347,11 +352,18 @@ def _intra_diag(q, k, v, la):
         k_l = split(k)[..., 0, :, :]
         if m > 1:  # a left half of one position has an empty sum: factor 1
             k_l = k_l * tile(jnp.exp(_block_sums(halves[..., 0, :, :], 1)))
-        scores = _matmul_nt(q_r, k_l)  # (..., nb, m, m)
-        y_r = _matmul_nn(scores, split(v)[..., 0, :, :])
-        y = y + jnp.stack([jnp.zeros_like(y_r), y_r], axis=-3).reshape(y.shape)
+        scores = _matmul_nt(q_r, k_l)  # (..., nb, m, m): right-half rows, left-half columns
+        pairs = blocks.reshape(*lead, nb, 2, m, m)
+        upper, lower = pairs[..., 0, :, :], pairs[..., 1, :, :]
+        blocks = jnp.concatenate(
+            [
+                jnp.concatenate([upper, jnp.zeros_like(upper)], axis=-1),
+                jnp.concatenate([scores, lower], axis=-1),
+            ],
+            axis=-2,
+        )  # (..., nb, 2m, 2m)
         m *= 2
-    return y
+    return _matmul_nn(blocks.reshape(*lead, cc, cc), v)
 
 
 def _intra_scalar(q, k, v, la):
