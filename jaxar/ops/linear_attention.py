@@ -22,7 +22,9 @@ Implementations (``impl``, ``jaxar.dispatch.LinearAttentionImpl``):
       recursively, down to single positions). Elementwise work per position: about
       K log2(C) exponentials, against K C for a (C, C, K) decay tensor; no
       log-space tensor at all. The exponents of each level are prefix / suffix sums
-      within its halves: (m, m) 0/1 matmuls on the halves, block-local.
+      within its halves: (m, m) 0/1 matmuls on the halves, block-local. The levels'
+      (m, m) blocks are assembled bottom-up into the chunk's (C, C) lower-triangular
+      score matrix, applied to v by one matmul.
 
   * ``"pallas"``: ``pallas_kernels.gateloop.linear_attention``, one kernel for the three
     gate kinds (a scalar gate broadcast over K before it), log-gates floored at e^-30;

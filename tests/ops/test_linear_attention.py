@@ -92,6 +92,43 @@ def test_matches_float64_reference(kind, impl):
     assert_allclose(g, g_ref, kind="grad")
 
 
+@pytest.mark.parametrize("kind", ["diag", "complex"])
+def test_deep_split_and_forward_mode_match_float64_reference(kind):
+    """C = 16: four split levels (two with 0/1-matmul exponents) assembled into one (16, 16)
+    score matrix per chunk; L = 40 pads the last chunk; resets inside chunks. Reverse mode
+    (every input, the gates included) and forward mode (``jax.jvp``: the within-chunk
+    matmuls carry custom JVPs) against the float64 loop."""
+    ks = jax.random.split(jax.random.key(7), 6)
+    n = 40
+    q, k = (0.5 * jax.random.normal(t, (1, n, H, K)) for t in ks[:2])
+    v = jax.random.normal(ks[2], (1, n, H, E))
+    la = jax.nn.log_sigmoid(2.0 * jax.random.normal(ks[3], (1, n, H, K)))
+    s0 = jax.random.normal(ks[4], (1, H, K, E))
+    if kind == "complex":
+        la = la + 1j * jax.random.normal(ks[5], la.shape)
+        s0 = s0.astype(jnp.complex64)
+    reset = jnp.zeros((1, n), bool).at[0, 11].set(True).at[0, 21].set(True)
+    args = (q, k, v, la, s0, reset)
+
+    def ours(q, k, v, la, s0, reset):
+        return linear_attention(q, k, v, la, state0=s0, reset=reset, chunk_size=16)
+
+    def tangent(fn):
+        def f(q, k, v, la, s0, reset):
+            def of_qv(q, v):
+                return fn(q, k, v, la, s0, reset)
+
+            return jax.jvp(of_qv, (q, v), (jnp.flip(q, 1), jnp.flip(v, 1)))[1]
+
+        return f
+
+    out, g = jax.jit(_both(ours))(*args)
+    out_ref, g_ref = reference_x64(jax.jit(_both(_plain)), *args)
+    assert_allclose(out, out_ref)
+    assert_allclose(g, g_ref, kind="grad")
+    assert_allclose(jax.jit(tangent(ours))(*args), reference_x64(tangent(_plain), *args))
+
+
 @pytest.mark.parametrize("kind", ["diag", "scalar"])
 def test_bfloat16_inputs_float32_state(kind):
     q, k, v, la, _, reset = _inputs(kind, seed=1)
