@@ -4,6 +4,7 @@ BENCHMARKS: dict[str, str] = {
     "kernel_flash_attention": "pallas_kernels.flash_attention.bench",
     "kernel_linear_scan": "pallas_kernels.linear_scan.bench",
     "kernel_gateloop": "pallas_kernels.gateloop.bench",
+    "kernel_linear_attention": "pallas_kernels.gateloop.bench_vs_attention",
     "diffusion": "jaxar.bench.diffusion",
     "heads": "jaxar.bench.heads",
     "recurrence": "jaxar.bench.recurrence",

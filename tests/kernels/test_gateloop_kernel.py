@@ -331,3 +331,31 @@ def test_bench_refuses_interpret_mode(capsys):
 
     assert bench.run(quick=True) == []
     assert "never timed" in capsys.readouterr().out
+
+
+def test_long_context_bench_refuses_interpret_and_its_candidates_agree(capsys):
+    """``jaxar bench kernel_linear_attention``: never timed in interpret mode; its candidates
+    (here through the interpreter, tiny shapes) give (B, L, H, D) outputs and gradients, the
+    GLA kernel equal to the XLA chunked core, the baseline equal to the attention it names."""
+    from jaxar.bench import BENCHMARKS
+    from pallas_kernels.gateloop import bench_vs_attention as bva
+
+    assert BENCHMARKS["kernel_linear_attention"] == bva.__name__
+    assert bva.run(quick=True) == []
+    assert "never timed" in capsys.readouterr().out
+    q, k, v, la_d, la_s, beta, dy = bva.inputs(jax.random.key(1), 1, 32, 2, 16, jnp.float32)
+    cands = bva.impls(la_d, la_s, beta, platform="cpu", interpret=True)
+    assert list(cands) == [
+        "jax.nn(xla)", "pallas-gla", "pallas-ssd", "pallas-gated-delta", "chunked-xla-gla"
+    ]  # fmt: skip
+    outs = {}
+    for name, fn in cands.items():
+        y, vjp = jax.vjp(fn, q, k, v)
+        grads = vjp(dy)
+        assert y.shape == q.shape and all(g.shape == q.shape for g in grads), name
+        assert all(np.isfinite(np.asarray(t)).all() for t in (y, *grads)), name
+        outs[name] = y
+    # same maths, other summation orders (kernel sub-chunks vs the XLA split): grad tolerance
+    testing.assert_allclose(outs["pallas-gla"], outs["chunked-xla-gla"], kind="grad")
+    want = ops.dot_product_attention(q, k, v, causal=True, impl="reference")
+    testing.assert_allclose(outs["jax.nn(xla)"], want, kind="grad")
