@@ -54,6 +54,11 @@ def inputs(key, B, L, H, D, dtype=jnp.bfloat16):
     return q, k, v, la_diag, la_scalar, beta, dy
 
 
+def xla_gla(q, k, v, la_diag):
+    """The XLA chunked core with the same gates (``jaxar.ops.linear_attention``)."""
+    return xla_linear_attention(q, k, v, la_diag, impl="chunked")[0]
+
+
 def impls(la_diag, la_scalar, beta, *, platform: str, interpret=False):
     """name -> fn(q, k, v) -> (B, L, H, D): the candidates and the attention baseline (the
     gates and write strengths are held fixed: gradients flow to q, k, v, as for attention)."""
@@ -76,9 +81,7 @@ def impls(la_diag, la_scalar, beta, *, platform: str, interpret=False):
         "pallas-gated-delta": lambda q, k, v: delta_rule(
             q, unit(k), v, beta.astype(q.dtype), log_gate=la_scalar, interpret=interpret
         )[0],
-        "chunked-xla-gla": lambda q, k, v: xla_linear_attention(q, k, v, la_diag, impl="chunked")[
-            0
-        ],
+        "chunked-xla-gla": lambda q, k, v: xla_gla(q, k, v, la_diag),
     }
 
 
