@@ -61,8 +61,9 @@ AUTO: dict[str, dict[str, str]] = {
     # chunked: 2.1x the recurrent form fwd+bwd on CPU (B=4, L=4096, H=4, K=V=32), though
     # 2-3x slower for the forward pass alone there
     "delta_rule": {"cpu": "chunked", "gpu": "chunked", "tpu": "chunked"},
-    # chunked: 2.0-2.4x the recurrent form fwd+bwd on CPU with real diagonal gates and 4.2x
-    # with scalar gates (B=4, L=4096, H=4, K=E=32..128; jaxar/bench/README.md)
+    # chunked: 3.6-6.2x the recurrent form fwd+bwd on CPU with real diagonal gates, 2.2x
+    # complex, 4.1-4.3x scalar (B=4, L=4096, H=4, K=E=32..128; jaxar/bench/README.md),
+    # though 1.3-1.6x slower for the forward pass alone there
     "linear_attention": {"cpu": "chunked", "gpu": "chunked", "tpu": "chunked"},
 }
 
