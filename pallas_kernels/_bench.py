@@ -30,9 +30,11 @@ __all__ = [
     "benchmark_platform",
     "environment",
     "format_table",
+    "fwd_and_fwd_bwd",
     "main",
     "published_peak",
     "timeit",
+    "try_timeit",
     "with_ratios",
 ]
 
@@ -85,6 +87,26 @@ def timeit(fn, *args, repeats: int = 5, min_time_s: float = 0.0) -> Timing:
     return Timing(
         median_s=med, min_s=min(times), compile_s=max(first - med, 0.0), repeats=len(times)
     )
+
+
+def try_timeit(bench: str, label: str, fn, *args, repeats: int = 10) -> Timing | None:
+    """:func:`timeit`, or None after printing a one-line reason when the call fails (e.g.
+    out of memory at a long length, cuDNN refusing a mask): a benchmark reports and goes on."""
+    try:
+        return timeit(fn, *args, repeats=repeats)
+    except Exception as e:
+        print(f"[{bench}] {label}: {type(e).__name__}: {e}"[:400])
+        return None
+
+
+def fwd_and_fwd_bwd(fn, args: tuple, cotangent) -> list[tuple[str, Callable, tuple]]:
+    """``[(mode, jitted, args)]`` for the forward ``fn(*args)`` and the forward + backward
+    (the VJP of ``cotangent``, with respect to every argument)."""
+
+    def vjp(*a):
+        return jax.vjp(fn, *a[:-1])[1](a[-1])
+
+    return [("fwd", jax.jit(fn), tuple(args)), ("fwd+bwd", jax.jit(vjp), (*args, cotangent))]
 
 
 @dataclasses.dataclass

@@ -274,16 +274,24 @@ def _matmul_nt(a, b):
     return _dot_nt(a, b)
 
 
+def _tangent(out, da_term, db_term):
+    """The sum of the tangent terms present (None: that input's tangent is a symbolic zero)."""
+    terms = [t for t in (da_term, db_term) if t is not None]
+    return sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+
+
+def _live(t):
+    return not isinstance(t, SymbolicZero)
+
+
 def _matmul_nt_jvp(primals, tangents):
-    a, b = primals
-    da, db = tangents
+    (a, b), (da, db) = primals, tangents
     out = _dot_nt(a, b)
-    terms = []
-    if not isinstance(da, SymbolicZero):
-        terms.append(_dot_nt(da, b))  # transpose: g @ b
-    if not isinstance(db, SymbolicZero):
-        terms.append(_swap(lax.optimization_barrier(_dot_nt(db, a))))  # barrier(g^T) @ a
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    return out, _tangent(
+        out,
+        _dot_nt(da, b) if _live(da) else None,  # transpose: g @ b
+        _swap(lax.optimization_barrier(_dot_nt(db, a))) if _live(db) else None,  # g^T @ a
+    )
 
 
 _matmul_nt.defjvp(_matmul_nt_jvp, symbolic_zeros=True)
@@ -297,15 +305,14 @@ def _matmul_nn(a, b):
 
 
 def _matmul_nn_jvp(primals, tangents):
-    a, b = primals
-    da, db = tangents
+    (a, b), (da, db) = primals, tangents
     out = _dot_nn(a, b)
-    terms = []
-    if not isinstance(da, SymbolicZero):
-        terms.append(_dot_nn(da, b))  # transpose: g @ b^T
-    if not isinstance(db, SymbolicZero):  # equal to a; its transpose is barrier(a^T)
-        terms.append(_dot_nn(_swap(lax.optimization_barrier(_swap(a))), db))
-    return out, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(out)
+    a_t = _swap(lax.optimization_barrier(_swap(a))) if _live(db) else None  # == a
+    return out, _tangent(
+        out,
+        _dot_nn(da, b) if _live(da) else None,  # transpose: g @ b^T
+        _dot_nn(a_t, db) if _live(db) else None,  # transpose: barrier(a^T) @ g
+    )
 
 
 _matmul_nn.defjvp(_matmul_nn_jvp, symbolic_zeros=True)

@@ -92,17 +92,11 @@ def run(quick: bool) -> list[_bench.Result]:
         )
         flops = 4 * B * H * L * L * K * _density(L, causal, spec)
         for impl, fn in impls.items():
-            for mode, mult in (("fwd", 1.0), ("fwd+bwd", 3.5)):
-                if mode == "fwd":
-                    f = jax.jit(fn)
-                    args = (q, k, v)
-                else:
-                    f = jax.jit(lambda q, k, v, do, fn=fn: jax.vjp(fn, q, k, v)[1](do))
-                    args = (q, k, v, do)
-                try:
-                    t = _bench.timeit(f, *args, repeats=10)
-                except Exception as e:  # e.g. cuDNN refusing a mask: report, keep going
-                    print(f"[{BENCH}] {impl} {name} {mode}: {type(e).__name__}: {e}"[:400])
+            for mode, f, args in _bench.fwd_and_fwd_bwd(fn, (q, k, v), do):
+                mult = 1.0 if mode == "fwd" else 3.5
+                # a failure (e.g. cuDNN refusing a mask) is reported and skipped
+                t = _bench.try_timeit(BENCH, f"{impl} {name} {mode}", f, *args)
+                if t is None:
                     continue
                 tflops = mult * flops / t.median_s / 1e12
                 extra = {"TFLOP/s": round(tflops, 1)}

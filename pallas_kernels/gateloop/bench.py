@@ -71,16 +71,9 @@ def run(quick: bool) -> list[_bench.Result]:
         nbytes = (2 * B * L * H * K + 2 * B * L * H * E) * 2 + a.size * a.dtype.itemsize
         flops = 4 * B * H * L * K * E * (2 if gdt == jnp.complex64 else 1)
         for impl, fn in impls.items():
-            for mode in ("fwd", "fwd+bwd"):
-                if mode == "fwd":
-                    f, args = jax.jit(fn), (q, k, v, a)
-                else:
-                    f = jax.jit(lambda q, k, v, a, dy, fn=fn: jax.vjp(fn, q, k, v, a)[1](dy))
-                    args = (q, k, v, a, dy)
-                try:
-                    t = _bench.timeit(f, *args, repeats=10)
-                except Exception as e:  # report, keep going
-                    print(f"[{BENCH}] {impl} {mode}: {type(e).__name__}: {e}"[:400])
+            for mode, f, args in _bench.fwd_and_fwd_bwd(fn, (q, k, v, a), dy):
+                t = _bench.try_timeit(BENCH, f"{impl} {mode}", f, *args)
+                if t is None:
                     continue
                 mult = 1.0 if mode == "fwd" else 3.0
                 gbs = mult * nbytes / t.median_s / 1e9

@@ -96,16 +96,9 @@ def run(quick: bool) -> list[_bench.Result]:
         cands = impls(la_diag, la_scalar, beta, platform=platform)
         baseline = next(iter(cands))
         for impl, fn in cands.items():
-            for mode in ("fwd", "fwd+bwd"):
-                if mode == "fwd":
-                    f, args = jax.jit(fn), (q, k, v)
-                else:
-                    f = jax.jit(lambda q, k, v, dy, fn=fn: jax.vjp(fn, q, k, v)[1](dy))
-                    args = (q, k, v, dy)
-                try:
-                    t = _bench.timeit(f, *args, repeats=10)
-                except Exception as e:  # e.g. out of memory at 32k: report, keep going
-                    print(f"[{BENCH}] {impl} L={L} {mode}: {type(e).__name__}: {e}"[:400])
+            for mode, f, args in _bench.fwd_and_fwd_bwd(fn, (q, k, v), dy):
+                t = _bench.try_timeit(BENCH, f"{impl} L={L} {mode}", f, *args)
+                if t is None:  # e.g. out of memory at 32k: reported, skipped
                     continue
                 rows.append(
                     _bench.Result(

@@ -22,6 +22,23 @@ def test_timeit_and_ratios():
     assert rows[2].ratio is None
 
 
+def test_fwd_and_fwd_bwd_and_try_timeit(capsys):
+    from pallas_kernels import _bench
+
+    def fn(x, w):
+        return jnp.sin(x) * w
+
+    x, w, g = jnp.arange(3.0), jnp.full(3, 2.0), jnp.array([1.0, -1.0, 0.5])
+    (m0, f0, a0), (m1, f1, a1) = _bench.fwd_and_fwd_bwd(fn, (x, w), g)
+    assert (m0, m1) == ("fwd", "fwd+bwd") and len(a1) == 3
+    assert jnp.allclose(f0(*a0), fn(x, w))
+    want = jax.vjp(fn, x, w)[1](g)
+    assert all(jnp.allclose(a, b) for a, b in zip(f1(*a1), want, strict=True))
+    assert _bench.try_timeit("b", "ok", f0, *a0, repeats=2).repeats == 2
+    assert _bench.try_timeit("b", "bad case", lambda: 1 / 0) is None
+    assert "[b] bad case: ZeroDivisionError" in capsys.readouterr().out
+
+
 def test_table_formats_rows():
     row = harness.Result("b", "c", "fast", "float32", 1.5, 0.1, "base", 2.0, {"GB/s": 3.0}).asdict()
     table = bench_cli.format_table([row])
