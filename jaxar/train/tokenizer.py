@@ -9,11 +9,12 @@ under ``jit`` / ``eval_shape`` reads no file twice.
 
 ``code_source(workdir, source, data=..., split=...)`` encodes a finite image split with
 the frozen tokenizer ONCE (batched, jitted) and caches the codes and labels in
-``workdir/codes/<data>_<split>_step<N>_<hash>.npz`` (written to a temporary file and
-renamed, so a crash never leaves a partial cache). The cache is keyed by the
+``workdir/codes/<data>_<split>_step<N>_<hash>_<tag>.npz`` (written to a temporary file
+and renamed, so a crash never leaves a partial cache). The cache is keyed by the
 checkpoint step, the data name and split (and its resize-and-crop step), a hash of the
-tokenizer's run config and the row count; a cache whose key or code count does not match is rebuilt (with a warning
-line). The token families then train and evaluate on the cached codes: each image is
+tokenizer's run config and the row count; the crop and the row count also name the file
+(``<tag>``), so runs that differ in them keep one cache each. A cache whose key or code
+count does not match is rebuilt (with a warning line). The token families then train and evaluate on the cached codes: each image is
 encoded in its deterministic form (``source[i]``: the centre crop of a ``data.image_size``
 pipeline, as LlamaGen's and VAR's code extraction), so random crops or flips configured
 for the split do not reach the codes.
@@ -265,9 +266,9 @@ def cached_codes(
     tokenizer: VQ, source, *, directory, key: dict, batch_size: int = 256, say=None
 ) -> tuple[dict[str, np.ndarray], bool]:
     """``(arrays, built)``: the codes of ``source`` read from the cache in ``directory``
-    named by ``key`` (data, split, step, config hash; the source's resize-and-crop step),
-    or encoded and written there when
-    absent or mismatched (``built`` True)."""
+    named by ``key`` (data, split, step, config hash; the source's resize-and-crop step
+    and row count, which also name the file), or encoded and written there when absent or
+    mismatched (``built`` True)."""
     cfg = tokenizer.config
     prep = getattr(source, "prep", None)  # a resize-and-crop step: other crops, other codes
     key = {
@@ -279,7 +280,13 @@ def cached_codes(
         else int(cfg.grid * cfg.grid * (cfg.rq_depth if cfg.quantizer == "rq" else 1)),
         "num_codes": int(cfg.num_codes),
     }
-    name = f"{_safe(key['data'])}_{_safe(key['split'])}_step{key['step']}_{key['hash'][:12]}.npz"
+    # the crop and the row count name the file too: runs that differ in them keep their own
+    # caches instead of rebuilding each other's in turn
+    variant = json.dumps({k: key[k] for k in ("prep", "rows") if k in key}, sort_keys=True)
+    tag = hashlib.sha256(variant.encode()).hexdigest()[:8]
+    name = (
+        f"{_safe(key['data'])}_{_safe(key['split'])}_step{key['step']}_{key['hash'][:12]}_{tag}.npz"
+    )
     path = pathlib.Path(directory) / name
     if path.exists():
         try:

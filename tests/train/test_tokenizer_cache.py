@@ -61,13 +61,23 @@ def test_mismatched_cache_is_detected(tokenizer, tmp_path):
     assert tok_lib.read_codes(path, full)["codes"].shape == (9, 16)
     with pytest.raises(ValueError, match=r"another tokenizer/data \(rows=9 != 10\)$"):
         tok_lib.read_codes(path, dict(full, rows=10))
-    # the same name but another row count (the split changed): rebuilt, with a warning line
+    # another row count (the split changed) is another file; the first one stays valid
     said = []
     arrays, built = tok_lib.cached_codes(
         tokenizer, _source(5), directory=tmp_path, key=KEY, say=said.append, batch_size=4
     )
-    assert built and arrays["codes"].shape == (5, 16)
-    assert len(said) == 1 and "rows=9 != 5" in said[0] and "rebuilding" in said[0]
+    assert built and arrays["codes"].shape == (5, 16) and not said
+    assert len(list(tmp_path.glob("*.npz"))) == 2
+    assert tok_lib.read_codes(path, full)["codes"].shape == (9, 16)
+    # a file under the expected name written for another key: rebuilt, with a warning line
+    tok_lib.write_codes(
+        path, {"codes": np.zeros((9, 16)), "label": np.zeros(9)}, dict(full, step=6)
+    )
+    _, built = tok_lib.cached_codes(
+        tokenizer, src, directory=tmp_path, key=KEY, say=said.append, batch_size=4
+    )
+    assert built and len(said) == 1 and "step=6 != 7" in said[0] and "rebuilding" in said[0]
+    assert tok_lib.read_codes(path, full)["codes"].shape == (9, 16)
     # codes of the wrong count or out of range under a matching key
     tok_lib.write_codes(path, {"codes": np.zeros((5, 4)), "label": np.zeros(5)}, dict(full, rows=5))
     with pytest.raises(ValueError, match=r"holds codes \(5, 4\); expected \(5, 16\)"):
@@ -88,10 +98,11 @@ def test_flat_codes_concatenates_scales():
     np.testing.assert_array_equal(flat[0], [1] * 1 + [2] * 4 + [4] * 16)
 
 
-def test_a_cache_of_other_crops_is_rebuilt(tokenizer, tmp_path):
-    """The resize-and-crop step is part of the key: centre 8x8 of a 1x or a 1.25x resize."""
+def test_caches_of_other_crops_are_kept_apart(tokenizer, tmp_path):
+    """The resize-and-crop step is part of the key and of the file name: centre 8x8 of a 1x
+    or a 1.25x resize are encoded once each, and alternating runs reuse both."""
     src = _source(5)
-    for ratio, built_want in ((1.0, True), (1.0, False), (1.25, True)):
+    for ratio, built_want in ((1.0, True), (1.0, False), (1.25, True), (1.0, False), (1.25, False)):
         prepped = images.PreparedImages(src, images.ImagePrep(8, ratio), name="d")
         _, built = tok_lib.cached_codes(
             tokenizer, prepped, directory=tmp_path, key=KEY, batch_size=5, say=lambda _: None
