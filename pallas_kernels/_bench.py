@@ -33,6 +33,7 @@ __all__ = [
     "fwd_and_fwd_bwd",
     "main",
     "published_peak",
+    "row",
     "timeit",
     "try_timeit",
     "with_ratios",
@@ -125,6 +126,14 @@ class Result:
 
     def asdict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def row(bench: str, case: str, impl: str, t: Timing, *, dtype: str, extra=None) -> Result:
+    """The :class:`Result` of one timed ``impl`` on ``case`` (milliseconds from ``t``)."""
+    return Result(
+        bench=bench, case=case, impl=impl, dtype=dtype, median_ms=1e3 * t.median_s,
+        compile_s=t.compile_s, extra=dict(extra or {}),
+    )  # fmt: skip
 
 
 def with_ratios(results: list[Result], baseline: str) -> list[Result]:

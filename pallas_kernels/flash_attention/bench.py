@@ -103,13 +103,12 @@ def run(quick: bool) -> list[_bench.Result]:
                 if peak is not None:
                     extra["% bf16 peak"] = round(100 * tflops * 1e12 / peak[0], 1)
                 rows.append(
-                    _bench.Result(
-                        bench=BENCH,
-                        case=f"{name} B={B} H={H} G={G} K={K} {mode}",
-                        impl=impl,
+                    _bench.row(
+                        BENCH,
+                        f"{name} B={B} H={H} G={G} K={K} {mode}",
+                        impl,
+                        t,
                         dtype="bfloat16",
-                        median_ms=1e3 * t.median_s,
-                        compile_s=t.compile_s,
                         extra=extra,
                     )
                 )

@@ -101,13 +101,12 @@ def run(quick: bool) -> list[_bench.Result]:
                 if t is None:  # e.g. out of memory at 32k: reported, skipped
                     continue
                 rows.append(
-                    _bench.Result(
-                        bench=BENCH,
-                        case=f"causal B={B} L={L} H={H} D={D} {mode}",
-                        impl=impl,
+                    _bench.row(
+                        BENCH,
+                        f"causal B={B} L={L} H={H} D={D} {mode}",
+                        impl,
+                        t,
                         dtype="bfloat16",
-                        median_ms=1e3 * t.median_s,
-                        compile_s=t.compile_s,
                         extra={"tokens/s": round(B * L / t.median_s)},
                     )
                 )

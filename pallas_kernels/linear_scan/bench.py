@@ -76,13 +76,12 @@ def run(quick: bool) -> list[_bench.Result]:
                 if peak is not None:
                     extra["% HBM"] = round(100 * gbs * 1e9 / peak[1], 1)
                 rows.append(
-                    _bench.Result(
-                        bench=BENCH,
-                        case=f"B={B} L={L} D={D} {mode}",
-                        impl=impl,
+                    _bench.row(
+                        BENCH,
+                        f"B={B} L={L} D={D} {mode}",
+                        impl,
+                        t,
                         dtype=jnp.dtype(dtype).name,
-                        median_ms=1e3 * t.median_s,
-                        compile_s=t.compile_s,
                         extra=extra,
                     )
                 )

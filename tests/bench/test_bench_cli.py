@@ -22,7 +22,7 @@ def test_timeit_and_ratios():
     assert rows[2].ratio is None
 
 
-def test_fwd_and_fwd_bwd_and_try_timeit(capsys):
+def test_kernel_bench_helpers(capsys):
     from pallas_kernels import _bench
 
     def fn(x, w):
@@ -34,7 +34,12 @@ def test_fwd_and_fwd_bwd_and_try_timeit(capsys):
     assert jnp.allclose(f0(*a0), fn(x, w))
     want = jax.vjp(fn, x, w)[1](g)
     assert all(jnp.allclose(a, b) for a, b in zip(f1(*a1), want, strict=True))
-    assert _bench.try_timeit("b", "ok", f0, *a0, repeats=2).repeats == 2
+    t = _bench.try_timeit("b", "ok", f0, *a0, repeats=2)
+    assert t.repeats == 2
+    r = _bench.row("b", "case", "impl", t, dtype="float32", extra={"GB/s": 1.0})
+    assert (r.bench, r.case, r.impl, r.dtype, r.extra) == ("b", "case", "impl", "float32",
+                                                          {"GB/s": 1.0})  # fmt: skip
+    assert r.median_ms == 1e3 * t.median_s and r.compile_s == t.compile_s
     assert _bench.try_timeit("b", "bad case", lambda: 1 / 0) is None
     assert "[b] bad case: ZeroDivisionError" in capsys.readouterr().out
 
