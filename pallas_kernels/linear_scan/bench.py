@@ -60,16 +60,10 @@ def run(quick: bool) -> list[_bench.Result]:
         impls = {f"pallas-{lowering}": lambda a, x: linear_scan(a, x)[0], **_baselines()}
         item = jnp.dtype(dtype).itemsize
         for impl, fn in impls.items():
-            for mode, arrays in (("fwd", 3), ("fwd+bwd", 9)):
-                if mode == "fwd":
-                    f, args = jax.jit(fn), (a, x)
-                else:
-                    f = jax.jit(lambda a, x, dh, fn=fn: jax.vjp(fn, a, x)[1](dh))
-                    args = (a, x, dh)
-                try:
-                    t = _bench.timeit(f, *args, repeats=10)
-                except Exception as e:  # report, keep going
-                    print(f"[{BENCH}] {impl} {mode}: {type(e).__name__}: {e}"[:400])
+            for mode, f, args in _bench.fwd_and_fwd_bwd(fn, (a, x), dh):
+                arrays = 3 if mode == "fwd" else 9  # arrays read + written
+                t = _bench.try_timeit(BENCH, f"{impl} {mode}", f, *args)
+                if t is None:
                     continue
                 gbs = arrays * B * L * D * item / t.median_s / 1e9
                 extra = {"GB/s": round(gbs, 1)}
