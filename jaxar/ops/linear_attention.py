@@ -307,11 +307,11 @@ def _matmul_nn(a, b):
 def _matmul_nn_jvp(primals, tangents):
     (a, b), (da, db) = primals, tangents
     out = _dot_nn(a, b)
-    a_t = _swap(lax.optimization_barrier(_swap(a))) if _live(db) else None  # == a
     return out, _tangent(
         out,
         _dot_nn(da, b) if _live(da) else None,  # transpose: g @ b^T
-        _dot_nn(a_t, db) if _live(db) else None,  # transpose: barrier(a^T) @ g
+        # the left factor equals a; its transpose reads barrier(a^T): barrier(a^T) @ g
+        _dot_nn(_swap(lax.optimization_barrier(_swap(a))), db) if _live(db) else None,
     )
 
 

@@ -153,7 +153,8 @@ def cost_flops(lowered, *, jaxpr=None) -> float | None:
     With the program's ``jaxpr`` (``jax.jit(f).trace(*args).jaxpr``) the loop test is
     :func:`uncounted_work`; without it any ``while`` in the lowered text refuses (also the
     PRNG's integer loops)."""
-    if (uncounted_work(jaxpr) is not None) if jaxpr is not None else _has_loop(lowered):
+    refused = _has_loop(lowered) if jaxpr is None else uncounted_work(jaxpr) is not None
+    if refused:
         return None
     try:
         cost = lowered.cost_analysis()

@@ -14,10 +14,11 @@ and renamed, so a crash never leaves a partial cache). The cache is keyed by the
 checkpoint step, the data name and split (and its resize-and-crop step), a hash of the
 tokenizer's run config and the row count; the crop and the row count also name the file
 (``<tag>``), so runs that differ in them keep one cache each. A cache whose key or code
-count does not match is rebuilt (with a warning line). The token families then train and evaluate on the cached codes: each image is
-encoded in its deterministic form (``source[i]``: the centre crop of a ``data.image_size``
-pipeline, as LlamaGen's and VAR's code extraction), so random crops or flips configured
-for the split do not reach the codes.
+count does not match is rebuilt (with a warning line). The token families then train and
+evaluate on the cached codes: each image is encoded in its deterministic form
+(``source[i]``: the centre crop of a ``data.image_size`` pipeline, as LlamaGen's and VAR's
+code extraction), so random crops or flips configured for the split do not reach the
+codes.
 """
 
 from __future__ import annotations
